@@ -1,0 +1,77 @@
+"""Backend registry: name -> "module:Class". SDKs are imported inside the backend modules only."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+
+from rtfer.backends.base import Backend
+from rtfer.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "rtfer.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "rtfer.backends.torch:TorchBackend",
+    "tensorrt": "rtfer.backends.tensorrt:TensorRTBackend",
+}
+#: What ``--backend auto`` tries, fastest first, for a CUDA device. On CPU, onnxruntime is fastest.
+AUTO_ORDER_CUDA = ("tensorrt", "torch", "onnxruntime")
+AUTO_ORDER_CPU = ("onnxruntime", "torch")
+
+
+def backend_class(name: str) -> type[Backend]:
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise BackendError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}") from None
+    module_name, cls_name = target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device or onnxruntime offers the CUDA provider (without importing torch
+    when it is not installed)."""
+    if _has("torch"):
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    if _has("onnxruntime"):
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    return False
+
+
+def resolve(backend: str, device: str) -> tuple[str, str]:
+    """Turn ``auto`` backend/device into concrete choices, logging what was picked and why."""
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    if backend != "auto":
+        backend_class(backend)  # validates the name
+        return backend, device
+    order = AUTO_ORDER_CUDA if device.startswith("cuda") else AUTO_ORDER_CPU
+    for name in order:
+        sdk = {"tensorrt": "tensorrt", "torch": "torch", "onnxruntime": "onnxruntime"}[name]
+        if _has(sdk):
+            if name == "onnxruntime" and device.startswith("cuda"):
+                import onnxruntime as ort
+
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    continue
+            log.info("backend auto: chose %s on %s", name, device)
+            return name, device
+    raise BackendError(f"no inference backend available for device {device!r}: pip install onnxruntime")
+
+
+def create_backend(name: str, model_path, *, device: str = "cpu", member: dict | None = None,
+                   allow_fallback: bool = False, max_batch: int = 64) -> Backend:
+    backend = backend_class(name)(model_path, device=device, member=member, allow_fallback=allow_fallback,
+                                  max_batch=max_batch)
+    backend.load()
+    return backend

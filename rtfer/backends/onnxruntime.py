@@ -1,0 +1,73 @@
+"""ONNX Runtime backend: CPU everywhere; CUDA / TensorRT execution providers where onnxruntime-gpu is installed."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from rtfer.backends.base import Backend
+from rtfer.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+_PROVIDERS_FOR_DEVICE = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def select_providers(device: str, available: list[str], allow_fallback: bool = False) -> list[str]:
+    """Intersect the providers a device asks for with the available ones; fail unless a fallback was asked for."""
+    kind = device.split(":")[0]
+    if kind not in _PROVIDERS_FOR_DEVICE:
+        raise BackendError(f"onnxruntime backend: unknown device {device!r} (use cpu, cuda[:N] or tensorrt[:N])")
+    wanted = _PROVIDERS_FOR_DEVICE[kind]
+    chosen = [p for p in wanted if p in available]
+    if wanted[0] not in available:
+        if not allow_fallback:
+            raise BackendError(
+                f"onnxruntime has no {wanted[0]} (available: {', '.join(available)}); "
+                "install onnxruntime-gpu or choose --device cpu")
+        log.warning("onnxruntime: %s is not available, falling back to %s", wanted[0], chosen)
+    return chosen or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        providers = select_providers(self.device, ort.get_available_providers(), self.allow_fallback)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = int(os.environ.get("RTFER_ORT_THREADS", "0"))
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        provider_args: list = []
+        index = self.device.split(":")[1] if ":" in self.device else "0"
+        for p in providers:
+            if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+                provider_args.append((p, {"device_id": int(index)}))
+            else:
+                provider_args.append(p)
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=provider_args)
+        except Exception as exc:  # onnxruntime raises its own types for corrupt files
+            raise BackendError(f"cannot load {self.model_path.name} in onnxruntime: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()
+        self.active_device = "cpu" if self.providers[0] == "CPUExecutionProvider" else f"{self.device} ({self.providers[0]})"
+        log.info("onnxruntime: %s uses %s", self.model_path.name, ", ".join(self.providers))
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            out = self.session.get_outputs()[0]
+            return np.zeros((0, int(out.shape[-1]) if isinstance(out.shape[-1], int) else 7), np.float32)
+        outs = [self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(chunk, np.float32)})[0]
+                for chunk in self._chunks(batch)]
+        return np.concatenate(outs).astype(np.float32, copy=False)

@@ -1,0 +1,266 @@
+"""Model bundles: a folder with bundle.json and one ONNX file per member.
+
+bundle.json (format_version 1)::
+
+    {"format": "rtfer-bundle", "format_version": 1, "name": ..., "version": ..., "interim": bool,
+     "classes": [canonical order],
+     "members": [{"name", "file", "architecture", "arch_kwargs", "input_size", "mean", "std",
+                  "color": "rgb"|"gray", "sha256", "temperature"}],
+     "ensemble": {"method": "soft_vote", "weights": [...]} | {"method": "logistic", "coef": [[...]], "intercept": [...]},
+     "temperature": float,
+     "alignment": {"template": [[x, y] * 5] in crop units (0..1)},
+     "training": {...}, "metrics": {...}}
+
+Preprocessing reads these fields; nothing about a member is hard-coded elsewhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtfer import backends
+from rtfer.ensemble import Ensemble, make_ensemble, softmax
+from rtfer.errors import BundleError
+from rtfer.labels import CLASSES, NUM_CLASSES
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = "rtfer-bundle"
+FORMAT_VERSION = 1
+#: ArcFace 5-point template for a 112x112 crop, in crop units (x / 112, y / 112).
+ARCFACE_TEMPLATE = (
+    (38.2946 / 112, 51.6963 / 112),
+    (73.5318 / 112, 51.5014 / 112),
+    (56.0252 / 112, 71.7366 / 112),
+    (41.5493 / 112, 92.3655 / 112),
+    (70.7299 / 112, 92.2041 / 112),
+)
+
+
+def builtin_bundles_dir() -> Path:
+    return Path(__file__).resolve().parent / "assets" / "bundles"
+
+
+@dataclass
+class MemberSpec:
+    name: str
+    file: str
+    architecture: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    color: str = "rgb"
+    sha256: str = ""
+    arch_kwargs: dict = field(default_factory=dict)
+    temperature: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MemberSpec:
+        try:
+            spec = cls(name=str(d["name"]), file=str(d["file"]), architecture=str(d["architecture"]),
+                       input_size=int(d["input_size"]), mean=tuple(float(v) for v in d["mean"]),
+                       std=tuple(float(v) for v in d["std"]), color=str(d.get("color", "rgb")),
+                       sha256=str(d.get("sha256", "")), arch_kwargs=dict(d.get("arch_kwargs", {})),
+                       temperature=float(d.get("temperature", 1.0)))
+        except KeyError as exc:
+            raise BundleError(f"bundle member is missing the field {exc.args[0]!r}") from None
+        if spec.color not in ("rgb", "gray"):
+            raise BundleError(f"member {spec.name}: color must be 'rgb' or 'gray', got {spec.color!r}")
+        if len(spec.mean) != 3 or len(spec.std) != 3:
+            raise BundleError(f"member {spec.name}: mean and std need 3 values")
+        return spec
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "file": self.file, "architecture": self.architecture,
+                "arch_kwargs": self.arch_kwargs, "input_size": self.input_size, "mean": list(self.mean),
+                "std": list(self.std), "color": self.color, "sha256": self.sha256, "temperature": self.temperature}
+
+
+@dataclass
+class BundleSpec:
+    """The parsed, validated contents of bundle.json."""
+
+    path: Path
+    name: str
+    version: str
+    members: list[MemberSpec]
+    ensemble: dict
+    temperature: float = 1.0
+    classes: tuple[str, ...] = CLASSES
+    alignment_template: np.ndarray = field(default_factory=lambda: np.array(ARCFACE_TEMPLATE, np.float32))
+    interim: bool = False
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> BundleSpec:
+        folder = Path(folder)
+        meta = folder / BUNDLE_FILE
+        if not folder.is_dir() or not meta.is_file():
+            raise BundleError(f"{folder} is not a model bundle (no {BUNDLE_FILE} inside)")
+        try:
+            d = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{meta} is not valid JSON: {exc}") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise BundleError(f"{meta} is not an rtfer bundle (format field is {d.get('format') if isinstance(d, dict) else None!r})")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise BundleError(f"{meta} has format_version {d['format_version']}; this rtfer reads up to {FORMAT_VERSION}")
+        classes = tuple(d.get("classes", CLASSES))
+        if classes != CLASSES:
+            raise BundleError(f"bundle class order {list(classes)} differs from the canonical {list(CLASSES)}")
+        members = [MemberSpec.from_dict(m) for m in d.get("members", [])]
+        if not members:
+            raise BundleError(f"{meta} lists no members")
+        for m in members:
+            if not (folder / m.file).is_file():
+                raise BundleError(f"bundle member file {m.file} is missing from {folder}")
+        template = np.asarray(d.get("alignment", {}).get("template", ARCFACE_TEMPLATE), np.float32)
+        if template.shape != (5, 2):
+            raise BundleError(f"alignment template must be 5 points, got shape {template.shape}")
+        spec = cls(path=folder, name=str(d.get("name", folder.name)), version=str(d.get("version", "0")),
+                   members=members, ensemble=dict(d.get("ensemble", {"method": "soft_vote"})),
+                   temperature=float(d.get("temperature", 1.0)), classes=classes, alignment_template=template,
+                   interim=bool(d.get("interim", False)), raw=d)
+        make_ensemble(spec.ensemble, len(members), spec.temperature)  # validate early
+        return spec
+
+    def verify(self) -> None:
+        """Check every member's sha256 against bundle.json."""
+        for m in self.members:
+            if m.sha256 and sha256_file(self.path / m.file) != m.sha256:
+                raise BundleError(f"bundle member {m.file} does not match its sha256 in {BUNDLE_FILE}")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_bundle_json(folder: str | Path, meta: dict) -> Path:
+    """Write bundle.json, filling format fields and member hashes."""
+    folder = Path(folder)
+    meta = dict(meta)
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    meta.setdefault("classes", list(CLASSES))
+    for m in meta["members"]:
+        m["sha256"] = sha256_file(folder / m["file"])
+    out = folder / BUNDLE_FILE
+    out.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    BundleSpec.read(folder)  # round-trip validation
+    return out
+
+
+def resolve_bundle_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    builtin = builtin_bundles_dir() / str(name_or_path)
+    if builtin.is_dir():
+        return builtin
+    available = sorted(x.name for x in builtin_bundles_dir().glob("*") if (x / BUNDLE_FILE).is_file()) \
+        if builtin_bundles_dir().is_dir() else []
+    raise BundleError(f"no bundle named or at {str(name_or_path)!r} (built-in bundles: {', '.join(available) or 'none'})")
+
+
+def preprocess(crops: np.ndarray, member: MemberSpec) -> np.ndarray:
+    """(n, S, S, 3) uint8 RGB crops -> (n, 3, s, s) float32 normalised as the member was trained."""
+    import cv2
+
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"faces must be (n, S, S, 3) uint8 RGB crops, got shape {crops.shape}")
+    size = member.input_size
+    if crops.shape[1] != size:
+        interp = cv2.INTER_AREA if crops.shape[1] > size else cv2.INTER_LINEAR
+        crops = np.stack([cv2.resize(c, (size, size), interpolation=interp) for c in crops]) if len(crops) else \
+            np.zeros((0, size, size, 3), np.uint8)
+    x = crops.astype(np.float32) * (1.0 / 255.0)
+    if member.color == "gray":
+        g = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+        x = np.repeat(g[..., None], 3, axis=-1)
+    x = (x - np.asarray(member.mean, np.float32)) / np.asarray(member.std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class Bundle:
+    """A loaded bundle: member backends plus the ensemble. ``predict`` is the public entry point."""
+
+    def __init__(self, spec: BundleSpec, backend: str = "auto", device: str = "auto", *,
+                 allow_fallback: bool = False, max_batch: int = 64) -> None:
+        self.spec = spec
+        self.backend_name, self.device = backends.resolve(backend, device)
+        self.members = spec.members
+        self.backends = [backends.create_backend(self.backend_name, spec.path / m.file, device=self.device,
+                                                 member=m.to_dict(), allow_fallback=allow_fallback,
+                                                 max_batch=max_batch)
+                         for m in spec.members]
+        self.ensemble: Ensemble = make_ensemble(spec.ensemble, len(spec.members), spec.temperature)
+        log.info("bundle %s %s: %d members on %s", spec.name, spec.version, len(self.members),
+                 self.backends[0].describe())
+
+    @property
+    def input_sizes(self) -> list[int]:
+        return [m.input_size for m in self.members]
+
+    @property
+    def alignment_template(self) -> np.ndarray:
+        return self.spec.alignment_template
+
+    def describe(self) -> str:
+        return f"{self.spec.name} {self.spec.version} ({self.backends[0].describe()})"
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        for b in self.backends:
+            b.warmup(batch_sizes)
+
+    def member_probs(self, crops_by_size: dict[int, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """Per-member probabilities (n, 7). ``crops_by_size`` maps an input size to crops aligned at that size
+        (the pipeline aligns once per size); a single array is resized per member."""
+        out = []
+        for m, b in zip(self.members, self.backends):
+            crops = crops_by_size.get(m.input_size, next(iter(crops_by_size.values()))) \
+                if isinstance(crops_by_size, dict) else crops_by_size
+            logits = b.infer(preprocess(crops, m))
+            if logits.shape[1] != NUM_CLASSES:
+                raise BundleError(f"member {m.name} returns {logits.shape[1]} outputs, expected {NUM_CLASSES}")
+            out.append(softmax(logits, m.temperature))
+        return out
+
+    def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
+        if len(member_probs[0]) == 0:
+            return np.zeros((0, NUM_CLASSES), np.float32)
+        return self.ensemble(member_probs).astype(np.float32)
+
+    def predict(self, faces: np.ndarray | dict[int, np.ndarray]) -> np.ndarray:
+        """Aligned face crops (n, H, W, 3) uint8 RGB, any H=W -> (n, 7) float32 probabilities."""
+        return self.combine(self.member_probs(faces))
+
+    def predict_timed(self, faces) -> tuple[np.ndarray, dict[str, float]]:
+        t0 = time.perf_counter()
+        probs = self.member_probs(faces)
+        t1 = time.perf_counter()
+        out = self.combine(probs)
+        t2 = time.perf_counter()
+        return out, {"infer": (t1 - t0) * 1e3, "stack": (t2 - t1) * 1e3}
+
+
+def load_bundle(name_or_path: str | Path = "default", backend: str = "auto", device: str = "auto", *,
+                allow_fallback: bool = False, max_batch: int = 64, verify: bool = True) -> Bundle:
+    """Load a bundle by built-in name ("default") or folder path, on the chosen backend and device."""
+    spec = BundleSpec.read(resolve_bundle_path(name_or_path))
+    if verify:
+        spec.verify()
+    if spec.interim:
+        log.info("bundle %s is an interim model (trained with a reduced recipe)", spec.name)
+    return Bundle(spec, backend, device, allow_fallback=allow_fallback, max_batch=max_batch)

@@ -1,0 +1,93 @@
+"""Combining member outputs: soft vote (weights) or logistic-regression stacking, applied in numpy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtfer.labels import NUM_CLASSES
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class SoftVote:
+    """Weighted mean of member probabilities; ``temperature`` rescales the log of the result."""
+
+    weights: np.ndarray
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+        if np.any(self.weights < 0) or self.weights.sum() <= 0:
+            raise ValueError(f"soft-vote weights must be non-negative and not all zero, got {self.weights.tolist()}")
+        self.weights = self.weights / self.weights.sum()
+
+    def __call__(self, member_probs: list[np.ndarray]) -> np.ndarray:
+        if len(member_probs) != len(self.weights):
+            raise ValueError(f"soft vote has {len(self.weights)} weights but got {len(member_probs)} members")
+        p = sum(w * np.asarray(m, dtype=np.float64) for w, m in zip(self.weights, member_probs))
+        if self.temperature != 1.0:
+            return softmax(np.log(np.clip(p, 1e-12, None)), self.temperature)
+        return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"method": "soft_vote", "weights": self.weights.tolist()}
+
+
+@dataclass
+class LogisticStacker:
+    """Multinomial logistic regression over the concatenated member probabilities (n, 7*M)."""
+
+    coef: np.ndarray  # (7, 7*M)
+    intercept: np.ndarray  # (7,)
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.coef = np.asarray(self.coef, dtype=np.float64)
+        self.intercept = np.asarray(self.intercept, dtype=np.float64).reshape(-1)
+        if self.coef.ndim != 2 or self.coef.shape[0] != NUM_CLASSES or self.coef.shape[1] % NUM_CLASSES:
+            raise ValueError(f"stacker coef must be ({NUM_CLASSES}, {NUM_CLASSES}*members), got {self.coef.shape}")
+        if self.intercept.shape != (NUM_CLASSES,):
+            raise ValueError(f"stacker intercept must be ({NUM_CLASSES},), got {self.intercept.shape}")
+
+    @property
+    def num_members(self) -> int:
+        return self.coef.shape[1] // NUM_CLASSES
+
+    def features(self, member_probs: list[np.ndarray]) -> np.ndarray:
+        if len(member_probs) != self.num_members:
+            raise ValueError(f"stacker expects {self.num_members} members, got {len(member_probs)}")
+        return np.concatenate([np.asarray(m, dtype=np.float64) for m in member_probs], axis=-1)
+
+    def __call__(self, member_probs: list[np.ndarray]) -> np.ndarray:
+        x = self.features(member_probs)
+        return softmax(x @ self.coef.T + self.intercept, self.temperature)
+
+    def to_dict(self) -> dict:
+        return {"method": "logistic", "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+
+
+Ensemble = SoftVote | LogisticStacker
+
+
+def make_ensemble(spec: dict, num_members: int, temperature: float = 1.0) -> Ensemble:
+    """Build the combiner described by bundle.json's ``ensemble`` object."""
+    method = spec.get("method", "soft_vote")
+    if method == "soft_vote":
+        weights = spec.get("weights") or [1.0] * num_members
+        ens: Ensemble = SoftVote(np.asarray(weights), temperature)
+        if len(ens.weights) != num_members:
+            raise ValueError(f"ensemble has {len(ens.weights)} weights for {num_members} members")
+        return ens
+    if method == "logistic":
+        ens = LogisticStacker(np.asarray(spec["coef"]), np.asarray(spec["intercept"]), temperature)
+        if ens.num_members != num_members:
+            raise ValueError(f"stacker was fitted on {ens.num_members} members, bundle has {num_members}")
+        return ens
+    raise ValueError(f"unknown ensemble method {method!r} (expected 'soft_vote' or 'logistic')")
