@@ -1,0 +1,668 @@
+"""Capture stage: turn a file, folder, webcam or stream into an iterator of :class:`rtfer.types.Frame`.
+
+Decoding runs on its own daemon thread into a bounded queue so that the consumer (detection, inference) overlaps
+with decoding. Live sources can use ``drop_frames=True``: the queue then holds only the newest frame
+(latest-frame-wins) and every frame that is replaced before it is consumed counts in ``Source.dropped``.
+
+Video timestamps come from the container (``frame.time`` = pts * time_base, relative to the stream start), so
+variable-frame-rate files get the right times. Webcam times come from a monotonic clock.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from rtfer.errors import InputError
+from rtfer.types import Frame
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"})
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://", "rtp://")
+#: A camera whose reads keep failing for this many seconds is reported as stopped.
+CAMERA_STALL_S = 2.0
+#: Bounded wait when joining the reader thread on close().
+JOIN_TIMEOUT_S = 2.0
+#: Seconds a stream may take to open or to deliver a packet before it is reported unreachable.
+STREAM_TIMEOUT_S = 10.0
+
+_END = object()
+
+
+class _Failure:
+    """An exception travelling from the reader thread to the consumer."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Reader:
+    """Shared state between a Source and its reader thread.
+
+    The thread's target closes over this object only (never over the Source), so a Source that its consumer drops
+    without closing can still be garbage-collected; its ``__del__`` then stops the thread.
+    """
+
+    def __init__(self, prefetch: int, drop_frames: bool) -> None:
+        self.drop_frames = drop_frames
+        self.queue: queue.Queue = queue.Queue(maxsize=1 if drop_frames else max(1, int(prefetch)))
+        self.stop = threading.Event()
+        self.dropped = 0
+        self.warnings: list[str] = []
+        self.thread: threading.Thread | None = None
+
+    def warn(self, message: str) -> None:
+        """Record a warning (shown to the user at the end) and log it once."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning("%s", message)
+
+    def put(self, item: Any, *, is_frame: bool = True) -> bool:
+        """Enqueue ``item``; returns False when asked to stop.
+
+        In drop mode a frame replaces the queued (older) frame; the end marker and errors wait for room instead, so
+        the newest frame is always delivered.
+        """
+        drop = self.drop_frames and is_frame
+        while not self.stop.is_set():
+            try:
+                if drop:
+                    self.queue.put_nowait(item)
+                else:
+                    self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                if drop:
+                    try:
+                        self.queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+        return False
+
+    def start(self, target: Callable[[_Reader], None], name: str) -> None:
+        self.stop.clear()
+
+        def run() -> None:
+            try:
+                target(self)
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
+                self.put(_Failure(exc), is_frame=False)
+            else:
+                self.put(_END, is_frame=False)
+
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+        self.thread.start()
+
+    def halt(self) -> bool:
+        """Stop the thread and wait a bounded time; True when it has exited."""
+        self.stop.set()
+        thread = self.thread
+        if thread is None:
+            return True
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while thread.is_alive() and time.monotonic() < deadline:
+            self._drain()
+            thread.join(timeout=0.05)
+        self._drain()
+        if thread.is_alive():
+            log.warning("capture thread %s did not stop within %.1f s; leaving it (daemon)", thread.name,
+                        JOIN_TIMEOUT_S)
+            return False
+        return True
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
+
+
+class Source:
+    """An opened input: a context manager and an iterator of BGR :class:`Frame` objects.
+
+    Attributes: ``kind`` ("video"|"image"|"folder"|"camera"|"stream"), ``name`` (the CSV ``source`` column for
+    single-file sources), ``fps`` (float or None), ``frame_count`` (int or None, an estimate for progress bars),
+    ``width``, ``height``, ``duration_s`` (None when unknown), ``warnings`` and ``dropped``.
+    """
+
+    kind: str = ""
+
+    def __init__(self, spec: Any, *, prefetch: int = 8, drop_frames: bool = False) -> None:
+        self.spec = spec
+        self.name: str = str(spec)
+        self.fps: float | None = None
+        self.frame_count: int | None = None
+        self.width: int | None = None
+        self.height: int | None = None
+        self.duration_s: float | None = None
+        self.prefetch = prefetch
+        self.drop_frames = drop_frames
+        self._reader = _Reader(prefetch, drop_frames)
+        self._closed = False
+        self._finished = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._reader.start(self._produce_fn(), name=f"rtfer-capture-{self.kind}")
+
+    def _produce_fn(self) -> Callable[[_Reader], None]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free decoder/camera handles once the thread has exited."""
+
+    @property
+    def dropped(self) -> int:
+        """Frames replaced by a newer one before the consumer took them (``drop_frames=True``)."""
+        return self._reader.dropped
+
+    @property
+    def warnings(self) -> list[str]:
+        """Non-fatal problems met while reading (truncation, unreadable images), each logged once."""
+        return self._reader.warnings
+
+    def close(self) -> None:
+        """Stop the reader thread (bounded wait) and release the input. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader.halt():
+            self._release()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:
+        if self._closed or self._finished:
+            raise StopIteration
+        reader = self._reader
+        while True:
+            try:
+                item = reader.queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                thread = reader.thread
+                if thread is not None and not thread.is_alive() and reader.queue.empty():
+                    self._finished = True
+                    raise StopIteration from None
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._finished = True
+            if isinstance(item.exc, InputError):
+                raise item.exc
+            raise InputError(f"cannot read {self.name}: {_one_line(item.exc)}") from item.exc
+        return item
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(kind={self.kind!r}, name={self.name!r}, fps={self.fps}, "
+                f"frame_count={self.frame_count}, size={self.width}x{self.height})")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# -- images and folders --------------------------------------------------------------------------------------------
+def _read_image(path: Path) -> np.ndarray | None:
+    """Decode an image file to BGR uint8 (None when it is not an image). Handles non-ASCII paths."""
+    import cv2
+
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.ndim != 3 or image.shape[2] != 3:
+        return None
+    return np.ascontiguousarray(image)
+
+
+class ImageSource(Source):
+    """A single image: one frame, index 0, time 0."""
+
+    kind = "image"
+
+    def __init__(self, path: Path, image: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.name = path.name
+        self._image = image
+        self.frame_count = 1
+        self.height, self.width = image.shape[:2]
+        self._start()
+
+    def _produce_fn(self) -> Callable[[_Reader], None]:
+        image, name = self._image, self.name
+
+        def produce(reader: _Reader) -> None:
+            reader.put(Frame(0, 0.0, image, name))
+
+        return produce
+
+
+def _natural_key(path: Path) -> list:
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", path.name)]
+
+
+class FolderSource(Source):
+    """Every image in a folder (not recursive), in natural name order.
+
+    Each Frame has ``index`` 0, ``time_s`` 0.0 and ``source`` = the image's file name (the CSV schema for folders).
+    Files that do not decode are skipped with a warning.
+    """
+
+    kind = "folder"
+
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.name = path.name
+        files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                       key=_natural_key)
+        if not files:
+            raise InputError(f"folder {path} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        self.files = files
+        self.frame_count = len(files)
+        first = _read_image(files[0])
+        if first is not None:
+            self.height, self.width = first.shape[:2]
+        self._start()
+
+    def _produce_fn(self) -> Callable[[_Reader], None]:
+        files, warn = list(self.files), self._reader.warn
+
+        def produce(reader: _Reader) -> None:
+            for path in files:
+                if reader.stop.is_set():
+                    return
+                image = _read_image(path)
+                if image is None:
+                    warn(f"skipped {path.name}: not a readable image")
+                    continue
+                if not reader.put(Frame(0, 0.0, image, path.name)):
+                    return
+
+        return produce
+
+
+# -- videos and streams (PyAV) -------------------------------------------------------------------------------------
+def _video_stream(container: Any, label: str) -> Any:
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{label} has no video stream")
+    return container.streams.video[0]
+
+
+class VideoSource(Source):
+    """A video file decoded with PyAV; times from the container's timestamps (VFR-safe)."""
+
+    kind = "video"
+
+    def __init__(self, path: Path, container: Any, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.name = path.name
+        self._container = container
+        stream = _video_stream(container, f"{path}")
+        self._stream = stream
+        tb = stream.time_base or Fraction(1, 1)
+        self._time_base = tb
+        self._start_time = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self.fps = float(rate) if rate else None
+        ctx = stream.codec_context
+        self.width, self.height = int(ctx.width or 0) or None, int(ctx.height or 0) or None
+        if stream.duration is not None:
+            self.duration_s = float(stream.duration * tb)
+        elif container.duration is not None:
+            self.duration_s = container.duration / 1_000_000
+        if stream.frames:
+            self.frame_count = int(stream.frames)
+        elif self.duration_s and self.fps:
+            self.frame_count = int(round(self.duration_s * self.fps))
+        self._next_index = 0
+        self._skip_until: float | None = None
+        self._start()
+
+    def _produce_fn(self) -> Callable[[_Reader], None]:
+        container, stream, name = self._container, self._stream, self.name
+        start, fps, expected = self._start_time, self.fps, self.frame_count
+        first_index, skip_until, warn = self._next_index, self._skip_until, self._reader.warn
+        label = self.name
+
+        def produce(reader: _Reader) -> None:
+            index = first_index
+            last_t: float | None = None
+            try:
+                for frame in container.decode(stream):
+                    if reader.stop.is_set():
+                        return
+                    if frame.time is not None:
+                        t = float(frame.time) - start
+                    elif last_t is not None:
+                        t = last_t + (1.0 / fps if fps else 0.0)
+                    else:
+                        t = 0.0
+                    if skip_until is not None and t < skip_until - 1e-6:
+                        continue
+                    last_t = t
+                    image = frame.to_ndarray(format="bgr24")
+                    if not reader.put(Frame(index, t, image, name)):
+                        return
+                    index += 1
+            except Exception as exc:  # noqa: BLE001 - damaged data ends the video with a warning
+                warn(f"{label}: decoding stopped after {index} frames ({_one_line(exc)}); the file may be truncated")
+                return
+            if first_index == 0 and skip_until is None and expected and index < 0.9 * expected:
+                warn(f"{label}: only {index} of {expected} frames decoded; the file may be truncated")
+
+        return produce
+
+    def seek(self, time_s: float) -> None:
+        """Restart decoding at the first frame whose time is >= ``time_s`` (seconds from the start).
+
+        After a seek, ``Frame.index`` continues from ``round(time_s * fps)`` (an estimate for VFR files).
+        """
+        if self._closed:
+            raise InputError(f"{self.name} is closed")
+        if not self._reader.halt():
+            raise InputError(f"cannot seek {self.name}: the decoder did not stop")
+        time_s = max(0.0, float(time_s))
+        target = int((time_s + self._start_time) / self._time_base)
+        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        self._skip_until = time_s
+        self._next_index = int(round(time_s * self.fps)) if self.fps else 0
+        self._finished = False
+        self._start()
+
+    def _release(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class StreamSource(Source):
+    """A network stream (rtsp, http, udp...) decoded with PyAV. Times from the stream, relative to its first frame."""
+
+    kind = "stream"
+
+    def __init__(self, url: str, container: Any, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.name = url
+        self._container = container
+        stream = _video_stream(container, url)
+        self._stream = stream
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else None
+        ctx = stream.codec_context
+        self.width, self.height = int(ctx.width or 0) or None, int(ctx.height or 0) or None
+        self._start()
+
+    def _produce_fn(self) -> Callable[[_Reader], None]:
+        container, stream, name, warn = self._container, self._stream, self.name, self._reader.warn
+
+        def produce(reader: _Reader) -> None:
+            index = 0
+            first: float | None = None
+            clock0 = time.monotonic()
+            try:
+                for frame in container.decode(stream):
+                    if reader.stop.is_set():
+                        return
+                    if frame.time is not None:
+                        first = float(frame.time) if first is None else first
+                        t = float(frame.time) - first
+                    else:
+                        t = time.monotonic() - clock0
+                    if not reader.put(Frame(index, t, frame.to_ndarray(format="bgr24"), name)):
+                        return
+                    index += 1
+            except Exception as exc:  # noqa: BLE001
+                warn(f"{name}: stream stopped after {index} frames ({_one_line(exc)})")
+
+        return produce
+
+    def _release(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# -- webcams -------------------------------------------------------------------------------------------------------
+class CameraSource(Source):
+    """A webcam read with ``cv2.VideoCapture(index)``; times from a monotonic clock since opening."""
+
+    kind = "camera"
+
+    def __init__(self, index: int, **kwargs: Any) -> None:
+        import cv2
+
+        super().__init__(index, **kwargs)
+        self.index = index
+        self.name = f"camera{index}"
+        cap = cv2.VideoCapture(index)
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
+            raise InputError(f"camera {index} cannot be opened (not connected, busy, or no permission)")
+        self._t0 = time.monotonic()
+        ok, image = cap.read()
+        if not ok or image is None:
+            cap.release()
+            raise InputError(f"camera {index} opened but delivered no frame")
+        self._cap = cap
+        self._first = (time.monotonic() - self._t0, image)
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if fps > 0 else None
+        self.height, self.width = image.shape[:2]
+        self._start()
+
+    def _produce_fn(self) -> Callable[[_Reader], None]:
+        cap, t0, first, name, cam = self._cap, self._t0, self._first, self.name, self.index
+        self._first = None
+
+        def produce(reader: _Reader) -> None:
+            try:
+                t, image = first
+                if not reader.put(Frame(0, t, _bgr(image), name)):
+                    return
+                index = 1
+                failing_since: float | None = None
+                while not reader.stop.is_set():
+                    ok, image = cap.read()
+                    now = time.monotonic()
+                    if not ok or image is None:
+                        failing_since = failing_since or now
+                        if now - failing_since >= CAMERA_STALL_S:
+                            raise InputError(f"camera {cam} stopped delivering frames after {index} frames "
+                                             f"(no frame for {CAMERA_STALL_S:.1f} s)")
+                        time.sleep(0.01)
+                        continue
+                    failing_since = None
+                    if not reader.put(Frame(index, now - t0, _bgr(image), name)):
+                        return
+                    index += 1
+            finally:
+                cap.release()
+
+        return produce
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    """Cameras may hand back grey or BGRA images; the pipeline wants HxWx3 uint8."""
+    import cv2
+
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image)
+    return image
+
+
+# -- entry point ---------------------------------------------------------------------------------------------------
+def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames: bool = False) -> Source:
+    """Open a video file, image, folder of images, webcam index (``0`` or ``"0"``) or stream URL.
+
+    Raises :class:`InputError` with a one-line message when the input cannot be read.
+    """
+    if isinstance(spec, bool):
+        raise InputError(f"not an input: {spec!r}")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
+        return CameraSource(int(spec), prefetch=prefetch, drop_frames=drop_frames)
+    text = os.fspath(spec)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if text.lower().startswith(STREAM_SCHEMES):
+        import av
+
+        try:
+            container = av.open(text, timeout=STREAM_TIMEOUT_S,
+                                options={"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else None)
+        except Exception as exc:  # noqa: BLE001 - any open failure is an input problem
+            raise InputError(f"cannot open stream {text}: {_one_line(exc)}") from None
+        return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        return FolderSource(path, prefetch=prefetch, drop_frames=drop_frames)
+    if not path.is_file():
+        raise InputError(f"not a regular file: {path}")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if size == 0:
+        raise InputError(f"input is empty (0 bytes): {path}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {path}: permission denied")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        image = _read_image(path)
+        if image is None:
+            raise InputError(f"cannot decode image {path}")
+        return ImageSource(path, image, prefetch=prefetch, drop_frames=drop_frames)
+    container = _open_video(path)
+    if container is None:
+        image = _read_image(path)  # an image with an unusual extension
+        if image is not None:
+            return ImageSource(path, image, prefetch=prefetch, drop_frames=drop_frames)
+        raise InputError(f"cannot read {path}: not a video or image file FFmpeg can decode (damaged or truncated?)")
+    return VideoSource(path, container, prefetch=prefetch, drop_frames=drop_frames)
+
+
+#: FFmpeg demuxers that accept almost any bytes (the "tty" demuxer renders text files as ANSI art).
+_REJECTED_FORMATS = frozenset({"tty", "bin", "adp", "xbin", "idf"})
+
+
+def _looks_like_text(path: Path) -> bool:
+    """True when the first 4 KiB are printable UTF-8 without NUL bytes (a text file, not a video)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if b"\0" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the 4 KiB boundary
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\r\n\t\f" for ch in text)
+
+
+def _open_video(path: Path) -> Any | None:
+    """Open ``path`` with PyAV when it holds a decodable video stream, else None."""
+    import av
+
+    if _looks_like_text(path):
+        return None
+    try:
+        container = av.open(str(path))
+    except Exception:  # noqa: BLE001 - not a container FFmpeg understands
+        return None
+    try:
+        if container.format.name in _REJECTED_FORMATS:
+            container.close()
+            return None
+        streams = container.streams.video
+        if not streams or not streams[0].codec_context or not streams[0].codec_context.width:
+            container.close()
+            return None
+    except Exception:  # noqa: BLE001
+        container.close()
+        return None
+    return container
+
+
+# -- test utility --------------------------------------------------------------------------------------------------
+def write_test_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0, *,
+                     codec: str = "mpeg4", times: Iterable[float] | None = None, faststart: bool = True) -> Path:
+    """Write BGR uint8 ``frames`` to a short video with PyAV (for tests and examples).
+
+    ``codec``: "mpeg4" (fast, everywhere) or "h264"/"libx264". ``times`` (seconds, increasing) sets each frame's
+    presentation time explicitly, which builds a variable-frame-rate file; otherwise frames are 1/fps apart.
+    Frame sizes are cropped to even width/height as yuv420p requires. ``faststart`` puts an MP4's index first,
+    so a truncated copy still decodes up to the cut (as a broken download or recording would).
+    """
+    import av
+
+    path = Path(path)
+    tb = Fraction(1, 1000)
+    time_iter = iter(times) if times is not None else None
+    n = 0
+    options = {"movflags": "faststart"} if faststart and path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = None
+        for image in frames:
+            image = np.asarray(image, dtype=np.uint8)
+            h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+            image = np.ascontiguousarray(image[:h, :w])
+            if stream is None:
+                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if time_iter is not None:
+                    stream.time_base = tb
+                    stream.codec_context.time_base = tb
+                size = (w, h)
+            elif (w, h) != size:
+                raise ValueError(f"frame {n} is {w}x{h}, the video is {size[0]}x{size[1]}")
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            if time_iter is not None:
+                frame.pts = int(round(float(next(time_iter)) / tb))
+                frame.time_base = tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            n += 1
+        if stream is None:
+            raise ValueError("write_test_video needs at least one frame")
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
