@@ -1,0 +1,380 @@
+"""DDAMFN: MixedFeatureNet backbone + dual-direction attention (coordinate-attention) head.
+
+Written from the DDAMFN paper and the reference code (SainingZhang/DDAMFN, networks/DDAM.py and
+networks/MixedFeatureNet.py); module and parameter names and shapes match the reference so that its trained
+checkpoints (``features.*``, ``cat_head{i}.*``, ``Linear.*``, ``fc.*``, ``bn.*``) and the MS-Celeb pretrained
+MixedFeatureNet (``conv1.*`` ... ``conv_6_sep.*``) load. The reference also carries a few modules that its forward
+pass never calls (the BN/PReLU inside each mixed depthwise conv, the ``Linear`` block inside each attention head, the
+final BatchNorm1d); they are kept so the checkpoints load strictly, and are simply not part of an ONNX export.
+
+The input size is configurable: the backbone downsamples by 16, and the head's depthwise "GDC" kernels take the
+whole feature map (7x7 at 112 px, 4x4 at 64 px).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rtfer.models import register_model
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class MixedFeatureNetSpec:
+    """Widths of a MixedFeatureNet. ``down*``: (out_c, expanded_c, kernels, splits) of a stride-2 mixed block;
+    ``stage*``: (num_blocks, expanded_c, kernels, splits) of a residual stage at constant width."""
+
+    stem: int
+    down23: tuple
+    stage3: tuple
+    down34: tuple
+    stage4: tuple
+    down45: tuple
+    stage5: tuple
+    out_channels: int
+
+
+#: The reference MixedFeatureNet (MFN_msceleb.pth) widths.
+MFN_SPEC = MixedFeatureNetSpec(
+    stem=64,
+    down23=(64, 128, (3, 5, 7), (64, 32, 32)),
+    stage3=(9, 128, (3, 5), (96, 32)),
+    down34=(128, 256, (3, 5, 7), (128, 64, 64)),
+    stage4=(16, 256, (3, 5), (192, 64)),
+    down45=(256, 1024, (3, 5, 7, 9), (256, 256, 256, 256)),
+    stage5=(6, 512, (3, 5, 7), (172, 170, 170)),
+    out_channels=512,
+)
+
+#: A tiny variant for tests: same code path (multi- and single-kernel mixed convs, residual stages, two heads).
+MFN_TINY_SPEC = MixedFeatureNetSpec(
+    stem=8,
+    down23=(8, 16, (3, 5), (8, 8)),
+    stage3=(1, 16, (3, 5), (8, 8)),
+    down34=(16, 32, (3, 5, 7), (16, 8, 8)),
+    stage4=(1, 32, (3,), (32,)),
+    down45=(32, 64, (3, 5), (32, 32)),
+    stage5=(1, 64, (3, 5), (32, 32)),
+    out_channels=64,
+)
+
+
+class ConvBlock(nn.Module):
+    """Conv (no bias) -> BN -> PReLU."""
+
+    def __init__(self, in_c: int, out_c: int, kernel=(1, 1), stride=(1, 1), padding=(0, 0), groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_c)
+        self.prelu = nn.PReLU(out_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(self.bn(self.conv(x)))
+
+
+class LinearBlock(nn.Module):
+    """Conv (no bias) -> BN, no activation."""
+
+    def __init__(self, in_c: int, out_c: int, kernel=(1, 1), stride=(1, 1), padding=(0, 0), groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class CoordAtt(nn.Module):
+    """Coordinate attention (Hou et al. 2021) inside the backbone blocks: pooled along H and W, gates the input."""
+
+    def __init__(self, channels: int, reduction: int = 32):
+        super().__init__()
+        mip = max(8, channels // reduction)
+        self.conv1 = nn.Conv2d(channels, mip, 1)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.conv2 = nn.Conv2d(mip, channels, 1)
+        self.conv3 = nn.Conv2d(mip, channels, 1)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        x_h = x.mean(dim=3, keepdim=True)                       # (n, c, h, 1)
+        x_w = x.mean(dim=2, keepdim=True).transpose(2, 3)       # (n, c, w, 1)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = self.conv2(y_h).sigmoid()                          # (n, c, h, 1)
+        a_w = self.conv3(y_w.transpose(2, 3)).sigmoid()          # (n, c, 1, w)
+        return x * a_w * a_h
+
+
+class MDConv(nn.Module):
+    """Mixed depthwise conv: channel groups convolved with different kernel sizes, then concatenated.
+
+    ``bn`` and ``prelu`` exist in the reference checkpoints but its forward never applies them; kept for loading.
+    """
+
+    def __init__(self, channels: int, kernels: tuple[int, ...], splits: tuple[int, ...], stride: int):
+        super().__init__()
+        if sum(splits) != channels or len(kernels) != len(splits):
+            raise ValueError(f"MDConv splits {splits} must sum to {channels} and match kernels {kernels}")
+        self.splits = [int(s) for s in splits]
+        self.mixed_depthwise_conv = nn.ModuleList(
+            nn.Conv2d(c, c, k, stride=stride, padding=k // 2, groups=c, bias=False) for k, c in zip(kernels, splits))
+        self.bn = nn.BatchNorm2d(channels)
+        self.prelu = nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.mixed_depthwise_conv) == 1:
+            return self.mixed_depthwise_conv[0](x)
+        parts = torch.split(x, self.splits, dim=1)
+        return torch.cat([conv(t) for conv, t in zip(self.mixed_depthwise_conv, parts)], dim=1)
+
+
+class MixDepthWise(nn.Module):
+    """Inverted bottleneck: 1x1 expand (PReLU) -> mixed depthwise -> coordinate attention -> 1x1 project."""
+
+    def __init__(self, in_c: int, out_c: int, expand: int, kernels, splits, stride: int, residual: bool = False):
+        super().__init__()
+        self.conv = ConvBlock(in_c, expand)
+        self.conv_dw = MDConv(expand, kernels, splits, stride)
+        self.CA = CoordAtt(expand)
+        self.project = LinearBlock(expand, out_c)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.CA(self.conv_dw(self.conv(x))))
+        return x + y if self.residual else y
+
+
+class MixResidual(nn.Module):
+    """A stage of residual MixDepthWise blocks at constant width (``model`` as in the reference)."""
+
+    def __init__(self, channels: int, num_blocks: int, expand: int, kernels, splits):
+        super().__init__()
+        self.model = nn.Sequential(*[MixDepthWise(channels, channels, expand, kernels, splits, 1, residual=True)
+                                     for _ in range(num_blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+#: Reference MixedFeatureNet child names, in the order DDAMFN's ``features`` Sequential holds them.
+MFN_FEATURE_NAMES = ("conv1", "conv2_dw", "conv_23", "conv_3", "conv_34", "conv_4", "conv_45", "conv_5",
+                     "conv_6_sep")
+
+
+def mixed_feature_net(spec: MixedFeatureNetSpec = MFN_SPEC) -> nn.Sequential:
+    """The MixedFeatureNet trunk (input /16, ``spec.out_channels`` maps), as DDAMFN's ``features``."""
+    s = spec
+    return nn.Sequential(
+        ConvBlock(3, s.stem, kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+        ConvBlock(s.stem, s.stem, kernel=(3, 3), padding=(1, 1), groups=s.stem),
+        MixDepthWise(s.stem, s.down23[0], s.down23[1], s.down23[2], s.down23[3], stride=2),
+        MixResidual(s.down23[0], *s.stage3),
+        MixDepthWise(s.down23[0], s.down34[0], s.down34[1], s.down34[2], s.down34[3], stride=2),
+        MixResidual(s.down34[0], *s.stage4),
+        MixDepthWise(s.down34[0], s.down45[0], s.down45[1], s.down45[2], s.down45[3], stride=2),
+        MixResidual(s.down45[0], *s.stage5),
+        ConvBlock(s.down45[0], s.out_channels),
+    )
+
+
+class HeadCoordAtt(nn.Module):
+    """Dual-direction attention: depthwise (1 x W) and (H x 1) linear convs instead of pooling, then the
+    coordinate-attention gate. Returns the attention map (n, c, h, w), not the gated input."""
+
+    def __init__(self, channels: int, feat: int, reduction: int = 32):
+        super().__init__()
+        self.Linear_h = LinearBlock(channels, channels, kernel=(1, feat), groups=channels)
+        self.Linear_w = LinearBlock(channels, channels, kernel=(feat, 1), groups=channels)
+        mip = max(8, channels // reduction)
+        self.conv1 = nn.Conv2d(channels, mip, 1)
+        self.bn1 = nn.BatchNorm2d(mip)
+        self.conv2 = nn.Conv2d(mip, channels, 1)
+        self.conv3 = nn.Conv2d(mip, channels, 1)
+        self.act = nn.Hardswish()
+        # Present in the reference checkpoints, unused by its forward.
+        self.Linear = LinearBlock(channels, channels, kernel=(feat, feat), groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        x_h = self.Linear_h(x)                                   # (n, c, h, 1)
+        x_w = self.Linear_w(x).transpose(2, 3)                   # (n, c, w, 1)
+        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
+        y_h, y_w = torch.split(y, [h, w], dim=2)
+        a_h = self.conv2(y_h).sigmoid()
+        a_w = self.conv3(y_w.transpose(2, 3)).sigmoid()
+        return a_w * a_h                                         # broadcasts to (n, c, h, w)
+
+
+class CoordAttHead(nn.Module):
+    def __init__(self, channels: int, feat: int):
+        super().__init__()
+        self.CoordAtt = HeadCoordAtt(channels, feat)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.CoordAtt(x)
+
+
+class DDAMFN(nn.Module):
+    """MixedFeatureNet features -> ``num_head`` attention maps combined by element-wise max -> gated features ->
+    7x7 (input/16) depthwise linear GDC -> 512-d -> fc logits."""
+
+    def __init__(self, num_classes: int = 7, num_head: int = 2, input_size: int = 112,
+                 spec: MixedFeatureNetSpec = MFN_SPEC):
+        super().__init__()
+        if input_size % 16 or input_size < 16:
+            raise ValueError(f"DDAMFN input_size must be a multiple of 16, got {input_size}")
+        if num_head < 1:
+            raise ValueError(f"num_head must be >= 1, got {num_head}")
+        feat = input_size // 16
+        c = spec.out_channels
+        self.features = mixed_feature_net(spec)
+        self.num_head = int(num_head)
+        for i in range(self.num_head):
+            setattr(self, f"cat_head{i}", CoordAttHead(c, feat))
+        self.Linear = LinearBlock(c, c, kernel=(feat, feat), groups=c)
+        self.fc = nn.Linear(c, num_classes)
+        self.bn = nn.BatchNorm1d(num_classes)  # reference checkpoints carry it; its forward does not use it
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.default_cfg = {"input_size": input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "color": "rgb"}
+
+    def heads(self) -> list[nn.Module]:
+        return [getattr(self, f"cat_head{i}") for i in range(self.num_head)]
+
+    def forward_train(self, x: torch.Tensor) -> dict:
+        """Logits plus the per-head attention maps (n, c, h, w) for the attention-diversity loss."""
+        feats = self.features(x)
+        maps = [head(feats) for head in self.heads()]
+        att = maps[0]
+        for m in maps[1:]:
+            att = torch.maximum(att, m)
+        y = self.Linear(feats * att).flatten(1)
+        return {"logits": self.fc(y), "attention": maps, "features": feats}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_train(x)["logits"]
+
+
+def load_mfn_backbone(model: DDAMFN, source: str | Path | dict) -> tuple[list[str], list[str]]:
+    """Load MixedFeatureNet (MS-Celeb) weights into ``model.features``.
+
+    ``source`` is a path to the reference's ``MFN_msceleb.pth`` (a pickled MixedFeatureNet module), a state dict
+    file, or a state dict. Returns (missing, unexpected): backbone keys the file lacks, and file keys that have no
+    place in DDAMFN (the face-embedding tail: conv_6_dw, linear, bn). A shape mismatch raises ValueError.
+    """
+    state = read_state_dict(source) if not isinstance(source, dict) else source
+    state = strip_prefixes(state)
+    index = {name: i for i, name in enumerate(MFN_FEATURE_NAMES)}
+    mapped, unexpected = {}, []
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in index:
+            mapped[f"features.{index[head]}.{rest}"] = value
+        elif head == "features":
+            mapped[key] = value
+        else:
+            unexpected.append(key)
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"MixedFeatureNet weights do not fit this DDAMFN: {bad[0]} (and {len(bad) - 1} more)")
+    unexpected += [k for k in mapped if k not in own]
+    mapped = {k: v for k, v in mapped.items() if k in own}
+    missing = [k for k in own if k.startswith("features.") and k not in mapped]
+    model.load_state_dict(mapped, strict=False)
+    log.info("MixedFeatureNet backbone: loaded %d tensors, %d backbone keys missing, %d unused", len(mapped),
+             len(missing), len(unexpected))
+    return missing, unexpected
+
+
+class _AnyModule(nn.Module):
+    """Stand-in for the reference's pickled module classes: unpickling restores their parameters and children."""
+
+    def forward(self, *args):  # pragma: no cover - never called
+        raise RuntimeError("placeholder module from a pickled reference checkpoint")
+
+
+def _reference_unpickler():
+    """A pickle module for torch.load that maps the reference repo's classes (networks.*) onto _AnyModule."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if module.split(".")[0] in ("networks", "MixedFeatureNet", "DDAM", "__main__"):
+                return _AnyModule
+            return super().find_class(module, name)
+
+    mod = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="rtfer_reference_pickle")
+    return mod
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a checkpoint: a state dict, {"model_state_dict"|"state_dict"|"model": ...}, or a pickled
+    module (the reference's MFN_msceleb.pth), without needing the reference code on the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # pickled modules need the full unpickler; map the reference classes to a stand-in
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_reference_unpickler())
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("model_state_dict", "state_dict", "model"):
+            if key in obj and isinstance(obj[key], (dict, nn.Module)):
+                inner = obj[key]
+                return inner.state_dict() if isinstance(inner, nn.Module) else dict(inner)
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+    raise ValueError(f"{path.name} holds no recognisable state dict (got {type(obj).__name__})")
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Drop DataParallel ``module.`` (and torch.compile ``_orig_mod.``) prefixes."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _build(num_classes: int, spec: MixedFeatureNetSpec, num_head: int, input_size: int, pretrained: bool,
+           pretrained_path: str | Path | None) -> DDAMFN:
+    model = DDAMFN(num_classes=num_classes, num_head=num_head, input_size=input_size, spec=spec)
+    if pretrained_path:
+        missing, _ = load_mfn_backbone(model, pretrained_path)
+        if missing:
+            raise ValueError(f"{pretrained_path} lacks {len(missing)} backbone tensors, e.g. {missing[0]}")
+    elif pretrained:
+        raise RuntimeError("DDAMFN has no downloadable weights: pass --pretrained-path MFN_msceleb.pth "
+                           "(the MS-Celeb MixedFeatureNet) or --no-pretrained")
+    return model
+
+
+@register_model
+def ddamfn(num_classes: int = 7, num_head: int = 2, input_size: int = 112, pretrained: bool = False,
+           pretrained_path: str | Path | None = None) -> DDAMFN:
+    """DDAMFN as published (4.19M parameters at 112 px); ``pretrained_path`` loads MFN_msceleb.pth."""
+    return _build(num_classes, MFN_SPEC, num_head, input_size, pretrained, pretrained_path)
+
+
+@register_model
+def ddamfn_tiny(num_classes: int = 7, num_head: int = 2, input_size: int = 112, pretrained: bool = False,
+                pretrained_path: str | Path | None = None) -> DDAMFN:
+    """A few-ten-thousand-parameter DDAMFN for tests (same code path, narrow widths, one block per stage)."""
+    return _build(num_classes, MFN_TINY_SPEC, num_head, input_size, pretrained, pretrained_path)
