@@ -1,0 +1,278 @@
+"""The `rtfer` command line: analyze, bench, info, app.
+
+User errors (bad input, unwritable output, bad bundle, missing backend) end with one line on stderr and exit
+status 2; Ctrl-C finalises what was written and exits 130; anything unexpected is one line and exit 1 (``--debug``
+shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from rtfer import __version__
+from rtfer.errors import RtferError
+
+log = logging.getLogger("rtfer.cli")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and detection")
+    g.add_argument("--bundle", default="default", help="model bundle: a built-in name or a folder (default: default)")
+    g.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+                   help="inference backend (default: auto = fastest available; logged)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--allow-fallback", action="store_true",
+                   help="fall back to CPU when the requested GPU/provider is missing instead of failing")
+    g.add_argument("--detector", default="auto", choices=["auto", "centerface", "scrfd"],
+                   help="face detector (auto: SCRFD when its model file is present, else CenterFace)")
+    g.add_argument("--every", type=int, default=1, metavar="N", help="detect every N frames, track in between")
+    g.add_argument("--max-faces", type=int, default=50, metavar="N", help="keep at most N faces per frame (default 50)")
+    g.add_argument("--det-width", type=int, default=640, metavar="PX",
+                   help="downscale frames to this width for detection (default 640)")
+    g.add_argument("--min-face", type=int, default=20, metavar="PX", help="drop faces smaller than this (default 20)")
+    g.add_argument("--det-threshold", type=float, default=0.5, help="detector score threshold (default 0.5)")
+    g.add_argument("--smoothing", default="hmm", choices=["none", "ema", "hmm"],
+                   help="temporal smoothing per tracked face (default hmm)")
+    g.add_argument("--smoothing-strength", type=float, default=0.5, metavar="S",
+                   help="0 (none) .. 1 (very sticky); default 0.5")
+    g.add_argument("--batch-frames", type=int, default=8, metavar="N",
+                   help="frames whose faces share one inference call on files (default 8)")
+
+
+def _options(args):
+    from rtfer.pipeline import AnalyzeOptions
+
+    try:
+        return AnalyzeOptions(bundle=args.bundle, backend=args.backend, device=args.device, detector=args.detector,
+                              every=args.every, max_faces=args.max_faces, det_width=args.det_width,
+                              min_face=args.min_face, det_threshold=args.det_threshold, smoothing=args.smoothing,
+                              smoothing_strength=args.smoothing_strength, batch_frames=args.batch_frames,
+                              allow_fallback=args.allow_fallback)
+    except ValueError as exc:
+        raise RtferError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtfer", description="Real-time facial-emotion analytics.")
+    parser.add_argument("--version", action="version", version=f"rtfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar or summary")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="analyse videos, images, folders, a webcam or a stream into a CSV timeline",
+                       description="Analyse INPUT (video file, image, image folder, webcam index such as 0, or a "
+                                   "stream URL) into a per-face, per-frame CSV emotion timeline.")
+    a.add_argument("inputs", nargs="+", metavar="INPUT")
+    a.add_argument("-o", "--output", metavar="OUT.csv", help="CSV timeline (default: <input name>.csv here)")
+    a.add_argument("--raw", action="store_true", help="add unsmoothed raw_<class> columns and raw_emotion")
+    a.add_argument("--jsonl", metavar="OUT.jsonl", help="also write JSON Lines (one object per face per frame)")
+    a.add_argument("--annotated", metavar="OUT.mp4", help="also write the video with boxes, IDs and labels")
+    a.add_argument("--summary", metavar="OUT.png", help="also write a summary plot (emotion/valence over time)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b = a.add_argument_group("many videos")
+    b.add_argument("--out-dir", metavar="DIR", help="batch mode: one CSV per video, mirroring the input tree")
+    b.add_argument("--workers", type=int, default=1, metavar="N", help="batch mode: N worker processes")
+    b.add_argument("--ray", metavar="ADDRESS", help="batch mode: run on a Ray cluster (auto, local or host:port)")
+    b.add_argument("--overwrite", action="store_true", help="batch mode: redo videos that already finished")
+    b.add_argument("--manifest", metavar="PATH", help="batch mode: manifest CSV (default: OUT_DIR/manifest.csv)")
+    _add_runtime_options(a)
+
+    be = sub.add_parser("bench", help="per-stage timings and frames/s on a video")
+    be.add_argument("input", metavar="VIDEO")
+    be.add_argument("--frames", type=int, default=300, help="analyse at most this many frames (default 300)")
+    be.add_argument("--json", metavar="OUT.json", help="write the measurements as JSON")
+    _add_runtime_options(be)
+
+    i = sub.add_parser("info", help="show the bundle, backends and devices")
+    i.add_argument("--bundle", default="default")
+    i.add_argument("--backend", default="auto")
+    i.add_argument("--device", default="auto")
+
+    sub.add_parser("app", help="start the desktop app (same as rtfer-app)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["app"]:
+        from ui.app import main as app_main
+
+        return app_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    level = logging.ERROR if args.quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="rtfer: %(levelname)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if args.command == "analyze":
+            return _cmd_analyze(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
+        if args.command == "info":
+            return _cmd_info(args)
+    except KeyboardInterrupt:
+        print("rtfer: interrupted; outputs were finalised up to the last processed frame", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RtferError as exc:
+        if args.debug:
+            raise
+        print(f"rtfer: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ImportError as exc:
+        if args.debug:
+            raise
+        print(f"rtfer: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"rtfer: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _check_output(path: str | None, what: str) -> None:
+    if path is None:
+        return
+    from rtfer.errors import OutputError
+
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: folder {parent} does not exist")
+
+
+def _cmd_analyze(args) -> int:
+    options = _options(args)
+    if args.out_dir or args.ray or args.workers > 1:
+        return _cmd_batch(args, options)
+    from rtfer.errors import InputError
+    from rtfer.pipeline import Pipeline, process_file
+
+    for spec in args.inputs:
+        p = Path(spec)
+        if p.is_dir() and _has_videos(p):
+            raise InputError(f"{spec} is a folder of videos: use --out-dir DIR to write one CSV per video")
+    if len(args.inputs) > 1 and args.output:
+        raise InputError("several inputs need --out-dir DIR (one CSV each), or run them one at a time with -o")
+    for o, what in ((args.output, "CSV"), (args.jsonl, "JSON Lines"), (args.annotated, "annotated video"),
+                    (args.summary, "summary plot")):
+        _check_output(o, what)
+    pipeline = None
+    status = 0
+    for spec in args.inputs:
+        output = args.output or _default_output(spec)
+        if pipeline is None:
+            pipeline = Pipeline(options)
+            d = pipeline.describe()
+            log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"], d["detector"])
+        stats = process_file(spec, output, options, pipeline=pipeline, raw=args.raw,
+                             progress=not (args.no_progress or args.quiet) and not _is_live(spec),
+                             jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary)
+        if not args.quiet:
+            _print_run(stats, pipeline.describe(), args)
+    return status
+
+
+def _is_live(spec: str) -> bool:
+    return spec.isdigit() or "://" in spec
+
+
+def _has_videos(folder: Path) -> bool:
+    from rtfer.capture import VIDEO_EXTENSIONS
+
+    return any(f.suffix.lower() in VIDEO_EXTENSIONS for f in folder.rglob("*") if f.is_file())
+
+
+def _default_output(spec: str) -> str:
+    if _is_live(spec):
+        name = "camera" + spec if spec.isdigit() else "stream"
+    else:
+        name = Path(spec).stem or "output"
+    return f"{name}.csv"
+
+
+def _print_run(stats, describe: dict, args) -> None:
+    out = sys.stdout
+    for w in stats.warnings:
+        print(f"rtfer: warning: {w}", file=sys.stderr)
+    if stats.summary is not None and hasattr(stats.summary, "table"):
+        print(stats.summary.table(), file=out)
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items() if v > 0)
+    print(f"{stats.frames} frames, {stats.faces} faces in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s) "
+          f"on {describe['backend']}/{describe['device']}; mean ms per frame: {stages}", file=out)
+    written = [("CSV", stats.output), ("JSON Lines", args.jsonl), ("annotated video", args.annotated),
+               ("summary plot", args.summary)]
+    for what, path in written:
+        if path:
+            print(f"wrote {what}: {path}", file=out)
+
+
+def _cmd_batch(args, options) -> int:
+    from rtfer.batch import run_batch
+
+    if not args.out_dir:
+        from rtfer.errors import InputError
+
+        raise InputError("--workers/--ray need --out-dir DIR (one CSV per video)")
+    summary = run_batch(args.inputs, args.out_dir, options, workers=args.workers, ray_address=args.ray,
+                        overwrite=args.overwrite, manifest=args.manifest, raw=args.raw,
+                        progress=not (args.no_progress or args.quiet))
+    if not args.quiet:
+        print(summary.table())
+    return 1 if summary.failed else 0
+
+
+def _cmd_bench(args) -> int:
+    from rtfer.bench import run_bench
+
+    result = run_bench(args.input, _options(args), max_frames=args.frames)
+    print(result.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import importlib.util
+
+    from rtfer import backends
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+
+    spec = BundleSpec.read(resolve_bundle_path(args.bundle))
+    print(f"bundle: {spec.name} {spec.version} at {spec.path}" + ("  [interim]" if spec.interim else ""))
+    for m in spec.members:
+        print(f"  member {m.name}: {m.architecture} {m.input_size}px {m.color} ({m.file})")
+    print(f"  ensemble: {spec.ensemble.get('method')}")
+    metrics = spec.raw.get("metrics", {})
+    if metrics:
+        print(f"  validation metrics: {json.dumps(metrics)[:400]}")
+    for name in ("onnxruntime", "torch", "tensorrt"):
+        print(f"sdk {name}: {'installed' if importlib.util.find_spec(name) else 'not installed'}")
+    if importlib.util.find_spec("onnxruntime"):
+        import onnxruntime as ort
+
+        print(f"onnxruntime providers: {', '.join(ort.get_available_providers())}")
+    backend, device = backends.resolve(args.backend, args.device)
+    print(f"auto choice: backend {backend} on {device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The runtime pipeline: capture -> detect -> track -> align -> batch -> infer -> stack -> smooth -> results.
+
+Three threads joined by bounded queues: the source decodes ahead on its own thread; a *front* thread detects,
+tracks and aligns; the consumer (the thread iterating :meth:`Pipeline.run`) batches several frames' faces into one
+inference call per member, stacks, smooths and yields :class:`FrameResult` objects in frame order. Stateful objects
+(tracker on the front thread, smoother on the consumer thread) live on one thread each and need no locks. Nothing
+collects a whole video: memory is bounded by the queue sizes.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtfer.types import EmotionScores, Faces, Frame, FrameResult
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect", "track", "align", "infer", "stack", "smooth")
+_END = object()
+
+
+@dataclass
+class AnalyzeOptions:
+    """Everything that shapes one analysis run. Picklable, so batch workers can receive it."""
+
+    bundle: str = "default"
+    backend: str = "auto"
+    device: str = "auto"
+    detector: str = "auto"
+    every: int = 1  # run the detector every N frames, track in between
+    max_faces: int = 50
+    det_width: int = 640  # frames are downscaled to this width for detection (never upscaled)
+    min_face: int = 20  # minimum face box side in frame pixels
+    det_threshold: float = 0.5
+    smoothing: str = "hmm"
+    smoothing_strength: float = 0.5
+    batch_frames: int = 8  # frames whose faces share one inference call (files only; live sources use 1)
+    keep_images: bool = False  # attach each frame's image to its FrameResult (UI, annotated video)
+    realtime: bool | None = None  # latest-frame-wins capture; None = on for cameras and streams
+    allow_fallback: bool = False  # let a missing GPU fall back to CPU instead of failing
+    prefetch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+        if self.max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
+        if self.smoothing not in ("none", "ema", "hmm"):
+            raise ValueError(f"smoothing must be none, ema or hmm, got {self.smoothing!r}")
+        if self.batch_frames < 1:
+            raise ValueError(f"batch_frames must be >= 1, got {self.batch_frames}")
+
+    def replace(self, **changes) -> AnalyzeOptions:
+        return AnalyzeOptions(**{**asdict(self), **changes})
+
+
+@dataclass
+class _Prepared:
+    """A frame after the front stages: its faces and aligned crops per member input size."""
+
+    frame: Frame
+    faces: Faces
+    crops: dict[int, np.ndarray]
+    timings: dict[str, float]
+    independent: bool  # image / folder inputs: no tracking or smoothing across frames
+
+
+class Pipeline:
+    """Loads the bundle and the detector once; :meth:`run` analyses one source at a time."""
+
+    def __init__(self, options: AnalyzeOptions | None = None, bundle=None, detector=None) -> None:
+        from rtfer.bundle import load_bundle
+        from rtfer.detection import create_detector
+
+        self.options = options or AnalyzeOptions()
+        o = self.options
+        self.bundle = bundle if bundle is not None else load_bundle(
+            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback)
+        self.detector = detector if detector is not None else create_detector(
+            o.detector, det_width=o.det_width, score_threshold=o.det_threshold, min_face=o.min_face,
+            max_faces=o.max_faces)
+        self.source = None
+        self.sizes = sorted(set(self.bundle.input_sizes))
+
+    def describe(self) -> dict:
+        b = self.bundle
+        return {"bundle": f"{b.spec.name} {b.spec.version}" + (" (interim)" if b.spec.interim else ""),
+                "backend": b.backend_name, "device": b.backends[0].active_device,
+                "detector": type(self.detector).__name__}
+
+    # ----------------------------------------------------------------------------------------------------------
+    def run(self, source, cancel: threading.Event | None = None) -> Iterator[FrameResult]:
+        """Yield one FrameResult per frame of ``source`` (a spec for :func:`rtfer.capture.open_source` or an
+        open Source). Stops early when ``cancel`` is set; closing the generator stops every thread."""
+        from rtfer.capture import open_source
+
+        o = self.options
+        src = source if hasattr(source, "__next__") and hasattr(source, "kind") else None
+        if src is None:
+            realtime = o.realtime
+            if realtime is None:
+                realtime = _is_live_spec(source)
+            src = open_source(source, prefetch=o.prefetch, drop_frames=bool(realtime))
+        self.source = src
+        live = src.kind in ("camera", "stream")
+        batch_frames = 1 if live else o.batch_frames
+        stop = cancel if cancel is not None else threading.Event()
+        q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_frames))
+        front = threading.Thread(target=self._front, args=(src, q, stop), name="rtfer-front", daemon=True)
+        front.start()
+        from rtfer.smoothing import make_smoother
+
+        smoother = make_smoother(o.smoothing, o.smoothing_strength)
+        try:
+            done = False
+            while not done:
+                item = _get(q, stop, front)
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch = [item]
+                while len(batch) < batch_frames:
+                    try:
+                        nxt = q.get(timeout=0 if live else 0.002)
+                    except queue.Empty:
+                        break
+                    if nxt is _END:
+                        done = True
+                        break
+                    if isinstance(nxt, BaseException):
+                        yield from self._finish(batch, smoother)
+                        raise nxt
+                    batch.append(nxt)
+                yield from self._finish(batch, smoother)
+        finally:
+            stop.set()
+            _drain(q)
+            front.join(timeout=5)
+            src.close()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _front(self, src, q: queue.Queue, stop: threading.Event) -> None:
+        """Detect, track and align on a thread of its own."""
+        from rtfer.detection.align import align_faces
+        from rtfer.tracking import Tracker
+
+        tracker = Tracker()
+        template = self.bundle.alignment_template
+        every = self.options.every
+        try:
+            it = iter(src)
+            n = 0
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    frame = next(it)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                independent = src.kind in ("image", "folder")
+                timings = {"decode": (t1 - t0) * 1e3}
+                if independent or n % every == 0:
+                    faces = self.detector.detect(frame.image)
+                    t2 = time.perf_counter()
+                    if independent:
+                        faces.track_ids = np.arange(len(faces), dtype=np.int64)
+                    else:
+                        faces = tracker.update(faces, frame.index)
+                else:
+                    t2 = time.perf_counter()
+                    faces = tracker.propagate(frame.image, frame.index)
+                t3 = time.perf_counter()
+                crops = {}
+                for size in self.sizes:
+                    crops[size], _ = align_faces(frame.image, faces.landmarks, size, template)
+                t4 = time.perf_counter()
+                timings.update(detect=(t2 - t1) * 1e3, track=(t3 - t2) * 1e3, align=(t4 - t3) * 1e3)
+                n += 1
+                if not _put(q, _Prepared(frame, faces, crops, timings, independent), stop):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it in order
+            _put(q, exc, stop)
+            return
+        _put(q, _END, stop)
+
+    def _finish(self, batch: list[_Prepared], smoother) -> Iterator[FrameResult]:
+        """One inference call per member for all faces of ``batch``, then stack and smooth per frame."""
+        counts = [len(p.faces) for p in batch]
+        total = sum(counts)
+        t0 = time.perf_counter()
+        if total:
+            crops = {s: np.concatenate([p.crops[s] for p in batch]) for s in self.sizes}
+            member_probs = self.bundle.member_probs(crops)
+        t1 = time.perf_counter()
+        probs = self.bundle.combine(member_probs) if total else np.zeros((0, 7), np.float32)
+        t2 = time.perf_counter()
+        infer_ms = (t1 - t0) * 1e3 / len(batch)
+        stack_ms = (t2 - t1) * 1e3 / len(batch)
+        start = 0
+        for p, n in zip(batch, counts):
+            raw = probs[start:start + n]
+            start += n
+            t3 = time.perf_counter()
+            if p.independent:
+                smoothed = raw
+            else:
+                smoothed = smoother.update(p.faces.track_ids, raw, p.frame.time_s) if n else raw
+            t4 = time.perf_counter()
+            timings = dict(p.timings, infer=infer_ms, stack=stack_ms, smooth=(t4 - t3) * 1e3)
+            f = p.frame
+            yield FrameResult(index=f.index, time_s=f.time_s, source=f.source, faces=p.faces,
+                              raw=EmotionScores(raw), smoothed=EmotionScores(smoothed), timings_ms=timings,
+                              image=f.image if self.options.keep_images else None, width=f.width, height=f.height)
+
+
+def _is_live_spec(spec) -> bool:
+    s = str(spec)
+    return s.isdigit() or "://" in s
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put with back-pressure, giving up when the run is stopped."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event, producer: threading.Thread):
+    """Next item from the front thread; _END once it is stopped or gone."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set() or not producer.is_alive():
+                try:
+                    return q.get_nowait()
+                except queue.Empty:
+                    return _END
+
+
+def _drain(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def analyze(source, *, pipeline: Pipeline | None = None, cancel: threading.Event | None = None,
+            **options) -> Iterator[FrameResult]:
+    """Yield :class:`FrameResult` objects for ``source`` lazily. ``options`` are :class:`AnalyzeOptions` fields."""
+    pipe = pipeline or Pipeline(AnalyzeOptions(**options))
+    yield from pipe.run(source, cancel=cancel)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+@dataclass
+class RunStats:
+    """What one processed input produced (one manifest row in batch mode)."""
+
+    input: str
+    output: str
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    fps: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    status: str = "ok"  # ok | partial (interrupted)
+    stage_ms: dict[str, float] = field(default_factory=dict)  # mean per frame
+    summary: object = None  # rtfer.sinks.Summary when the caller asked for one
+
+
+class StageTimer:
+    """Accumulates per-stage timings over a run (constant memory)."""
+
+    def __init__(self) -> None:
+        self.total = {k: 0.0 for k in (*STAGES, "write")}
+        self.frames = 0
+
+    def add(self, timings: dict[str, float]) -> None:
+        self.frames += 1
+        for k, v in timings.items():
+            self.total[k] = self.total.get(k, 0.0) + v
+
+    def mean(self) -> dict[str, float]:
+        n = max(self.frames, 1)
+        return {k: v / n for k, v in self.total.items()}
+
+
+def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = None, *,
+                 pipeline: Pipeline | None = None, raw: bool = False, progress: bool = False, jsonl=None,
+                 annotated=None, summary_png=None, cancel: threading.Event | None = None) -> RunStats:
+    """Analyse one input into the requested files. Sinks are opened before any work (so an unwritable output fails
+    fast) and closed — finalised — however the run ends, Ctrl-C included."""
+    from contextlib import ExitStack
+
+    from rtfer.capture import open_source
+    from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink
+
+    options = options or (pipeline.options if pipeline else AnalyzeOptions())
+    needs_images = annotated is not None
+    if needs_images and not options.keep_images:
+        options = options.replace(keep_images=True)
+    pipe = pipeline or Pipeline(options)
+    if pipeline is not None and needs_images and not pipe.options.keep_images:
+        pipe.options = pipe.options.replace(keep_images=True)
+    src = open_source(input_path, prefetch=options.prefetch,
+                      drop_frames=bool(options.realtime if options.realtime is not None else _is_live_spec(input_path)))
+    stats = RunStats(input=str(input_path), output=str(output_csv or ""))
+    timer = StageTimer()
+    t_start = time.perf_counter()
+    with ExitStack() as stack:
+        stack.callback(src.close)
+        sinks = []
+        if output_csv is not None:
+            sinks.append(stack.enter_context(CSVSink(output_csv, raw=raw)))
+        if jsonl is not None:
+            sinks.append(stack.enter_context(JSONLSink(jsonl, raw=raw)))
+        if annotated is not None:
+            sinks.append(stack.enter_context(AnnotatedVideoSink(annotated, src.fps or 25.0)))
+        summary = stack.enter_context(SummarySink(summary_png))
+        sinks.append(summary)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = stack.enter_context(tqdm(total=src.frame_count, unit="frame", desc=Path(str(input_path)).name,
+                                           leave=False, dynamic_ncols=True))
+        try:
+            for result in pipe.run(src, cancel=cancel):
+                t0 = time.perf_counter()
+                for sink in sinks:
+                    sink.append(result)
+                result.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
+                timer.add(result.timings_ms)
+                stats.frames += 1
+                stats.faces += len(result.faces)
+                if bar is not None:
+                    bar.update(1)
+        except KeyboardInterrupt:
+            stats.status = "partial"
+            raise
+        finally:
+            stats.seconds = time.perf_counter() - t_start
+            stats.fps = stats.frames / stats.seconds if stats.seconds > 0 else 0.0
+            stats.warnings = list(getattr(src, "warnings", []))
+            stats.stage_ms = timer.mean()
+            stats.summary = summary.summary() if hasattr(summary, "summary") else None
+    if cancel is not None and cancel.is_set():
+        stats.status = "partial"
+    return stats
