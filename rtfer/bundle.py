@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rtfer import backends
+from rtfer.detection.align import ARCFACE_TEMPLATE
 from rtfer.ensemble import Ensemble, make_ensemble, softmax
 from rtfer.errors import BundleError
 from rtfer.labels import CLASSES, NUM_CLASSES
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 BUNDLE_FILE = "bundle.json"
 FORMAT = "rtfer-bundle"
 FORMAT_VERSION = 1
-#: ArcFace 5-point template for a 112x112 crop, in crop units (x / 112, y / 112).
-ARCFACE_TEMPLATE = (
-    (38.2946 / 112, 51.6963 / 112),
-    (73.5318 / 112, 51.5014 / 112),
-    (56.0252 / 112, 71.7366 / 112),
-    (41.5493 / 112, 92.3655 / 112),
-    (70.7299 / 112, 92.2041 / 112),
-)
 
 
 def builtin_bundles_dir() -> Path:
