@@ -1,0 +1,106 @@
+"""The Ray executor for :func:`rtfer.batch.run_batch`: the same per-video function as Ray tasks.
+
+Ray schedules; we do not. Each task analyses one video on a Ray worker; Ray reuses worker processes for tasks of
+the same function, so the module-level pipeline cache in :mod:`rtfer.batch` gives one Pipeline per Ray worker. The
+driver keeps at most a bounded number of tasks in flight, collects results with ``ray.wait`` and writes the manifest
+as they come back. Outputs are written by the workers, so ``out_dir`` must be a path every node sees (NFS, a shared
+volume); the driver checks finished outputs there for resume.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Iterator
+
+from rtfer.errors import RtferError, missing_extra
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rtfer.batch import BatchSummary, ProcessFn, VideoResult, VideoTask
+    from rtfer.pipeline import AnalyzeOptions
+
+log = logging.getLogger(__name__)
+
+
+def import_ray():
+    """Import ray, or raise an ImportError that names the extra providing it."""
+    try:
+        import ray
+    except ImportError:
+        raise missing_extra("ray", "ray") from None
+    return ray
+
+
+def _ray_call(fn: ProcessFn, task: VideoTask, options: AnalyzeOptions, threads: int) -> VideoResult:
+    """Body of one Ray task: cap onnxruntime threads to the task's CPUs, then run the per-video function."""
+    os.environ["RTFER_ORT_THREADS"] = str(threads)
+    return fn(task, options)
+
+
+def connect(ray, address: str, num_cpus: float | None = None) -> bool:
+    """Connect to (or, for "local", start) a Ray instance unless one is already connected; True if we started it.
+
+    "auto" joins the cluster this machine belongs to (RAY_ADDRESS or a running ``ray start``); "ray://host:port" is a
+    Ray Client connection; "host:port" joins a cluster's GCS directly; "local" starts a private instance here.
+    """
+    if ray.is_initialized():
+        log.info("ray: using the instance this process is already connected to")
+        return False
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address == "local":
+        ray.init(num_cpus=int(num_cpus) if num_cpus else None, **kwargs)
+    else:
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            from rtfer.errors import BackendError
+
+            raise BackendError(f"cannot connect to the Ray cluster at {address!r}: {' '.join(str(exc).split())}") \
+                from None
+    res = ray.cluster_resources()
+    log.info("ray: connected to %s (%s CPUs, %s GPUs)", address, res.get("CPU", 0), res.get("GPU", 0))
+    return True
+
+
+def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, address: str, *,
+            num_cpus: float = 1.0, num_gpus: float = 0.0, max_in_flight: int | None = None,
+            summary: BatchSummary | None = None) -> Iterator[VideoResult]:
+    """Yield one result per task as Ray finishes them (completion order).
+
+    A task that raises (its worker died, a bug) is a failed video; an RtferError from building the pipeline stops
+    the batch, as in the other executors. A Ray instance started here ("local") is shut down at the end.
+    """
+    from rtfer.batch import _failed, one_line
+
+    ray = import_ray()
+    if not todo:
+        return
+    started = connect(ray, address)
+    try:
+        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        if summary is not None:
+            summary.workers = max(1, int(total_cpus // max(num_cpus, 1e-9)))
+        limit = max_in_flight or max(2, 2 * int(total_cpus // max(num_cpus, 1e-9)))
+        threads = max(1, int(num_cpus))
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_ray_call)
+        options_ref = ray.put(options)
+        queue = list(reversed(todo))
+        pending: dict = {}
+        while queue or pending:
+            while queue and len(pending) < limit:
+                task = queue.pop()
+                pending[remote.remote(fn, task, options_ref, threads)] = task
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                task = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    if isinstance(cause, RtferError):
+                        for r in pending:
+                            ray.cancel(r)
+                        raise cause from None
+                    yield _failed(task, one_line(cause))
+    finally:
+        if started:
+            ray.shutdown()
