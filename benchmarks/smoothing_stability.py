@@ -1,0 +1,138 @@
+"""Label stability raw vs smoothed, per face, from CSV timelines written by ``rtfer analyze --raw``.
+
+    python benchmarks/smoothing_stability.py timeline.csv [more.csv ...] [--resmooth] [--fps 30]
+
+For every (source, face_id) with at least two rows it prints frames, seconds, label switches per second and the
+mean total variation of the raw (``raw_<class>``) and smoothed (``<class>``) probabilities. ``--resmooth`` also
+re-smooths the raw columns with every method/strength so they can be compared on the same faces. Finally it prints
+the synthetic step-response lag (frames) of each method/strength.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtfer.labels import CLASSES
+from rtfer.smoothing import METHODS, make_smoother
+from rtfer.stability import label_switches_per_second, mean_total_variation, step_lag_frames
+
+STRENGTHS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Timeline:
+    """One face's rows in time order."""
+
+    source: str
+    face_id: str
+    times: np.ndarray  # (T,)
+    raw: np.ndarray  # (T, 7)
+    smoothed: np.ndarray  # (T, 7)
+
+
+def load_timelines(path: str | Path) -> list[Timeline]:
+    """Group a ``--raw`` CSV's face rows by (source, face_id); rows with an empty face_id (no face) are skipped."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        missing = [c for c in ("source", "time_s", "face_id", *CLASSES, *(f"raw_{c}" for c in CLASSES))
+                   if c not in fields]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing} (write it with `rtfer analyze --raw`)")
+        groups: dict[tuple[str, str], list[tuple[float, list[float], list[float]]]] = defaultdict(list)
+        for row in reader:
+            if not row["face_id"]:
+                continue
+            groups[(row["source"], row["face_id"])].append((
+                float(row["time_s"]),
+                [float(row[f"raw_{c}"]) for c in CLASSES],
+                [float(row[c]) for c in CLASSES],
+            ))
+    out = []
+    for (source, face_id), rows in groups.items():
+        rows.sort(key=lambda r: r[0])
+        out.append(Timeline(source, face_id, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                            np.array([r[2] for r in rows])))
+    return out
+
+
+def resmooth(timeline: Timeline, method: str, strength: float) -> np.ndarray:
+    """Apply a smoother to the raw columns of one face (as the pipeline would)."""
+    smoother = make_smoother(method, strength)
+    ids = np.zeros(1, dtype=np.int64)
+    return np.vstack([smoother.update(ids, row[None], float(t)) for row, t in zip(timeline.raw, timeline.times)])
+
+
+def stability_rows(timelines: list[Timeline], *, resmooth_all: bool = False) -> list[dict]:
+    """One row per face (and per re-smoothing when asked) with the flicker metrics."""
+    rows = []
+    for tl in timelines:
+        if len(tl.times) < 2:
+            continue
+        variants = [("raw", tl.raw), ("csv", tl.smoothed)]
+        if resmooth_all:
+            variants += [(f"{m}@{s:g}", resmooth(tl, m, s)) for m in METHODS if m != "none" for s in STRENGTHS]
+        for name, probs in variants:
+            rows.append({
+                "source": tl.source, "face_id": tl.face_id, "variant": name, "frames": len(tl.times),
+                "seconds": float(tl.times[-1] - tl.times[0]),
+                "switches_per_s": label_switches_per_second(probs, tl.times),
+                "mean_tv": mean_total_variation(probs),
+                "agree_raw": float(np.mean(probs.argmax(1) == tl.raw.argmax(1))),
+            })
+    return rows
+
+
+def step_lag_rows(fps: float = 30.0, confidence: float = 0.8) -> list[dict]:
+    """Synthetic neutral -> happiness step lag (frames) for each method/strength."""
+    rows = []
+    for method in METHODS:
+        for strength in ((0.0,) if method == "none" else STRENGTHS):
+            lag = step_lag_frames(lambda: make_smoother(method, strength), fps=fps, confidence=confidence)
+            rows.append({"method": method, "strength": strength, "fps": fps, "confidence": confidence,
+                         "lag_frames": lag, "lag_s": None if lag is None else lag / fps})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain fixed-width table (floats to 3 decimals, None as '-')."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+
+    def cell(v: object) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", nargs="*", type=Path, help="timelines written by `rtfer analyze --raw`")
+    ap.add_argument("--resmooth", action="store_true", help="also re-smooth raw columns with every method/strength")
+    ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the synthetic step (default 30)")
+    args = ap.parse_args(argv)
+    for path in args.csv:
+        print(f"# {path}")
+        print(format_table(stability_rows(load_timelines(path), resmooth_all=args.resmooth)))
+        print()
+    print(f"# synthetic step neutral -> happiness at {args.fps:g} fps (lag in frames until the label follows)")
+    print(format_table(step_lag_rows(args.fps, 0.8) + step_lag_rows(args.fps, 0.5)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Smoothing maths, stability metrics and the smoothing_stability benchmark's core on a synthetic CSV."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtfer.labels import CLASSES
+from rtfer.smoothing import (EMASmoother, HMMSmoother, ema_half_life, hmm_lambda, hmm_p_stay, make_smoother)
+from rtfer.stability import (label_switches, label_switches_per_second, mean_total_variation, stability,
+                             step_lag_frames, step_sequence)
+from rtfer.types import EmotionScores, Faces
+
+REF = 1 / 30
+
+
+def _onehotish(cls: int, conf: float) -> np.ndarray:
+    p = np.full(7, (1 - conf) / 6)
+    p[cls] = conf
+    return p
+
+
+def _random_probs(rng, n):
+    p = rng.random((n, 7)) + 1e-3
+    return p / p.sum(1, keepdims=True)
+
+
+# -- mapping ---------------------------------------------------------------------------------------------------------
+def test_strength_mapping_is_documented_values():
+    assert ema_half_life(0.0) == 0.0 and ema_half_life(0.5) == pytest.approx(0.3) and ema_half_life(1) == 0.6
+    assert hmm_lambda(0.0) == 0.0
+    assert hmm_lambda(0.5) == pytest.approx(0.99) and hmm_lambda(1.0) == pytest.approx(0.9999)
+    assert hmm_p_stay(0.0) == pytest.approx(1 / 7)
+    assert hmm_p_stay(0.5) == pytest.approx(0.99 + 0.01 / 7)
+    with pytest.raises(ValueError, match="strength"):
+        make_smoother("ema", 1.5)
+    with pytest.raises(ValueError, match="unknown smoothing method 'kalman'"):
+        make_smoother("kalman")
+
+
+# -- EMA ---------------------------------------------------------------------------------------------------------------
+def test_ema_closed_form():
+    sm = make_smoother("ema", 0.5)
+    assert isinstance(sm, EMASmoother) and sm.half_life_s == pytest.approx(0.3)
+    p0, p1 = _onehotish(6, 0.9), _onehotish(3, 0.9)
+    out0 = sm.update([7], p0[None], 10.0)
+    np.testing.assert_allclose(out0[0], p0, atol=1e-6)  # first observation initialises
+    out1 = sm.update([7], p1[None], 10.0 + 0.1)
+    alpha = 1 - 0.5 ** (0.1 / 0.3)
+    np.testing.assert_allclose(out1[0], (1 - alpha) * p0 + alpha * p1, atol=1e-6)
+    # after exactly one half-life of constant p1 (several frames), the weight on p0 is 0.5 ** (total / h)
+    t = 10.1
+    for _ in range(5):
+        t += 0.04
+        out = sm.update([7], p1[None], t)
+    w0 = 0.5 ** ((t - 10.0) / 0.3)
+    np.testing.assert_allclose(out[0], w0 * p0 + (1 - w0) * p1, atol=1e-6)
+
+
+def test_ema_is_time_aware_across_frame_rates():
+    p0, p1 = _onehotish(0, 0.8), _onehotish(4, 0.8)
+    results = []
+    for fps in (30.0, 10.0, 5.0):
+        sm = make_smoother("ema", 0.5)
+        sm.update([1], p0[None], 0.0)
+        n = int(round(fps * 0.6))
+        for k in range(1, n + 1):
+            out = sm.update([1], p1[None], k / fps)
+        results.append(out[0])
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+    np.testing.assert_allclose(results[0], results[2], atol=1e-6)
+
+
+# -- HMM ---------------------------------------------------------------------------------------------------------------
+def test_hmm_posterior_two_step_hand_computed():
+    sm = make_smoother("hmm", 0.25)  # lam = 1 - 10**-1 = 0.9
+    assert isinstance(sm, HMMSmoother) and sm.lam == pytest.approx(0.9)
+    p1 = np.array([0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    p2 = np.array([0.1, 0.4, 0.1, 0.1, 0.1, 0.1, 0.1])
+    out1 = sm.update([3], p1[None], 0.0)
+    np.testing.assert_allclose(out1[0], p1, atol=1e-6)  # flat prior x likelihood
+    out2 = sm.update([3], p2[None], REF)
+    # predicted: class0 0.9*0.4 + 0.1/7 = 0.374285714; others 0.9*0.1 + 0.1/7 = 0.104285714
+    # times p2: 0.0374285714, 0.0417142857, 5 x 0.0104285714; total 0.1312857143
+    expected = np.array([0.0374285714, 0.0417142857] + [0.0104285714] * 5) / 0.1312857143
+    np.testing.assert_allclose(out2[0], expected, atol=1e-6)
+    assert out2[0].argmax() == 1 and out2[0][0] == pytest.approx(0.28509, abs=1e-4)
+
+
+def test_hmm_time_aware_gap_equals_two_steps_with_flat_observation():
+    p1, p2 = _onehotish(2, 0.6), _onehotish(5, 0.6)
+    flat = np.full(7, 1 / 7)
+    a = make_smoother("hmm", 0.5)
+    a.update([0], p1[None], 0.0)
+    a.update([0], flat[None], REF)
+    out_a = a.update([0], p2[None], 2 * REF)
+    b = make_smoother("hmm", 0.5)
+    b.update([0], p1[None], 0.0)
+    out_b = b.update([0], p2[None], 2 * REF)
+    np.testing.assert_allclose(out_a, out_b, atol=1e-6)
+    # and a long gap forgets the past more than a short one
+    c = make_smoother("hmm", 0.5)
+    c.update([0], p1[None], 0.0)
+    out_c = c.update([0], p2[None], 1.5)
+    assert out_c[0][5] > out_b[0][5]
+
+
+def test_strength_zero_is_passthrough_for_all_methods():
+    rng = np.random.default_rng(1)
+    for method in ("none", "ema", "hmm"):
+        sm = make_smoother(method, 0.0)
+        for k in range(4):
+            p = _random_probs(rng, 3)
+            np.testing.assert_allclose(sm.update([0, 1, 2], p, k * REF), p, atol=1e-6)
+
+
+# -- shared behaviour ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["none", "ema", "hmm"])
+def test_rows_sum_to_one_and_shapes(method):
+    rng = np.random.default_rng(0)
+    sm = make_smoother(method, 0.7)
+    for k in range(20):
+        ids = rng.permutation(6)[: rng.integers(0, 6)]
+        out = sm.update(ids, _random_probs(rng, len(ids)), k * REF)
+        assert out.shape == (len(ids), 7) and out.dtype == np.float32
+        np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-5)
+    empty = sm.update(np.zeros(0, int), np.zeros((0, 7)), 1.0)
+    assert empty.shape == (0, 7)
+    with pytest.raises(ValueError, match="expected track_ids"):
+        sm.update([1, 2], np.full((1, 7), 1 / 7), 2.0)
+
+
+@pytest.mark.parametrize("method", ["ema", "hmm"])
+def test_untracked_rows_pass_through(method):
+    sm = make_smoother(method, 0.9)
+    a, b = _onehotish(0, 0.9), _onehotish(1, 0.9)
+    sm.update([-1, 4], np.stack([a, a]), 0.0)
+    out = sm.update([-1, 4], np.stack([b, b]), REF)
+    np.testing.assert_allclose(out[0], b, atol=1e-6)  # id -1: not smoothed
+    assert out[1][0] > 0.3  # tracked: remembers class 0 (raw b gives it 0.017)
+    assert sm.track_ids == [4]
+
+
+@pytest.mark.parametrize("method", ["ema", "hmm"])
+def test_tracks_are_forgotten_after_max_age(method):
+    sm = make_smoother(method, 1.0, max_age_s=1.0)
+    a, b = _onehotish(0, 0.9), _onehotish(1, 0.9)
+    sm.update([1, 2], np.stack([a, a]), 0.0)
+    sm.update([2], b[None], 0.8)
+    assert sm.track_ids == [1, 2]
+    out = sm.update([1, 2], np.stack([b, b]), 1.5)  # track 1 unseen for 1.5 s > 1.0: starts fresh
+    np.testing.assert_allclose(out[0], b, atol=1e-6)
+    assert len(sm) == 2
+    sm.update([], np.zeros((0, 7)), 5.0)
+    assert len(sm) == 0
+
+
+def test_time_going_back_resets_state():
+    sm = make_smoother("ema", 1.0)
+    a, b = _onehotish(0, 0.9), _onehotish(1, 0.9)
+    sm.update([1], a[None], 5.0)
+    out = sm.update([1], b[None], 1.0)  # seek backwards
+    np.testing.assert_allclose(out[0], b, atol=1e-6)
+
+
+def test_apply_stage_form():
+    sm = make_smoother("hmm", 0.5)
+    faces = Faces(np.zeros((1, 4)), np.zeros((1, 5, 2)), np.ones(1), np.array([3]))
+    res = sm.apply(faces, EmotionScores(_onehotish(2, 0.5)[None]), 0.0)
+    assert isinstance(res, EmotionScores) and res.probs.shape == (1, 7)
+
+
+# -- stability metrics -------------------------------------------------------------------------------------------------
+def test_stability_metrics_on_hand_made_sequences():
+    a, b = _onehotish(0, 0.7), _onehotish(1, 0.7)
+    seq = np.stack([a, a, b, a, b, b])  # labels 0 0 1 0 1 1 -> 3 switches
+    times = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    assert label_switches(seq) == 3
+    assert label_switches_per_second(seq, times) == pytest.approx(1.0)
+    # TV between a and b = 0.5 * (0.65 + 0.65) = 0.65; 3 of the 5 transitions change
+    assert mean_total_variation(seq) == pytest.approx(3 * 0.65 / 5)
+    st = stability(seq, times)
+    assert (st.frames, st.duration_s) == (6, 3.0)
+    assert math.isnan(label_switches_per_second(seq[:1], times[:1]))
+    assert math.isnan(mean_total_variation(seq[:1]))
+    assert mean_total_variation(np.tile(a, (4, 1))) == 0.0
+
+
+def test_step_lag():
+    probs, times = step_sequence("neutral", "happiness", n_before=5, n_after=7)
+    assert probs.shape == (12, 7) and probs[4].argmax() == 6 and probs[5].argmax() == 3
+    assert step_lag_frames(lambda: make_smoother("none")) == 0
+    ema = step_lag_frames(lambda: make_smoother("ema", 0.5), fps=30)
+    # 0.8 vs 0.0333 peaks cross when the old weight 0.5 ** (k / 30 / 0.3) drops below 1/2: k >= 9 -> lag 8
+    assert ema == 8
+    assert step_lag_frames(lambda: make_smoother("ema", 1.0)) > ema
+    hmm_lags = [step_lag_frames(lambda: make_smoother("hmm", s)) for s in (0.25, 0.5, 1.0)]
+    assert hmm_lags == sorted(hmm_lags) and hmm_lags[-1] > 0
+    assert step_lag_frames(lambda: make_smoother("ema", 1.0), n_after=3) is None
+
+
+def test_smoothing_reduces_flicker_on_noisy_sequence():
+    rng = np.random.default_rng(0)
+    T = 240
+    base = np.where(np.arange(T) < 120, 6, 3)
+    logits = rng.normal(0, 1.0, (T, 7))
+    logits[np.arange(T), base] += 1.5
+    raw = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    times = np.arange(T) / 30
+    raw_sw = label_switches_per_second(raw, times)
+    for method in ("ema", "hmm"):
+        sm = make_smoother(method, 0.5)
+        smooth = np.vstack([sm.update([0], r[None], t) for r, t in zip(raw, times)])
+        assert label_switches_per_second(smooth, times) < raw_sw / 5
+        assert mean_total_variation(smooth) < mean_total_variation(raw) / 5
+        assert np.mean(smooth.argmax(1) == base) > np.mean(raw.argmax(1) == base)
+
+
+# -- benchmark script core ---------------------------------------------------------------------------------------------
+def _load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "smoothing_stability.py"
+    spec = importlib.util.spec_from_file_location("smoothing_stability", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_csv(path: Path) -> None:
+    cols = ["source", "frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", *CLASSES, "emotion",
+            "confidence", "sentiment5", "sentiment3", "valence", *(f"raw_{c}" for c in CLASSES), "raw_emotion"]
+    a, b = _onehotish(6, 0.6), _onehotish(3, 0.6)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for k in range(6):
+            raw = a if k % 2 == 0 else b  # flickers every frame
+            sm = a  # smoothed holds
+            for fid in ("1", "2"):
+                w.writerow(["clip.mp4", k, f"{k * 0.1:.3f}", fid, 1, 2, 3, 4, 0.9, *sm, "neutral", 0.6,
+                            "neutral", "neutral", 0.0, *raw, "x"])
+        w.writerow(["clip.mp4", 6, "0.600", "", "", "", "", "", "", *[""] * 7, "", "", "", "", "", *[""] * 7, ""])
+
+
+def test_benchmark_core_on_synthetic_csv(tmp_path, capsys):
+    bench = _load_benchmark()
+    path = tmp_path / "t.csv"
+    _write_csv(path)
+    tls = bench.load_timelines(path)
+    assert sorted((t.source, t.face_id) for t in tls) == [("clip.mp4", "1"), ("clip.mp4", "2")]
+    assert tls[0].raw.shape == (6, 7) and np.allclose(tls[0].times, np.arange(6) * 0.1)
+    rows = bench.stability_rows(tls)
+    raw = next(r for r in rows if r["variant"] == "raw" and r["face_id"] == "1")
+    sm = next(r for r in rows if r["variant"] == "csv" and r["face_id"] == "1")
+    assert raw["switches_per_s"] == pytest.approx(5 / 0.5) and sm["switches_per_s"] == 0.0
+    assert raw["mean_tv"] == pytest.approx(0.5 * (0.6 - 0.4 / 6) * 2) and sm["mean_tv"] == 0.0
+    rows_all = bench.stability_rows(tls, resmooth_all=True)
+    assert len(rows_all) == 2 * (2 + 2 * len(bench.STRENGTHS))
+    assert bench.main([str(path), "--resmooth"]) == 0
+    out = capsys.readouterr().out
+    assert "switches_per_s" in out and "hmm@0.5" in out and "lag_frames" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,frame,time_s\nx,0,0\n")
+    with pytest.raises(ValueError, match="missing columns"):
+        bench.load_timelines(bad)
