@@ -1,0 +1,264 @@
+"""Face tracking: stable ``track_ids`` across frames, and optical-flow propagation between detections.
+
+:class:`Tracker` is ByteTrack-style without a Kalman filter: every track predicts its box with constant velocity,
+detections are matched to predictions by Hungarian assignment on IoU (high-score detections first, then the
+remaining active tracks against low-score detections), unmatched high-score detections start new tracks with
+never-reused IDs, and tracks unseen for ``max_age_frames`` are forgotten. Hungarian assignment is one-to-one, so
+two faces visible in the same frame can never share an ID, and constant-velocity prediction keeps crossing or
+fast faces from swapping IDs.
+
+For ``--every N`` the pipeline calls :meth:`Tracker.propagate` on frames without detection: the last faces'
+landmarks and a few interior points are followed with pyramidal Lucas-Kanade flow (forward-backward checked).
+State is bounded: live tracks, the last output faces and one downscaled gray frame.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtfer.types import Faces
+
+log = logging.getLogger(__name__)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a (n,4) and b (m,4), xyxy."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def _assign(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Maximum-total-IoU one-to-one assignment, keeping pairs with IoU >= threshold."""
+    if iou.size == 0:
+        return []
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(1.0 - iou)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= threshold]
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: np.ndarray  # (4,) float64, position estimate at box_frame (detection or flow)
+    box_frame: int
+    velocity: np.ndarray  # (4,) px per frame for x1, y1, x2, y2
+    last_det_frame: int  # last frame a detection was matched (ages are counted from it)
+    hits: int = 1
+
+    def predict(self, frame_index: int) -> np.ndarray:
+        return self.box + self.velocity * (frame_index - self.box_frame)
+
+    def move_to(self, box: np.ndarray, frame_index: int, smoothing: float) -> None:
+        dt = frame_index - self.box_frame
+        if dt > 0:
+            inst = (box - self.box) / dt
+            self.velocity = inst if self.hits <= 1 else smoothing * self.velocity + (1 - smoothing) * inst
+        self.box = np.asarray(box, np.float64).copy()
+        self.box_frame = frame_index
+
+
+class Tracker:
+    """Assigns stable track IDs to per-frame :class:`Faces`; lives on one thread (no locks).
+
+    - ``iou_threshold``: minimum IoU between a track's predicted box and a high-score detection to match.
+    - ``max_age_frames``: a track unmatched for more frames than this is forgotten (its ID is never reused).
+    - ``high_score`` / ``low_score``: detections >= high_score are matched first and may start tracks; those in
+      [low_score, high_score) only extend already-active tracks (ByteTrack's second pass) at ``low_iou_threshold``;
+      the rest are dropped. With the detector's default threshold (0.5) every detection is "high"; lower the
+      detector threshold to let the second pass rescue blurred or occluded faces.
+    - ``velocity_smoothing``: weight of the previous velocity when a new measurement arrives (0 = latest only).
+    - ``flow_width``: frames are downscaled to at most this width for optical flow in :meth:`propagate`.
+    - ``flow_max_error``: forward-backward error (px at flow scale) above which a tracked point is rejected.
+    - ``min_flow_fraction``: a face is dropped by :meth:`propagate` when fewer of its points survive.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 30, *, high_score: float = 0.5,
+                 low_score: float = 0.1, low_iou_threshold: float = 0.5, velocity_smoothing: float = 0.5,
+                 flow_width: int = 640, flow_max_error: float = 1.0, min_flow_fraction: float = 0.5) -> None:
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if max_age_frames < 0:
+            raise ValueError(f"max_age_frames must be >= 0, got {max_age_frames}")
+        if low_score > high_score:
+            raise ValueError(f"low_score ({low_score}) must not exceed high_score ({high_score})")
+        self.iou_threshold = float(iou_threshold)
+        self.max_age_frames = int(max_age_frames)
+        self.high_score = float(high_score)
+        self.low_score = float(low_score)
+        self.low_iou_threshold = float(low_iou_threshold)
+        self.velocity_smoothing = float(velocity_smoothing)
+        self.flow_width = int(flow_width)
+        self.flow_max_error = float(flow_max_error)
+        self.min_flow_fraction = float(min_flow_fraction)
+        self._next_id = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all tracks (a new source). IDs keep increasing, so they are never reused."""
+        self.tracks: dict[int, _Track] = {}
+        self._last_faces = Faces.empty()
+        self._last_update_frame: int | None = None
+        self._last_frame: int | None = None
+        self._prev_gray: np.ndarray | None = None
+
+    # ------------------------------------------------------------------------------------------------ matching
+    def update(self, faces: Faces, frame_index: int, image_bgr: np.ndarray | None = None) -> Faces:
+        """Match this frame's detections to tracks; return the kept faces (input order) with ``track_ids`` set.
+
+        Pass ``image_bgr`` (the frame the faces were detected on) when :meth:`propagate` will follow.
+        """
+        frame_index = int(frame_index)
+        if self._last_frame is not None and frame_index < self._last_frame:
+            log.info("frame index went back from %d to %d: tracker reset", self._last_frame, frame_index)
+            self.reset()
+        boxes = faces.xyxy.astype(np.float64)
+        scores = faces.scores
+        high = np.nonzero(scores >= self.high_score)[0]
+        low = np.nonzero((scores >= self.low_score) & (scores < self.high_score))[0]
+        tracks = list(self.tracks.values())
+        preds = np.array([t.predict(frame_index) for t in tracks]).reshape(-1, 4)
+        ids = np.full(len(faces), -1, np.int64)
+
+        matched_tracks: set[int] = set()
+        for r, c in _assign(iou_matrix(preds, boxes[high]), self.iou_threshold):
+            ids[high[c]] = tracks[r].track_id
+            matched_tracks.add(r)
+        active = [r for r, t in enumerate(tracks)
+                  if r not in matched_tracks and t.last_det_frame == self._last_update_frame]
+        for r, c in _assign(iou_matrix(preds[active], boxes[low]), self.low_iou_threshold):
+            ids[low[c]] = tracks[active[r]].track_id
+            matched_tracks.add(active[r])
+
+        for i in np.nonzero(ids >= 0)[0]:
+            t = self.tracks[int(ids[i])]
+            t.move_to(boxes[i], frame_index, self.velocity_smoothing)
+            t.last_det_frame = frame_index
+            t.hits += 1
+        for i in high:
+            if ids[i] < 0:
+                ids[i] = self._next_id
+                self.tracks[self._next_id] = _Track(self._next_id, boxes[i].copy(), frame_index, np.zeros(4),
+                                                    frame_index)
+                self._next_id += 1
+        for tid in [tid for tid, t in self.tracks.items() if frame_index - t.last_det_frame > self.max_age_frames]:
+            del self.tracks[tid]
+
+        keep = np.nonzero(ids >= 0)[0]
+        out = Faces(faces.xyxy[keep], faces.landmarks[keep], faces.scores[keep], ids[keep])
+        self._last_faces = out
+        self._last_update_frame = self._last_frame = frame_index
+        self._prev_gray = None if image_bgr is None else self._gray(image_bgr)
+        return out
+
+    # ---------------------------------------------------------------------------------------------- propagation
+    def _flow_scale(self, width: int) -> float:
+        return min(1.0, self.flow_width / float(width))
+
+    def _gray(self, image_bgr: np.ndarray) -> np.ndarray:
+        import cv2
+
+        image = np.asarray(image_bgr)
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        s = self._flow_scale(gray.shape[1])
+        if s < 1.0:
+            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * s)), max(1, round(gray.shape[0] * s))),
+                              interpolation=cv2.INTER_AREA)
+        return gray
+
+    @staticmethod
+    def _points(faces: Faces) -> np.ndarray:
+        """(n, 14, 2): the 5 landmarks then a 3x3 grid over the central half of each box."""
+        g = np.array([0.25, 0.5, 0.75])
+        gx, gy = np.meshgrid(g, g)
+        grid = np.stack([gx.ravel(), gy.ravel()], axis=1)  # (9, 2) box fractions
+        xy = faces.xyxy.astype(np.float64)
+        wh = xy[:, 2:] - xy[:, :2]
+        interior = xy[:, None, :2] + grid[None] * wh[:, None]
+        return np.concatenate([faces.landmarks.astype(np.float64), interior], axis=1)
+
+    def propagate(self, image_bgr: np.ndarray, frame_index: int) -> Faces:
+        """Move the last faces to this frame with pyramidal Lucas-Kanade flow, keeping IDs and scores.
+
+        Faces whose flow fails (fewer than ``min_flow_fraction`` of their points pass the forward-backward check,
+        or whose centre leaves the frame) are dropped until the next detection.
+        """
+        import cv2
+
+        frame_index = int(frame_index)
+        gray = self._gray(image_bgr)
+        faces = self._last_faces
+        if len(faces) == 0:
+            self._prev_gray, self._last_frame = gray, frame_index
+            return Faces.empty()
+        if self._prev_gray is None:
+            raise RuntimeError("Tracker.propagate() needs the detection frame: call "
+                               "update(faces, frame_index, image_bgr=frame.image) on detection frames")
+        if gray.shape != self._prev_gray.shape:
+            raise ValueError(f"frame size changed from {self._prev_gray.shape} to {gray.shape} between frames")
+        h, w = np.asarray(image_bgr).shape[:2]
+        s = self._flow_scale(w)
+        pts = self._points(faces)  # frame pixels
+        n, k = pts.shape[:2]
+        p0 = (pts * s).reshape(-1, 1, 2).astype(np.float32)
+        lk = dict(winSize=(21, 21), maxLevel=3,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, gray, p0, None, **lk)
+        p0b, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev_gray, p1, None, **lk)
+        fb = np.linalg.norm((p0 - p0b).reshape(-1, 2), axis=1)
+        good = ((st1.ravel() == 1) & (st2.ravel() == 1) & (fb < self.flow_max_error)).reshape(n, k)
+        new_pts = p1.reshape(n, k, 2).astype(np.float64) / s
+
+        keep, boxes, lms = [], [], []
+        for i in range(n):
+            g = good[i]
+            if g.sum() < max(2, int(np.ceil(self.min_flow_fraction * k))):
+                continue
+            old, new = pts[i][g], new_pts[i][g]
+            shift = np.median(new - old, axis=0)
+            d_old = np.linalg.norm(old[:, None] - old[None], axis=2)
+            d_new = np.linalg.norm(new[:, None] - new[None], axis=2)
+            valid = d_old > 1e-3 * max(w, h)
+            scale = float(np.clip(np.median(d_new[valid] / d_old[valid]), 0.8, 1.25)) if valid.any() else 1.0
+            box = faces.xyxy[i].astype(np.float64)
+            centre = (box[:2] + box[2:]) / 2
+            new_centre = centre + shift
+            if not (0 <= new_centre[0] < w and 0 <= new_centre[1] < h):
+                continue
+            half = (box[2:] - box[:2]) / 2 * scale
+            new_box = np.concatenate([new_centre - half, new_centre + half])
+            lm = faces.landmarks[i].astype(np.float64)
+            moved = new_centre + (lm - centre) * scale  # similarity estimate for landmarks that failed
+            lm_good = g[:5]
+            moved[lm_good] = new_pts[i, :5][lm_good]
+            keep.append(i)
+            boxes.append(new_box)
+            lms.append(moved)
+        if keep:
+            keep_arr = np.asarray(keep)
+            xyxy = np.asarray(boxes)
+            xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, w)
+            xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, h)
+            out = Faces(xyxy, np.asarray(lms), faces.scores[keep_arr], faces.track_ids[keep_arr])
+        else:
+            out = Faces.empty()
+        for box, tid in zip(out.xyxy, out.track_ids):
+            t = self.tracks.get(int(tid))
+            if t is not None:
+                t.move_to(box.astype(np.float64), frame_index, self.velocity_smoothing)
+        dropped = len(faces) - len(out)
+        if dropped:
+            log.debug("frame %d: optical flow lost %d of %d faces", frame_index, dropped, len(faces))
+        self._last_faces = out
+        self._prev_gray, self._last_frame = gray, frame_index
+        return out

@@ -1,0 +1,154 @@
+"""Tracker: stable IDs through crossings, misses and fast motion; fresh IDs; optical-flow propagation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtfer.tracking import Tracker, iou_matrix
+from rtfer.types import Faces
+
+
+def _faces(boxes, scores=None) -> Faces:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    n = len(boxes)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    lms = np.stack([np.stack([cx + dx, cy + dy], 1) for dx, dy in
+                    [(-10, -8), (10, -8), (0, 2), (-8, 12), (8, 12)]], 1) if n else np.zeros((0, 5, 2))
+    return Faces(boxes, lms, np.full(n, 0.9) if scores is None else scores)
+
+
+def _box(x, y, size=60):
+    return [x, y, x + size, y + size]
+
+
+def test_iou_matrix():
+    iou = iou_matrix(np.array([_box(0, 0, 10)]), np.array([_box(0, 0, 10), _box(5, 0, 10), _box(50, 50, 10)]))
+    np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
+    assert iou_matrix(np.zeros((0, 4)), np.zeros((3, 4))).shape == (0, 3)
+
+
+def test_crossing_trajectories_keep_their_ids():
+    rng = np.random.default_rng(0)
+    tracker = Tracker()
+    id_a = id_b = None
+    for f in range(41):
+        a, b = _box(10 * f, 100), _box(395 - 10 * f, 102)  # cross head-on between frames 19 and 20
+        order = rng.permutation(2)  # detection order must not matter
+        out = tracker.update(_faces(np.array([a, b])[order]), f)
+        assert len(out) == 2 and len(set(out.track_ids.tolist())) == 2
+        got_a = int(out.track_ids[np.argmin(np.abs(out.xyxy[:, 0] - a[0]) + np.abs(out.xyxy[:, 1] - a[1]))])
+        got_b = int(out.track_ids[np.argmin(np.abs(out.xyxy[:, 0] - b[0]) + np.abs(out.xyxy[:, 1] - b[1]))])
+        if f == 0:
+            id_a, id_b = got_a, got_b
+        assert (got_a, got_b) == (id_a, id_b), f"IDs swapped at frame {f}"
+
+
+def test_missed_detections_keep_the_id():
+    tracker = Tracker(max_age_frames=30)
+    ids = []
+    for f in range(30):
+        if 10 <= f < 16:  # six frames without a detection
+            assert len(tracker.update(Faces.empty(), f)) == 0
+            continue
+        ids.append(int(tracker.update(_faces([_box(100 + 2 * f, 50)]), f).track_ids[0]))
+    assert len(set(ids)) == 1
+
+
+def test_fast_accelerating_face_keeps_its_id():
+    tracker = Tracker()
+    x, ids = 0.0, []
+    for f, speed in enumerate([4, 8, 16, 32, 40, 40, 40, 40, 40, 40]):
+        x += speed  # 40 px/frame on a 60 px box: IoU of consecutive boxes is 0.2 < iou_threshold
+        ids.append(int(tracker.update(_faces([_box(x, 200)]), f).track_ids[0]))
+    assert len(set(ids)) == 1
+
+
+def test_new_faces_get_fresh_ids_that_are_never_reused():
+    tracker = Tracker(max_age_frames=5)
+    first = int(tracker.update(_faces([_box(0, 0)]), 0).track_ids[0])
+    out = tracker.update(_faces([_box(0, 0), _box(300, 300)]), 1)
+    assert set(out.track_ids.tolist()) == {first, first + 1}
+    for f in range(2, 12):  # both leave for longer than max_age
+        tracker.update(Faces.empty(), f)
+    assert tracker.tracks == {}
+    back = tracker.update(_faces([_box(0, 0)]), 12)
+    assert int(back.track_ids[0]) not in (first, first + 1)
+
+
+def test_low_score_detections_only_extend_active_tracks():
+    tracker = Tracker(high_score=0.5, low_score=0.1)
+    tid = int(tracker.update(_faces([_box(100, 100)]), 0).track_ids[0])
+    out = tracker.update(_faces([_box(102, 100), _box(400, 400)], np.array([0.3, 0.3])), 1)
+    assert out.track_ids.tolist() == [tid]  # the weak lone detection neither starts a track nor survives
+    np.testing.assert_allclose(out.xyxy[0], _box(102, 100))
+    out = tracker.update(_faces([_box(104, 100)], np.array([0.05])), 2)
+    assert len(out) == 0  # below low_score
+
+
+def test_state_stays_bounded():
+    rng = np.random.default_rng(1)
+    tracker = Tracker(max_age_frames=10)
+    for f in range(300):
+        boxes = [_box(*rng.uniform(0, 2000, 2), size=40) for _ in range(5)]  # five fresh faces every frame
+        tracker.update(_faces(boxes), f)
+        assert len(tracker.tracks) <= 5 * (10 + 1)
+
+
+def test_frame_index_going_back_resets():
+    tracker = Tracker()
+    tracker.update(_faces([_box(0, 0)]), 10)
+    out = tracker.update(_faces([_box(500, 500)]), 0)
+    assert len(tracker.tracks) == 1 and len(out) == 1
+
+
+# --------------------------------------------------------------------------- propagation
+
+@pytest.fixture(scope="module")
+def detected(group_photo):
+    from rtfer.detection import create_detector
+
+    return create_detector("centerface").detect(group_photo)
+
+
+def _shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    import cv2
+
+    m = np.array([[1, 0, dx], [0, 1, dy]], np.float64)
+    return cv2.warpAffine(image, m, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_propagate_moves_boxes_and_landmarks_by_the_shift(group_photo, detected):
+    tracker = Tracker()
+    faces = tracker.update(detected, 0, image_bgr=group_photo)
+    assert len(faces) >= 5
+    total = np.zeros(2)
+    image = group_photo
+    for f, (dx, dy) in enumerate([(7, -4), (5, 3)], start=1):
+        total += (dx, dy)
+        image = _shift(image, dx, dy)
+        moved = tracker.propagate(image, f)
+        assert moved.track_ids.tolist() == faces.track_ids.tolist()
+        np.testing.assert_allclose(moved.scores, faces.scores)
+        np.testing.assert_allclose(moved.xyxy, faces.xyxy + np.tile(total, 2), atol=1.5)
+        np.testing.assert_allclose(moved.landmarks, faces.landmarks + total, atol=1.5)
+    # the next detection keeps the IDs (tracks followed the flow)
+    redetected = tracker.update(Faces(detected.xyxy + np.tile(total, 2), detected.landmarks + total,
+                                      detected.scores), 3, image_bgr=image)
+    assert sorted(redetected.track_ids.tolist()) == sorted(faces.track_ids.tolist())
+
+
+def test_propagate_drops_faces_whose_flow_fails(group_photo, detected):
+    tracker = Tracker()
+    tracker.update(detected, 0, image_bgr=group_photo)
+    assert len(tracker.propagate(np.zeros_like(group_photo), 1)) == 0  # nothing to follow on a blank frame
+    assert len(tracker.propagate(group_photo, 2)) == 0  # lost until the next detection
+
+
+def test_propagate_needs_the_detection_frame(detected):
+    tracker = Tracker()
+    tracker.update(detected, 0)
+    with pytest.raises(RuntimeError, match="image_bgr"):
+        tracker.propagate(np.zeros((10, 10, 3), np.uint8), 1)
+    empty = Tracker()
+    empty.update(Faces.empty(), 0)
+    assert len(empty.propagate(np.zeros((10, 10, 3), np.uint8), 1)) == 0
