@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Iterator
 
-from rtfer.errors import RtferError, missing_extra
+from rtfer.errors import missing_extra
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from rtfer.batch import BatchSummary, ProcessFn, VideoResult, VideoTask
@@ -69,7 +69,7 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
     A task that raises (its worker died, a bug) is a failed video; an RtferError from building the pipeline stops
     the batch, as in the other executors. A Ray instance started here ("local") is shut down at the end.
     """
-    from rtfer.batch import _failed, one_line
+    from rtfer.batch import FATAL_ERRORS, _failed, one_line
 
     ray = import_ray()
     if not todo:
@@ -96,7 +96,7 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
                     yield ray.get(ref)
                 except Exception as exc:
                     cause = getattr(exc, "cause", None) or exc
-                    if isinstance(cause, RtferError):
+                    if isinstance(cause, FATAL_ERRORS):
                         for r in pending:
                             ray.cancel(r)
                         raise cause from None

@@ -36,6 +36,8 @@ MANIFEST_COLUMNS = ("input", "output", "frames", "faces", "seconds", "fps", "sta
 FINISHED_STATUSES = frozenset({"ok"})
 ORT_THREADS_ENV = "RTFER_ORT_THREADS"
 _MAX_ERROR_CHARS = 500
+#: Errors that would fail every video the same way (bad bundle or backend, a missing module): they stop the batch.
+FATAL_ERRORS = (RtferError, ImportError)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -51,6 +53,11 @@ def _glob_root(pattern: str) -> Path:
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path(".")
+
+
+def _abs(path: str | Path) -> Path:
+    """An absolute, normalised path that keeps symlinks (two links to one file are two inputs)."""
+    return Path(os.path.normpath(os.path.abspath(os.fspath(path))))
 
 
 def _videos_under(folder: Path) -> list[Path]:
@@ -69,7 +76,7 @@ def discover_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     seen: set[Path] = set()
 
     def add(file: Path, root: Path) -> None:
-        key = file.resolve()
+        key = _abs(file)
         if key not in seen:
             seen.add(key)
             out.append((file, root))
@@ -107,7 +114,7 @@ def output_path(file: str | Path, root: str | Path, out_dir: str | Path, suffix:
     """Where ``file``'s output goes: its path relative to ``root`` mirrored under ``out_dir``, with ``suffix``."""
     file, root = Path(file), Path(root)
     try:
-        rel = file.resolve().relative_to(root.resolve())
+        rel = _abs(file).relative_to(_abs(root))
     except ValueError:
         rel = Path(file.name)
     return Path(out_dir) / rel.with_suffix(suffix)
@@ -198,7 +205,7 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
 
     Errors about this video (unreadable input, unwritable output, a decoder or model failure on its frames) are
     returned as a failed result so the batch goes on. Errors building the pipeline (bad bundle, missing backend)
-    are raised: they would fail every video the same way, and the driver stops the batch on them.
+    and ImportErrors are raised: they would fail every video the same way, and the driver stops the batch on them.
     """
     from rtfer.pipeline import process_file
 
@@ -211,6 +218,8 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
         stats = process_file(task.input, tmp, options, pipeline=pipeline, raw=task.raw, progress=False)
         if stats.status == "ok":
             os.replace(tmp, output)
+    except ImportError:
+        raise  # a missing module or extra fails every video the same way: fatal for the batch
     except Exception as exc:  # one video's failure never stops the batch
         log.debug("%s failed", task.input, exc_info=True)
         return VideoResult(task.input, task.output, "failed", error=one_line(exc), finished_at=_now())
@@ -243,7 +252,7 @@ class Manifest:
         self._writer: csv.DictWriter | None = None
 
     def read(self) -> dict[str, dict[str, str]]:
-        """The last row per input (keyed by the resolved input path)."""
+        """The last row per input (keyed by the absolute input path)."""
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return {}
         rows: dict[str, dict[str, str]] = {}
@@ -303,7 +312,7 @@ class Manifest:
 
 
 def _key(path: str | Path) -> str:
-    return str(Path(path).resolve())
+    return str(_abs(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,15 +337,15 @@ def plan_batch(inputs: Iterable[str | Path], out_dir: str | Path, *, overwrite: 
     if not pairs:
         raise InputError("no video files found in the inputs")
     tasks: list[VideoTask] = []
-    claimed: dict[Path, str] = {manifest_path.resolve(): "the manifest"}
+    claimed: dict[Path, str] = {_abs(manifest_path): "the manifest"}
     for file, root in pairs:
-        out = output_path(file, root, out_dir)
-        other = claimed.get(out.resolve())
+        out = _abs(output_path(file, root, out_dir))
+        other = claimed.get(out)
         if other is not None:
             raise InputError(f"{file} and {other} would both write {out}; give their common parent folder as the "
                              "input or run them separately")
-        claimed[out.resolve()] = str(file)
-        tasks.append(VideoTask(str(file.resolve()), str(out.resolve()), raw))
+        claimed[out] = str(file)
+        tasks.append(VideoTask(str(_abs(file)), str(out), raw))
     done = {} if overwrite else Manifest(manifest_path).read()
     todo, skipped = [], []
     for t in tasks:
@@ -406,7 +415,7 @@ class BatchSummary:
                 "(rerun the same command to retry them)")
 
     def table(self) -> str:
-        rows = [("executor", f"{self.executor} ({self.workers} worker{'s' if self.workers != 1 else ''})"),
+        rows = [("executor", f"{self.executor}, {self.workers} in parallel"),
                 ("videos", str(self.videos_total)),
                 ("  ok", str(self.videos_ok)),
                 ("  partial", str(self.videos_partial)),
@@ -458,8 +467,8 @@ def _run_in_process(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessF
     for task in todo:
         try:
             yield fn(task, options)
-        except RtferError:
-            raise  # pipeline set-up failed: every video would fail the same way
+        except FATAL_ERRORS:
+            raise  # pipeline set-up failed or a module is missing: every video would fail the same way
         except Exception as exc:
             log.debug("%s failed", task.input, exc_info=True)
             yield _failed(task, one_line(exc))
@@ -500,7 +509,7 @@ def _run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, wor
                     broken = True
                     yield _failed(task, "a worker process died while analysing this video (native crash or out "
                                         "of memory); rerun to retry")
-                except RtferError:
+                except FATAL_ERRORS:
                     raise
                 except Exception as exc:
                     yield _failed(task, one_line(exc))

@@ -102,11 +102,11 @@ def test_discover_globs_files_and_duplicates(tmp_path):
     root = _tree(tmp_path)
     pairs = discover_inputs([str(root / "day1" / "**" / "*.mkv"), str(root / "a.mp4"), str(root),
                              str(root / "*.mp4")])
-    files = [f.resolve() for f, _ in pairs]
+    files = [f.absolute() for f, _ in pairs]
     assert len(files) == len(set(files)) == 4  # a.mp4 and d.mkv reached twice, kept once
-    assert files[0] == (root / "day1" / "deep" / "d.mkv").resolve()
+    assert files[0] == (root / "day1" / "deep" / "d.mkv").absolute()
     assert pairs[0][1] == root / "day1"  # a glob's root is its fixed prefix
-    assert files[1] == (root / "a.mp4").resolve() and pairs[1][1] == root
+    assert files[1] == (root / "a.mp4").absolute() and pairs[1][1] == root
     # a glob that matches only non-videos, or a missing path, is an input error
     with pytest.raises(InputError, match="no video"):
         discover_inputs([str(root / "*.txt")])
@@ -130,7 +130,7 @@ def test_plan_rejects_colliding_outputs(tmp_path):
         plan_batch([str(tmp_path / "cam1"), str(tmp_path / "cam2")], tmp_path / "out")
     # their common parent mirrors them apart
     plan = plan_batch([str(tmp_path)], tmp_path / "out")
-    assert sorted(Path(t.output).relative_to((tmp_path / "out").resolve()).as_posix() for t in plan.todo) == \
+    assert sorted(Path(t.output).relative_to((tmp_path / "out").absolute()).as_posix() for t in plan.todo) == \
         ["cam1/s.csv", "cam2/s.csv"]
 
 
@@ -154,7 +154,7 @@ def test_run_mirrors_outputs_and_writes_manifest(tmp_path, fake):
     for rel, n in (("a.csv", 3), ("b.csv", 5), ("day1/c.csv", 2), ("day1/deep/d.csv", 1)):
         assert len((out / rel).read_text().splitlines()) == n + 1
     rows = _read_manifest(out / "manifest.csv")
-    assert [Path(r["output"]).relative_to(out.resolve()).as_posix() for r in rows] == \
+    assert [Path(r["output"]).relative_to(out.absolute()).as_posix() for r in rows] == \
         ["a.csv", "b.csv", "day1/c.csv", "day1/deep/d.csv"]
     assert {r["status"] for r in rows} == {"ok"} and rows[1]["frames"] == "5" and rows[1]["faces"] == "10"
     assert all(r["finished_at"] and not r["error"] for r in rows)
@@ -267,7 +267,7 @@ def test_manifest_roundtrip_last_row_wins(tmp_path):
         m.append(VideoResult("/v/a.mp4", "/o/a.csv", "failed", error="boom", finished_at="t1"))
         m.append(VideoResult("/v/a.mp4", "/o/a.csv", "ok", frames=3, finished_at="t2"))
     rows = m.read()
-    assert list(rows) == [str(Path("/v/a.mp4").resolve())] and rows[str(Path("/v/a.mp4").resolve())]["status"] == "ok"
+    assert list(rows) == ["/v/a.mp4"] and rows["/v/a.mp4"]["status"] == "ok"
 
 
 def test_missing_ray_names_the_extra(tmp_path, fake, monkeypatch):
@@ -313,3 +313,24 @@ def test_pool_isolates_failures_and_worker_deaths(tmp_path, monkeypatch):
     pids = {(out / f"{n[0]}.csv").read_text().split(",")[0] for n in rows if rows[n]["status"] == "ok"}
     assert str(os.getpid()) not in pids
     assert all((out / f"{n[0]}.csv").read_text().strip().endswith(",1") for n in rows if rows[n]["status"] == "ok")
+
+
+def test_symlinked_copies_are_separate_inputs(tmp_path):
+    real = _touch(tmp_path / "src" / "clip.mp4")
+    links = tmp_path / "links"
+    links.mkdir()
+    for i in range(2):
+        (links / f"copy{i}.mp4").symlink_to(real)
+    pairs = discover_inputs([str(links), str(links / "copy0.mp4")])
+    assert [f.name for f, _ in pairs] == ["copy0.mp4", "copy1.mp4"]
+
+
+def test_missing_module_stops_the_batch(tmp_path, fake, monkeypatch):
+    root = _tree(tmp_path)
+
+    def no_module(*a, **k):
+        raise ModuleNotFoundError("No module named 'rtfer.sinks'")
+
+    monkeypatch.setattr("rtfer.pipeline.process_file", no_module)
+    with pytest.raises(ImportError):
+        run_batch([str(root)], tmp_path / "out", progress=False)
