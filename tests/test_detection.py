@@ -223,3 +223,25 @@ def test_missing_scrfd_raises_one_line_error_and_auto_falls_back(monkeypatch, tm
         create_detector("scrfd")
     assert "\n" not in str(info.value)
     assert create_detector("auto", det_width=64).name == "centerface"
+
+
+# --------------------------------------------------------------------------- template fitting (training/)
+
+def test_fit_template_on_fer2013_images(centerface, fer2013_dir):
+    import cv2
+
+    from training.fit_template import collect_landmarks, fit_template, list_images
+
+    paths = list_images(fer2013_dir / "val", limit=12, seed=0)
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
+    assert images[0].shape == (48, 48)
+    blank = np.zeros((48, 48), np.uint8)
+    lms, seen = collect_landmarks(images + [blank], centerface)
+    assert seen == 13 and 8 <= len(lms) <= 12  # the blank image is skipped
+    template = fit_template(images, centerface)
+    assert template.shape == (5, 2)
+    assert ((template > 0) & (template < 1)).all()
+    assert template[0, 0] < template[2, 0] < template[1, 0]  # eyes either side of the nose
+    assert template[:2, 1].max() < template[2, 1] < template[3:, 1].min()  # eyes above nose above mouth
+    with pytest.raises(ValueError, match="no face"):
+        fit_template([blank], centerface)
