@@ -1,0 +1,244 @@
+"""The Qt-free controller: results arrive on a worker thread, stop/pause/seek work, recording is finalised."""
+from __future__ import annotations
+
+import csv
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rtfer.types import Frame
+from ui.controller import Callbacks, Controller, PacedSource, is_live_spec, list_cameras
+
+CSV_COLUMNS = ["source", "frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", "surprise", "fear",
+               "disgust", "happiness", "sadness", "anger", "neutral", "emotion", "confidence", "sentiment5",
+               "sentiment3", "valence"]
+
+
+class Recorder:
+    """Collects every callback (they arrive on the worker thread)."""
+
+    def __init__(self) -> None:
+        self.results = []
+        self.errors: list[str] = []
+        self.states: list[str] = []
+        self.info: list[dict] = []
+        self.finished: list[str] = []
+        self.done = threading.Event()
+        self.threads: set[str] = set()
+
+    def callbacks(self) -> Callbacks:
+        def on_result(result, annotated, stats):
+            self.threads.add(threading.current_thread().name)
+            self.results.append((result, annotated, stats))
+
+        def on_finished(reason):
+            self.finished.append(reason)
+            self.done.set()
+
+        return Callbacks(on_result=on_result, on_error=self.errors.append, on_state=self.states.append,
+                         on_info=self.info.append, on_finished=on_finished)
+
+
+def test_results_arrive_on_worker_thread(group_video, fake_factory, fake_options):
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(group_video), fake_options)
+    assert rec.done.wait(20), "the run did not finish"
+    assert rec.finished == ["end"] and not rec.errors
+    assert len(rec.results) == 12
+    assert rec.threads == {"rtfer-ui-worker"}
+    result, annotated, stats = rec.results[-1]
+    assert annotated is not None and annotated.shape == result.image.shape
+    assert not np.array_equal(annotated, result.image), "the annotated frame should carry boxes and labels"
+    assert stats.frames == 12 and stats.faces == 2 and stats.fps > 0
+    assert set(stats.latency_ms) >= {"detect", "infer"}
+    assert rec.info == [{"backend": "fake", "device": "cpu", "detector": "FakeDetector", "bundle": "fake 0"}]
+    assert rec.states[0] == "loading" and "running" in rec.states and rec.states[-1] == "idle"
+    series = ctl.timeline.snapshot()
+    assert [s.track_id for s in series] == [1, 2] and len(series[0].times) == 12
+    # the bundle is loaded once and reused by the next run with the same bundle/backend/device
+    bundle = fake_factory.made[0].bundle
+    rec.done.clear()
+    ctl.start(str(group_video), fake_options)
+    assert rec.done.wait(20)
+    assert fake_factory.made[1].bundle is bundle
+
+
+def test_stop_cancels_promptly(group_video, fake_factory, fake_options):
+    fake_factory.kwargs = {"delay_s": 0.2}
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(group_video), fake_options)
+    deadline = time.monotonic() + 10
+    while not rec.results and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    assert ctl.stop()
+    assert time.monotonic() - t0 < 2.0
+    assert rec.finished == ["stopped"] and ctl.state == "idle" and not ctl.running
+    assert 1 <= len(rec.results) < 12
+
+
+def test_pause_and_resume(group_video, fake_factory, fake_options):
+    fake_factory.kwargs = {"delay_s": 0.02}
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(group_video), fake_options)
+    while not rec.results:
+        time.sleep(0.005)
+    ctl.pause()
+    time.sleep(0.15)  # results already in flight may still land
+    count = len(rec.results)
+    time.sleep(0.3)
+    assert len(rec.results) == count, "no results while paused"
+    assert ctl.state == "paused"
+    ctl.resume()
+    assert rec.done.wait(20) and len(rec.results) == 12
+
+
+def test_recording_writes_valid_csv_and_finalises_on_stop(group_video, fake_factory, fake_options, tmp_path):
+    fake_factory.kwargs = {"delay_s": 0.05}
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    out = tmp_path / "timeline.csv"
+    ctl.start(str(group_video), fake_options)
+    ctl.start_recording(out)
+    assert ctl.recording
+    while len(rec.results) < 4:
+        time.sleep(0.01)
+    ctl.stop()
+    assert not ctl.recording, "stopping the run must finalise the recording"
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+        fh.seek(0)
+        header = next(csv.reader(fh))
+    assert header[: len(CSV_COLUMNS)] == CSV_COLUMNS
+    assert len(rows) >= 2 * 3 and len(rows) % 2 == 0  # two faces per frame, whole frames only
+    assert {r["face_id"] for r in rows} == {"1", "2"}
+    probs = np.array([[float(r[c]) for c in CSV_COLUMNS[9:16]] for r in rows])
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_error_mid_run_is_reported_and_csv_finalised(group_video, fake_factory, fake_options, tmp_path):
+    fake_factory.kwargs = {"fail_after": 5}
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    out = tmp_path / "t.csv"
+    ctl.start_recording(out)
+    ctl.start(str(group_video), fake_options)
+    assert rec.done.wait(20)
+    assert rec.finished == ["error"]
+    assert rec.errors == ["camera 0 stopped delivering frames (simulated)"]
+    assert ctl.last_error == rec.errors[0]
+    assert not ctl.recording
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert len(rows) == 5 * 2
+
+
+def test_unreadable_file_and_bundle_failure_are_messages(tmp_path, fake_factory, fake_options):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"this is not a video" * 10)
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(bad), fake_options)
+    assert rec.done.wait(10)
+    assert rec.finished == ["error"] and len(rec.errors) == 1 and "broken.mp4" in rec.errors[0]
+
+    fake_factory.fail = "bundle 'nope' not found"
+    rec2 = Recorder()
+    ctl2 = Controller(rec2.callbacks(), pipeline_factory=fake_factory)
+    ctl2.start(str(bad), fake_options)
+    assert rec2.done.wait(10)
+    assert rec2.errors == ["bundle 'nope' not found"] and rec2.finished == ["error"]
+
+
+def test_seek_restarts_at_the_requested_time(group_video, fake_factory, fake_options):
+    fake_factory.kwargs = {"delay_s": 0.1}
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(group_video), fake_options)
+    while not rec.results:
+        time.sleep(0.01)
+    assert ctl.seekable and ctl.duration_s == pytest.approx(1.2, abs=0.15)
+    ctl.seek(0.8)
+    assert rec.done.wait(20) and rec.finished == ["end"]
+    pipe = fake_factory.made[0]
+    assert pipe.runs == 2
+    assert pipe.first_times[1] == pytest.approx(0.8, abs=0.051)
+    assert rec.results[-1][0].time_s == pytest.approx(1.1, abs=0.051)
+
+
+def test_export_summary_needs_results_then_writes_png(group_video, fake_factory, fake_options, tmp_path):
+    ctl = Controller(pipeline_factory=fake_factory)
+    with pytest.raises(ValueError, match="nothing to summarise"):
+        ctl.export_summary(tmp_path / "s.png")
+    ctl.start(str(group_video), fake_options)
+    assert ctl.wait(20)
+    out = ctl.export_summary(tmp_path / "s.png")
+    assert out.stat().st_size > 1000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _ListSource:
+    """A minimal Source stand-in: frames at 10 fps."""
+
+    kind = "video"
+
+    def __init__(self, n: int) -> None:
+        self.frames = iter([Frame(i, i / 10, np.zeros((4, 4, 3), np.uint8), "x") for i in range(n)])
+        self.dropped = 0
+        self.closed = False
+
+    def __next__(self):
+        return next(self.frames)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_paced_source_plays_at_real_time_and_skips_when_behind():
+    paced = PacedSource(_ListSource(6), threading.Event(), threading.Event())
+    t0 = time.monotonic()
+    times = [f.time_s for f in paced]
+    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert time.monotonic() - t0 == pytest.approx(0.5, abs=0.1) and paced.dropped == 0
+
+    slow = PacedSource(_ListSource(10), threading.Event(), threading.Event())
+    got = []
+    for frame in slow:
+        got.append(frame.index)
+        time.sleep(0.25)  # a consumer 2.5x slower than real time
+    assert got[0] == 0 and slow.dropped >= 5 and len(got) + slow.dropped == 10
+    assert slow.kind == "video"
+
+
+def test_live_specs_and_camera_probe():
+    assert is_live_spec(0) and is_live_spec("1") and is_live_spec("rtsp://host/stream")
+    assert not is_live_spec("video.mp4") and not is_live_spec(True)
+    cams = list_cameras()
+    assert isinstance(cams, list) and all(isinstance(i, int) for i in cams)
+
+
+def test_real_pipeline_end_to_end(group_video, tmp_path):
+    """The real Pipeline with the default bundle on the group-photo video (skips while the bundle is missing)."""
+    import rtfer
+    from rtfer.errors import BundleError
+    from rtfer.pipeline import AnalyzeOptions
+
+    try:
+        rtfer.load_bundle("default")
+    except BundleError as exc:
+        pytest.skip(f"default bundle not available yet: {exc}")
+    rec = Recorder()
+    ctl = Controller(rec.callbacks())
+    out = tmp_path / "real.csv"
+    ctl.start_recording(out)
+    ctl.start(str(group_video), AnalyzeOptions(every=3))
+    assert rec.done.wait(120), "the real pipeline did not finish the 12-frame video"
+    assert rec.finished == ["end"] and not rec.errors
+    assert len(rec.results) == 12
+    assert max(len(r.faces) for r, _a, _s in rec.results) >= 4, "the group photo has six faces"
+    assert rec.info and rec.info[0]["backend"]
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert len(rows) >= 12 * 4

@@ -1,0 +1,133 @@
+"""Entry point of the desktop app: ``rtfer-app`` (also ``rtfer app``).
+
+Headless use for docs and checks: ``rtfer-app --source VIDEO --screenshot OUT.png --quit-after SECONDS`` opens the
+window, processes the source for that long (or until it ends), saves a screenshot of the whole window and exits 0;
+an unreadable source or a processing error prints a one-line message to stderr and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rtfer-app", description="rtfer desktop app: live facial-emotion analytics")
+    p.add_argument("--source", help="start with this video, image, image folder or camera index")
+    p.add_argument("--bundle", help="model bundle name or folder (also stored in the settings)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"), help="inference backend")
+    p.add_argument("--device", help="device for the backend (auto, cpu, cuda, cuda:0)")
+    p.add_argument("--fast", action="store_true", help="process files as fast as possible instead of real time")
+    p.add_argument("--screenshot", type=Path, help="save a PNG of the window before quitting (with --quit-after)")
+    p.add_argument("--quit-after", type=float, metavar="SECONDS",
+                   help="quit after processing for this many seconds (or when the source ends)")
+    p.add_argument("--settings-file", type=Path, help="use this INI file instead of the user's stored settings")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return p
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"rtfer-app: error: {message}\n")
+    return 2
+
+
+def save_screenshot(window, path: Path) -> Path:
+    """Grab the whole window into ``path`` (PNG); raises OutputError when it cannot be written."""
+    from rtfer.errors import OutputError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(path), "PNG", 9):
+        raise OutputError(f"cannot write the screenshot to {path}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.screenshot is not None and args.quit_after is None:
+        return _error("--screenshot needs --quit-after SECONDS")
+    source = args.source
+    if source is not None:
+        from rtfer.capture import open_source
+        from rtfer.errors import RtferError
+
+        try:  # fail fast with a plain message, before any window opens
+            open_source(source).close()
+        except RtferError as exc:
+            return _error(str(exc))
+        source = int(source) if source.strip().isdigit() and not Path(source).exists() else source
+
+    try:
+        from PyQt6.QtCore import QSettings, QTimer
+        from PyQt6.QtWidgets import QApplication
+    except ImportError:
+        return _error("PyQt6 is required for the desktop app: pip install 'rtfer[ui]'")
+    from ui.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("rtfer-app")
+    app.setOrganizationName("rtfer")
+    qsettings = (QSettings(str(args.settings_file), QSettings.Format.IniFormat) if args.settings_file
+                 else QSettings("rtfer", "rtfer-app"))
+    window = MainWindow(qsettings)
+    for name in ("bundle", "backend", "device"):
+        value = getattr(args, name)
+        if value:
+            setattr(window.settings, name, value)
+    if args.fast:
+        window.settings.realtime = False
+    window.show()
+    if source is not None:
+        window.open_source(source)
+
+    status = {"code": 0, "done": False}
+    if args.quit_after is not None:
+        started = time.monotonic()
+        first_result: list[float] = []
+
+        def finish() -> None:
+            if status["done"]:
+                return
+            status["done"] = True
+            window.controller.stop()
+            app.processEvents()
+            window._on_result()  # show the newest frame that arrived while stopping
+            window.timeline.refresh()
+            app.processEvents()
+            if args.screenshot is not None:
+                try:
+                    save_screenshot(window, args.screenshot)
+                except Exception as exc:  # noqa: BLE001
+                    status["code"] = _error(str(exc))
+            if window.last_error and status["code"] == 0:
+                status["code"] = _error(window.last_error)
+            window.close()
+            app.quit()
+
+        def tick() -> None:
+            # The clock starts at the first processed frame (loading the model can take a while), with a cap.
+            now = time.monotonic()
+            if window.results_shown and not first_result:
+                first_result.append(now)
+            ended = window.controller.state == "idle" and source is not None and (
+                window.results_shown or window.last_error)
+            waited = now - (first_result[0] if first_result else started)
+            if ended or (first_result and waited >= args.quit_after) or now - started >= args.quit_after + 120:
+                QTimer.singleShot(300 if ended else 0, finish)
+            else:
+                QTimer.singleShot(100, tick)
+
+        QTimer.singleShot(100, tick)
+    app.exec()
+    return int(status["code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""Qt-free controller: owns a :class:`rtfer.pipeline.Pipeline` on a worker thread and reports through callbacks.
+
+The UI (or a test) calls :meth:`Controller.start`, :meth:`pause`, :meth:`seek`, :meth:`stop`,
+:meth:`start_recording` / :meth:`stop_recording` and :meth:`export_summary` from its own thread; the worker
+thread loads the bundle, opens the source, runs the pipeline and calls the callbacks (``on_result``,
+``on_error``, ``on_progress``, ``on_info``, ``on_state``, ``on_finished``) *from the worker thread*. Cancel is
+cooperative (a :class:`threading.Event` handed to ``Pipeline.run``). Whatever stops a run (end of input, stop,
+error) closes the recording sinks, so the CSV on disk is always complete up to the last processed frame.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtfer.errors import OutputError, RtferError
+from rtfer.types import Frame, FrameResult
+from ui.timeline_model import TimelineBuffer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "detect", "track", "align", "infer", "stack", "smooth")
+#: Source kinds that are live: they drop frames (latest-frame-wins) instead of falling behind.
+LIVE_KINDS = ("camera", "stream")
+
+
+@dataclass
+class RunStats:
+    """What the status bar shows: throughput, smoothed per-stage latency and dropped frames."""
+
+    frames: int = 0
+    fps: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    dropped: int = 0
+    position_s: float = 0.0
+    duration_s: float | None = None
+    faces: int = 0
+
+
+@dataclass
+class Callbacks:
+    """Functions the worker thread calls; each defaults to doing nothing."""
+
+    on_result: Callable[[FrameResult, Any, RunStats], None] = lambda result, annotated, stats: None
+    on_error: Callable[[str], None] = lambda message: None
+    on_progress: Callable[[float, float | None], None] = lambda position_s, duration_s: None
+    on_info: Callable[[dict], None] = lambda info: None
+    on_state: Callable[[str], None] = lambda state: None
+    on_finished: Callable[[str], None] = lambda reason: None
+
+
+def list_cameras(max_index: int = 6) -> list[int]:
+    """Indices of webcams that open, probing ``cv2.VideoCapture(0..max_index-1)``.
+
+    On Linux an index without a ``/dev/videoN`` node is skipped without opening anything, which keeps the probe
+    instant on machines without cameras.
+    """
+    import cv2
+
+    found = []
+    for index in range(max_index):
+        if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{index}"):
+            continue
+        cap = cv2.VideoCapture(index)
+        try:
+            if cap is not None and cap.isOpened():
+                found.append(index)
+        finally:
+            if cap is not None:
+                cap.release()
+    log.info("cameras found: %s", found)
+    return found
+
+
+def is_live_spec(spec: Any) -> bool:
+    """True for a webcam index (``0``, ``"0"``) or a stream URL: sources that must drop frames, not lag."""
+    from rtfer.capture import STREAM_SCHEMES
+
+    if isinstance(spec, bool):
+        return False
+    if isinstance(spec, int):
+        return True
+    text = str(spec).strip()
+    if text.isdigit() and not Path(text).exists():
+        return True
+    return text.lower().startswith(STREAM_SCHEMES)
+
+
+class PacedSource:
+    """Wraps a file :class:`rtfer.capture.Source` to play at real time.
+
+    Frames are released when the wall clock reaches their timestamp; a frame whose time has already passed (the
+    pipeline is slower than real time) is skipped and counted in :attr:`dropped`, the file equivalent of
+    latest-frame-wins. Time spent paused does not count.
+    """
+
+    def __init__(self, inner: Any, paused: threading.Event, cancel: threading.Event, lag_s: float = 0.1) -> None:
+        self._inner = inner
+        self._paused = paused
+        self._cancel = cancel
+        self._lag_s = lag_s
+        self._t0: float | None = None  # wall clock that corresponds to media time 0 (shifted by pauses)
+        self._skipped = 0
+
+    def __getattr__(self, name: str) -> Any:  # kind, name, fps, frame_count, duration_s, width, height, warnings
+        return getattr(self._inner, name)
+
+    @property
+    def dropped(self) -> int:
+        return self._skipped + int(getattr(self._inner, "dropped", 0) or 0)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:
+        while True:
+            frame = next(self._inner)
+            if self._paused.is_set():
+                started = time.monotonic()
+                while self._paused.is_set() and not self._cancel.is_set():
+                    time.sleep(0.02)
+                if self._t0 is not None:
+                    self._t0 += time.monotonic() - started
+            now = time.monotonic()
+            if self._t0 is None:
+                self._t0 = now - frame.time_s
+            due = self._t0 + frame.time_s
+            if now - due > self._lag_s:
+                self._skipped += 1
+                continue
+            if due > now:
+                self._cancel.wait(due - now)
+            return frame
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> PacedSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Stats:
+    """Running fps over a sliding window and exponential moving averages of stage timings."""
+
+    def __init__(self, window: int = 30, alpha: float = 0.2) -> None:
+        self._arrivals: deque[float] = deque(maxlen=window)
+        self._alpha = alpha
+        self.stats = RunStats()
+
+    def update(self, result: FrameResult, dropped: int, duration_s: float | None) -> RunStats:
+        now = time.monotonic()
+        self._arrivals.append(now)
+        s = self.stats
+        s.frames += 1
+        if len(self._arrivals) >= 2 and self._arrivals[-1] > self._arrivals[0]:
+            s.fps = (len(self._arrivals) - 1) / (self._arrivals[-1] - self._arrivals[0])
+        for key, value in result.timings_ms.items():
+            old = s.latency_ms.get(key)
+            s.latency_ms[key] = float(value) if old is None else (1 - self._alpha) * old + self._alpha * float(value)
+        s.dropped = dropped
+        s.position_s = float(result.time_s)
+        s.duration_s = duration_s
+        s.faces = len(result.faces)
+        return dataclasses.replace(s, latency_ms=dict(s.latency_ms))
+
+
+def _default_pipeline_factory(options: Any, bundle: Any = None) -> Any:
+    from rtfer.pipeline import Pipeline
+
+    return Pipeline(options, bundle=bundle)
+
+
+class Controller:
+    """Runs one source at a time through a pipeline on a worker thread (see the module docstring)."""
+
+    def __init__(self, callbacks: Callbacks | None = None, *,
+                 pipeline_factory: Callable[..., Any] | None = None,
+                 history_frames: int = 100_000) -> None:
+        self.callbacks = callbacks or Callbacks()
+        self._factory = pipeline_factory or _default_pipeline_factory
+        self._bundle_cache: tuple[tuple, Any] | None = None
+        self.timeline = TimelineBuffer()
+        self.scale = "emotion"  # annotation label: emotion | sentiment5 | sentiment3
+        self._history: deque[FrameResult] = deque(maxlen=history_frames)
+        self._history_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._run_cancel: threading.Event | None = None
+        self._seek_to: float | None = None
+        self._lock = threading.Lock()
+        self._rec_lock = threading.Lock()
+        self._sinks: list[Any] = []
+        self._recording_paths: list[Path] = []
+        self._source_fps: float | None = None
+        self._source_kind: str | None = None
+        self._duration_s: float | None = None
+        self._state = "idle"
+        self.info: dict = {}
+        self.last_error: str | None = None
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """idle | loading | running | paused | stopping."""
+        return self._state
+
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        self.callbacks.on_state(state)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def source_kind(self) -> str | None:
+        return self._source_kind
+
+    @property
+    def duration_s(self) -> float | None:
+        return self._duration_s
+
+    @property
+    def seekable(self) -> bool:
+        return self._source_kind == "video" and bool(self._duration_s)
+
+    @property
+    def recording(self) -> bool:
+        return bool(self._sinks)
+
+    # -- control (any thread but the worker) ------------------------------------------------------------------------
+    def start(self, source: Any, options: Any, *, realtime: bool = False) -> None:
+        """Process ``source`` (camera index, video, image, folder or URL) with ``options`` (AnalyzeOptions).
+
+        ``realtime`` paces files at their own frame rate, skipping frames when processing is slower; live sources
+        always drop frames instead of falling behind. A running source is stopped first.
+        """
+        self.stop()
+        self._stop.clear()
+        self._paused.clear()
+        self._seek_to = None
+        self.last_error = None
+        self.timeline.clear()
+        with self._history_lock:
+            self._history.clear()
+        if dataclasses.is_dataclass(options):
+            fields = {f.name for f in dataclasses.fields(options)}
+            wanted = {"keep_images": True}
+            if realtime:
+                wanted["batch_frames"] = 1  # paced playback: show each frame as soon as it is done
+            changes = {k: v for k, v in wanted.items() if k in fields}
+            options = dataclasses.replace(options, **changes)
+        self._set_state("loading")
+        self._thread = threading.Thread(target=self._work, args=(source, options, realtime),
+                                        name="rtfer-ui-worker", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        if self.running and not self._paused.is_set():
+            self._paused.set()
+            self._set_state("paused")
+
+    def resume(self) -> None:
+        if self._paused.is_set():
+            self._paused.clear()
+            if self.running:
+                self._set_state("running")
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def seek(self, time_s: float) -> None:
+        """Jump to ``time_s`` in a video file (restarts the pipeline there; tracks start afresh)."""
+        if not self.running or not self.seekable:
+            return
+        with self._lock:
+            self._seek_to = max(0.0, float(time_s))
+            if self._run_cancel is not None:
+                self._run_cancel.set()
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Cancel the run and wait for the worker; True when it has ended (recording sinks are then closed)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._stop.set()
+        self._paused.clear()
+        with self._lock:
+            if self._run_cancel is not None:
+                self._run_cancel.set()
+        if thread is threading.current_thread():
+            return False
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("worker did not stop within %.0f s", timeout)
+            return False
+        self._thread = None
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker ends (end of input, stop or error); True when it has."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    # -- recording --------------------------------------------------------------------------------------------------
+    def start_recording(self, csv_path: str | os.PathLike, video_path: str | os.PathLike | None = None, *,
+                        raw: bool = False) -> None:
+        """Start writing the CSV timeline (and optionally the annotated video) from the next frame on.
+
+        Raises :class:`OutputError` when a file cannot be created.
+        """
+        from rtfer.sinks import AnnotatedVideoSink, CSVSink
+
+        self.stop_recording()
+        sinks: list[Any] = []
+        try:
+            sinks.append(_open_sink(CSVSink(Path(csv_path), raw=raw)))
+            if video_path is not None:
+                sinks.append(_open_sink(AnnotatedVideoSink(Path(video_path), fps=self._source_fps or 25.0)))
+        except Exception as exc:
+            for sink in sinks:
+                _close_sink(sink)
+            if isinstance(exc, RtferError):
+                raise
+            raise OutputError(f"cannot start recording to {csv_path}: {exc}") from exc
+        with self._rec_lock:
+            self._sinks = sinks
+            self._recording_paths = [Path(csv_path)] + ([Path(video_path)] if video_path is not None else [])
+        log.info("recording to %s", ", ".join(map(str, self._recording_paths)))
+
+    def stop_recording(self) -> list[Path]:
+        """Close (finalise) the recording files; returns their paths (empty when nothing was recording)."""
+        with self._rec_lock:
+            sinks, paths = self._sinks, self._recording_paths
+            self._sinks, self._recording_paths = [], []
+        errors = []
+        for sink in sinks:
+            try:
+                _close_sink(sink)
+            except Exception as exc:  # noqa: BLE001 - report, keep closing the others
+                errors.append(str(exc))
+        if errors:
+            raise OutputError(f"recording could not be finalised: {errors[0]}")
+        return paths
+
+    def export_summary(self, png_path: str | os.PathLike) -> Path:
+        """Write the summary PNG of everything processed since :meth:`start` (raises OutputError/ValueError)."""
+        with self._history_lock:
+            results = list(self._history)
+        if not results:
+            raise ValueError("nothing to summarise yet: process a source first")
+        from rtfer.sinks import SummarySink
+
+        sink = _open_sink(SummarySink(Path(png_path)))
+        try:
+            for result in results:
+                sink.append(result)
+        finally:
+            _close_sink(sink)
+        return Path(png_path)
+
+    # -- worker -----------------------------------------------------------------------------------------------------
+    def _make_pipeline(self, options: Any) -> Any:
+        key = tuple(getattr(options, name, None) for name in ("bundle", "backend", "device"))
+        cached = self._bundle_cache[1] if self._bundle_cache and self._bundle_cache[0] == key else None
+        pipeline = self._factory(options, bundle=cached)
+        bundle = getattr(pipeline, "bundle", None)
+        if bundle is not None:
+            self._bundle_cache = (key, bundle)
+        return pipeline
+
+    def _open(self, spec: Any, realtime: bool, seek_s: float | None) -> Any:
+        from rtfer.capture import open_source
+
+        source = open_source(spec, drop_frames=is_live_spec(spec))
+        if seek_s is not None and source.kind == "video":
+            source.seek(seek_s)
+        self._source_kind = source.kind
+        self._source_fps = source.fps
+        self._duration_s = source.duration_s
+        if realtime and source.kind in ("video", "folder"):
+            return PacedSource(source, self._paused, self._stop)
+        return source
+
+    def _work(self, spec: Any, options: Any, realtime: bool) -> None:
+        reason = "error"
+        source = None
+        stats = _Stats()
+        try:
+            pipeline = self._make_pipeline(options)
+            describe = getattr(pipeline, "describe", None)
+            self.info = dict(describe()) if callable(describe) else {}
+            self.callbacks.on_info(dict(self.info))
+            seek_s: float | None = None
+            while True:
+                source = self._open(spec, realtime, seek_s)
+                if self._stop.is_set():
+                    reason = "stopped"
+                    break
+                self._set_state("paused" if self._paused.is_set() else "running")
+                cancel = threading.Event()
+                with self._lock:
+                    self._run_cancel = cancel
+                    if self._stop.is_set():
+                        cancel.set()
+                self._consume(pipeline.run(source, cancel=cancel), source, cancel, stats)
+                source.close()
+                source = None
+                with self._lock:
+                    seek_s, self._seek_to = self._seek_to, None
+                    self._run_cancel = None
+                if self._stop.is_set():
+                    reason = "stopped"
+                    break
+                if seek_s is None:
+                    reason = "end"
+                    break
+                self.timeline.clear()
+                log.info("seeking to %.2f s", seek_s)
+        except RtferError as exc:
+            self._report(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the UI must never crash; show the message and log the trace
+            log.exception("processing failed")
+            self._report(f"processing failed: {type(exc).__name__}: {exc}")
+        finally:
+            if source is not None:
+                try:
+                    source.close()
+                except Exception:  # noqa: BLE001
+                    log.debug("closing the source failed", exc_info=True)
+            try:
+                self.stop_recording()
+            except RtferError as exc:
+                self._report(str(exc))
+            self._state = "idle"
+            self.callbacks.on_state("idle")
+            self.callbacks.on_finished(reason)
+
+    def _report(self, message: str) -> None:
+        self.last_error = message
+        log.error("%s", message)
+        self.callbacks.on_error(message)
+
+    def _consume(self, results: Iterator[FrameResult], source: Any, cancel: threading.Event, stats: _Stats) -> None:
+        from rtfer.annotate import annotate
+
+        try:
+            for result in results:
+                while self._paused.is_set() and not cancel.is_set():
+                    time.sleep(0.02)
+                if cancel.is_set():
+                    break
+                self._record(result)
+                light = dataclasses.replace(result, image=None)
+                with self._history_lock:
+                    self._history.append(light)
+                self.timeline.append(result)
+                snapshot = stats.update(result, int(getattr(source, "dropped", 0) or 0), self._duration_s)
+                annotated = None
+                if result.image is not None:
+                    annotated = annotate(result.image, result, scale=self.scale)
+                self.callbacks.on_result(result, annotated, snapshot)
+                self.callbacks.on_progress(float(result.time_s), self._duration_s)
+        finally:
+            close = getattr(results, "close", None)
+            if callable(close):
+                close()  # stops the pipeline's threads when we left the loop early
+
+    def _record(self, result: FrameResult) -> None:
+        with self._rec_lock:
+            sinks = list(self._sinks)
+            try:
+                for sink in sinks:
+                    sink.append(result)
+                return
+            except Exception as exc:  # noqa: BLE001 - a full disk stops the recording, not the analysis
+                message = f"recording stopped: {exc}"
+        try:
+            self.stop_recording()
+        except RtferError:
+            pass
+        self._report(message)
+
+
+def _open_sink(sink: Any) -> Any:
+    opener = getattr(sink, "open", None)
+    if callable(opener):
+        opener()
+    else:
+        sink.__enter__()
+    return sink
+
+
+def _close_sink(sink: Any) -> None:
+    closer = getattr(sink, "close", None)
+    if callable(closer):
+        closer()
+    else:
+        sink.__exit__(None, None, None)
