@@ -61,6 +61,21 @@ def connect(ray, address: str, num_cpus: float | None = None) -> bool:
     return True
 
 
+def task_slots(resources: dict, num_cpus: float, num_gpus: float = 0.0) -> int:
+    """How many of our tasks the cluster runs at once; fails when it can run none (they would wait forever)."""
+    from rtfer.errors import BackendError
+
+    if num_cpus <= 0:
+        raise ValueError(f"ray_num_cpus must be > 0, got {num_cpus}")
+    slots = int(float(resources.get("CPU", 0.0)) // num_cpus)
+    if num_gpus > 0:
+        slots = min(slots, int(float(resources.get("GPU", 0.0)) // num_gpus))
+    if slots < 1:
+        raise BackendError(f"the Ray cluster ({resources.get('CPU', 0)} CPUs, {resources.get('GPU', 0)} GPUs) cannot "
+                           f"fit one task of {num_cpus} CPUs and {num_gpus} GPUs")
+    return slots
+
+
 def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, address: str, *,
             num_cpus: float = 1.0, num_gpus: float = 0.0, max_in_flight: int | None = None,
             summary: BatchSummary | None = None) -> Iterator[VideoResult]:
@@ -76,10 +91,10 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
         return
     started = connect(ray, address)
     try:
-        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        slots = task_slots(ray.cluster_resources(), num_cpus, num_gpus)
         if summary is not None:
-            summary.workers = max(1, int(total_cpus // max(num_cpus, 1e-9)))
-        limit = max_in_flight or max(2, 2 * int(total_cpus // max(num_cpus, 1e-9)))
+            summary.workers = slots
+        limit = max_in_flight or 2 * slots  # enough queued that no slot idles while the driver writes the manifest
         threads = max(1, int(num_cpus))
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_ray_call)
         options_ref = ray.put(options)

@@ -528,12 +528,13 @@ def _run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, wor
 def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: AnalyzeOptions | None = None, *,
               workers: int = 1, ray_address: str | None = None, overwrite: bool = False,
               manifest: str | Path | None = None, raw: bool = False, progress: bool = True,
-              ray_num_cpus: float = 1.0, threads: int | None = None) -> BatchSummary:
+              ray_num_cpus: float = 1.0, ray_num_gpus: float = 0.0, threads: int | None = None) -> BatchSummary:
     """Analyse every video in ``inputs`` into one CSV each under ``out_dir`` (mirroring the input tree).
 
     ``workers=1`` runs in this process; ``workers>1`` runs a spawn process pool with one Pipeline per worker and
     ``threads`` (default: cores // workers) ONNX Runtime threads each; ``ray_address`` ("auto", "local",
-    "ray://host:port" or "host:port") runs the same per-video function as Ray tasks of ``ray_num_cpus`` CPUs each.
+    "ray://host:port" or "host:port") runs the same per-video function as Ray tasks of ``ray_num_cpus`` CPUs and
+    ``ray_num_gpus`` GPUs each (a fraction such as 0.25 puts four tasks on one GPU).
     Videos whose manifest row is finished and whose output exists are skipped unless ``overwrite``. A failing
     video is recorded in the manifest and the run goes on; a pipeline that cannot be built (bad bundle or backend)
     raises its RtferError before more videos are tried.
@@ -556,7 +557,8 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
 
         import_ray()  # a missing extra fails before any work starts
         summary.executor, summary.workers = f"ray ({ray_address})", 0
-        results = run_ray(plan.todo, options, fn, ray_address, num_cpus=ray_num_cpus, summary=summary)
+        results = run_ray(plan.todo, options, fn, ray_address, num_cpus=ray_num_cpus, num_gpus=ray_num_gpus,
+                          summary=summary)
     elif workers > 1 and len(plan.todo) > 1:
         n = min(workers, len(plan.todo))
         per = threads or int(os.environ.get(ORT_THREADS_ENV, "0") or 0) or threads_per_worker(n)

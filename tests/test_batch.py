@@ -334,3 +334,101 @@ def test_missing_module_stops_the_batch(tmp_path, fake, monkeypatch):
     monkeypatch.setattr("rtfer.pipeline.process_file", no_module)
     with pytest.raises(ImportError):
         run_batch([str(root)], tmp_path / "out", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real pipeline end to end: three short videos of real faces, a tiny random bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A two-member bundle with random weights (ddamfn_tiny + convnextv2_test), written by the real exporter."""
+    torch = pytest.importorskip("torch")
+    from rtfer.models import create_model
+    from training.export import write_bundle
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_bundle")
+    write_bundle(folder, [{"model": create_model("ddamfn_tiny").eval(), "name": "ddamfn"},
+                          {"model": create_model("convnextv2_test").eval(), "name": "convnext"}],
+                 {"method": "soft_vote", "weights": [0.5, 0.5]}, name="tiny-random", version="0", interim=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def short_videos(tmp_path_factory, group_photo) -> Path:
+    """Three 6-frame videos panning across the six-face group photo, one in a subfolder."""
+    import cv2
+
+    from rtfer.capture import write_test_video
+
+    root = tmp_path_factory.mktemp("videos")
+    h, w = group_photo.shape[:2]
+    for k, rel in enumerate(("a.mp4", "b.mp4", "sub/c.mp4")):
+        frames = []
+        for i in range(6):
+            x = min(w - 640, k * 200 + i * 8)
+            frames.append(cv2.resize(group_photo[:, x:x + 640], (320, 222), interpolation=cv2.INTER_AREA))
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_test_video(root / rel, frames, fps=10)
+    return root
+
+
+def _check_real_outputs(out: Path, summary) -> dict[str, list[dict]]:
+    assert (summary.videos_total, summary.videos_ok, summary.videos_failed) == (3, 3, 0)
+    assert summary.frames == 18 and summary.faces > 0
+    rows = _read_manifest(out / "manifest.csv")
+    assert sorted(Path(r["output"]).relative_to(out.absolute()).as_posix() for r in rows) == \
+        ["a.csv", "b.csv", "sub/c.csv"]
+    assert all(r["status"] == "ok" and r["frames"] == "6" and float(r["seconds"]) > 0 for r in rows)
+    tables = {}
+    for rel in ("a.csv", "b.csv", "sub/c.csv"):
+        with open(out / rel, newline="") as f:
+            tables[rel] = list(csv.DictReader(f))
+        assert {int(r["frame"]) for r in tables[rel]} == set(range(6))
+        assert sum(1 for r in tables[rel] if r["face_id"] != "") > 0, f"{rel}: no face found in the group photo"
+    assert sum(int(r["faces"]) for r in rows) == summary.faces
+    return tables
+
+
+@pytest.mark.slow
+def test_real_videos_in_process_then_two_workers(tmp_path, tiny_bundle, short_videos):
+    options = AnalyzeOptions(bundle=str(tiny_bundle), backend="onnxruntime", device="cpu")
+    one = run_batch([str(short_videos)], tmp_path / "one", options, progress=False)
+    t1 = _check_real_outputs(tmp_path / "one", one)
+    two = run_batch([str(short_videos)], tmp_path / "two", options, workers=2, progress=False)
+    assert two.executor == "process pool" and two.workers == 2
+    t2 = _check_real_outputs(tmp_path / "two", two)
+    for rel in t1:  # the same analysis whichever executor ran it
+        assert [(r["frame"], r["face_id"], r["x1"]) for r in t1[rel]] == [(r["frame"], r["face_id"], r["x1"])
+                                                                          for r in t2[rel]]
+        for a, b in zip(t1[rel], t2[rel]):
+            if a["face_id"]:
+                assert abs(float(a["happiness"]) - float(b["happiness"])) < 1e-3
+    again = run_batch([str(short_videos)], tmp_path / "two", options, workers=2, progress=False)
+    assert again.videos_skipped == 3 and again.videos_ok == 0
+
+
+def test_real_unreadable_video_is_one_failed_row(tmp_path, tiny_bundle, short_videos):
+    import shutil
+
+    root = tmp_path / "in"
+    shutil.copytree(short_videos, root)
+    (root / "broken.mp4").write_bytes(b"\x00not a video at all" * 10)
+    out = tmp_path / "out"
+    s = run_batch([str(root)], out, AnalyzeOptions(bundle=str(tiny_bundle), backend="onnxruntime", device="cpu"),
+                  progress=False)
+    assert (s.videos_ok, s.videos_failed) == (3, 1)
+    bad = [r for r in _read_manifest(out / "manifest.csv") if r["status"] == "failed"]
+    assert len(bad) == 1 and bad[0]["input"].endswith("broken.mp4") and bad[0]["error"]
+    assert not (out / "broken.csv").exists() and not list(out.rglob(".*part*"))
+
+
+def test_ray_task_slots():
+    from rtfer._ray import task_slots
+    from rtfer.errors import BackendError
+
+    assert task_slots({"CPU": 8.0}, 1) == 8
+    assert task_slots({"CPU": 8.0, "GPU": 1.0}, 1, 0.25) == 4
+    with pytest.raises(BackendError, match="cannot fit one task"):
+        task_slots({"CPU": 8.0}, 1, 0.5)  # asks for GPUs on a CPU-only cluster: would wait forever
