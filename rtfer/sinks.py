@@ -1,0 +1,630 @@
+"""Sinks: CSV / JSONL timelines, annotated video and the end-of-run summary (table + PNG).
+
+Every sink is a context manager with ``open()``, ``append(result: FrameResult)`` and ``close()``. Timelines are
+written incrementally in whole-frame batches (at most every ~0.5 s or 50 rows), so an interrupted run leaves a
+valid file up to the last flushed frame. Untracked faces (track id -1) get their index within the frame as
+``face_id``; a frame without faces gets one row whose face fields are empty.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from rtfer.errors import OutputError
+from rtfer.labels import CLASSES, NUM_CLASSES, scale_labels, valence
+from rtfer.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "source", "frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", *CLASSES,
+    "emotion", "confidence", "sentiment5", "sentiment3", "valence",
+)
+RAW_COLUMNS: tuple[str, ...] = (*(f"raw_{c}" for c in CLASSES), "raw_emotion")
+FLUSH_ROWS = 50
+FLUSH_SECONDS = 0.5
+
+
+def columns(raw: bool = False) -> tuple[str, ...]:
+    """The timeline schema (DESIGN.md), with the ``--raw`` columns appended when asked."""
+    return CSV_COLUMNS + RAW_COLUMNS if raw else CSV_COLUMNS
+
+
+def _r(x: float, nd: int) -> float:
+    """Round for output; -0.0 becomes 0.0."""
+    v = round(float(x), nd)
+    return 0.0 if v == 0 else v
+
+
+def result_records(result: FrameResult, *, raw: bool = False, source_name: str | None = None) -> list[dict]:
+    """Rows (dicts keyed by :func:`columns`) for one frame: one per face, or one with empty face fields.
+
+    Probabilities, confidence, valence and det_score have 4 decimals, times 3, boxes 1. Empty fields are None.
+    """
+    cols = columns(raw)
+    base = {"source": source_name if source_name is not None else result.source, "frame": int(result.index),
+            "time_s": _r(result.time_s, 3)}
+    n = len(result.faces)
+    if n == 0:
+        return [{c: base.get(c) for c in cols}]
+    probs = result.smoothed.probs
+    top = probs.argmax(axis=1)
+    s5 = scale_labels(probs, "sentiment5")
+    s3 = scale_labels(probs, "sentiment3")
+    val = valence(probs)
+    raw_probs = result.raw.probs
+    rows = []
+    for i in range(n):
+        tid = int(result.faces.track_ids[i])
+        x1, y1, x2, y2 = (float(v) for v in result.faces.xyxy[i])
+        row: dict[str, Any] = dict(base)
+        row.update(face_id=tid if tid >= 0 else i, x1=_r(x1, 1), y1=_r(y1, 1), x2=_r(x2, 1), y2=_r(y2, 1),
+                   det_score=_r(result.faces.scores[i], 4))
+        for k, name in enumerate(CLASSES):
+            row[name] = _r(probs[i, k], 4)
+        row.update(emotion=CLASSES[top[i]], confidence=_r(probs[i, top[i]], 4), sentiment5=s5[i], sentiment3=s3[i],
+                   valence=_r(val[i], 4))
+        if raw:
+            for k, name in enumerate(CLASSES):
+                row[f"raw_{name}"] = _r(raw_probs[i, k], 4)
+            row["raw_emotion"] = CLASSES[int(raw_probs[i].argmax())]
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any, nd: int | None) -> str:
+    if v is None:
+        return ""
+    if nd is not None and isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+_DECIMALS: dict[str, int] = {"time_s": 3, "x1": 1, "y1": 1, "x2": 1, "y2": 1, "det_score": 4, "confidence": 4,
+                             "valence": 4, **{c: 4 for c in CLASSES}, **{f"raw_{c}": 4 for c in CLASSES}}
+
+
+def _prepare_path(path: Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"cannot write {what} {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    return path
+
+
+class Sink:
+    """Base: context manager; ``append`` opens on first use."""
+
+    def __init__(self) -> None:
+        self._opened = False
+        self._closed = False
+
+    def open(self) -> Sink:
+        self._opened = True
+        return self
+
+    def append(self, result: FrameResult) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise OutputError(f"{type(self).__name__} is closed")
+        if not self._opened:
+            self.open()
+
+    def __enter__(self) -> Sink:
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TextTimelineSink(Sink):
+    """Shared incremental, batch-flushed writing for CSV and JSONL."""
+
+    what = "timeline"
+
+    def __init__(self, path: str | os.PathLike, raw: bool = False, source_name: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.raw = raw
+        self.source_name = source_name
+        self.rows_written = 0
+        self._fh: io.TextIOBase | None = None
+        self._buffer: list[str] = []
+        self._buffered_rows = 0
+        self._last_flush = time.monotonic()
+
+    def _open_file(self, mode: str) -> None:
+        path = _prepare_path(self.path, self.what)
+        try:
+            self._fh = open(path, mode, newline="", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.what} {path}: {exc.strerror or exc}") from None
+        self.path = path
+        self._opened = True
+
+    def _lines(self, records: list[dict]) -> str:
+        raise NotImplementedError
+
+    def append(self, result: FrameResult) -> None:
+        """Queue this frame's rows; write and flush them when 50 rows or 0.5 s have accumulated."""
+        self._ensure_open()
+        records = result_records(result, raw=self.raw, source_name=self.source_name)
+        self._buffer.append(self._lines(records))
+        self._buffered_rows += len(records)
+        if self._buffered_rows >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def extend(self, results: Iterable[FrameResult]) -> None:
+        for result in results:
+            self.append(result)
+
+    def flush(self) -> None:
+        """Write the buffered whole frames and flush them to the OS."""
+        if self._fh is None:
+            return
+        if self._buffer:
+            try:
+                self._fh.write("".join(self._buffer))
+                self._fh.flush()
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.what} {self.path}: {exc.strerror or exc}") from None
+            self.rows_written += self._buffered_rows
+            self._buffer.clear()
+            self._buffered_rows = 0
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            self._closed = True
+
+
+class CSVSink(_TextTimelineSink):
+    """Per-face-per-frame CSV timeline in the DESIGN.md schema (``raw=True`` adds ``raw_<class>``, ``raw_emotion``).
+
+    ``append=True`` continues an existing file; its header must match the schema exactly, else OutputError.
+    """
+
+    what = "CSV"
+
+    def __init__(self, path: str | os.PathLike, raw: bool = False, source_name: str | None = None, *,
+                 append: bool = False) -> None:
+        super().__init__(path, raw, source_name)
+        self.append_mode = append
+        self.columns = columns(raw)
+
+    def open(self) -> CSVSink:
+        if self._opened:
+            return self
+        path = Path(self.path).expanduser()
+        header = ",".join(self.columns)
+        if self.append_mode and path.is_file() and path.stat().st_size > 0:
+            with open(path, newline="", encoding="utf-8") as fh:
+                existing = next(csv.reader(fh), [])
+            if tuple(existing) != self.columns:
+                extra = sorted(set(existing) ^ set(self.columns))
+                raise OutputError(f"cannot append to {path}: its header does not match the timeline schema"
+                                  f"{' (differs in ' + ', '.join(extra[:6]) + ')' if extra else ' (column order)'}")
+            self._open_file("a")
+        else:
+            self._open_file("w")
+            self._fh.write(header + "\n")
+            self._fh.flush()
+        return self
+
+    def _lines(self, records: list[dict]) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        for rec in records:
+            writer.writerow([_fmt(rec[c], _DECIMALS.get(c)) for c in self.columns])
+        return out.getvalue()
+
+
+class JSONLSink(_TextTimelineSink):
+    """One JSON object per face per frame (same fields as the CSV; empty fields are null)."""
+
+    what = "JSONL"
+
+    def open(self) -> JSONLSink:
+        if not self._opened:
+            self._open_file("w")
+        return self
+
+    def _lines(self, records: list[dict]) -> str:
+        return "".join(json.dumps(rec, separators=(",", ":")) + "\n" for rec in records)
+
+
+class AnnotatedVideoSink(Sink):
+    """Writes each ``FrameResult.image`` with boxes, track ids, labels and confidences (PyAV, H.264 or MPEG-4).
+
+    Presentation times follow ``FrameResult.time_s`` (so a variable-frame-rate input stays in sync); frames whose
+    time does not increase (image folders) are spaced 1/fps apart. Frames of another size are resized to the first.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = 30.0, *, scale: str = "emotion",
+                 codec: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.scale = scale
+        self.codec = codec
+        self.frames_written = 0
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+        self._last_pts = -1
+        self._tb = Fraction(1, 1000)
+
+    def open(self) -> AnnotatedVideoSink:
+        if self._opened:
+            return self
+        import av
+
+        path = _prepare_path(self.path, "video")
+        options = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+        try:
+            self._container = av.open(str(path), "w", options=options)
+        except Exception as exc:  # noqa: BLE001 - FFmpeg errors for bad paths/extensions
+            raise OutputError(f"cannot write video {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        self.path = path
+        self._opened = True
+        return self
+
+    def _add_stream(self, w: int, h: int) -> None:
+        import av
+
+        codecs = [self.codec] if self.codec else ["libx264", "mpeg4"]
+        for name in codecs:
+            try:
+                av.codec.Codec(name, "w")
+            except Exception:  # noqa: BLE001
+                continue
+            stream = self._container.add_stream(name, rate=Fraction(self.fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.time_base = self._tb
+            stream.codec_context.time_base = self._tb
+            if name == "libx264":
+                stream.options = {"preset": "veryfast", "crf": "23"}
+            self._stream = stream
+            self._size = (w, h)
+            return
+        raise OutputError(f"cannot write video {self.path}: no encoder among {codecs}")
+
+    def append(self, result: FrameResult) -> None:
+        import av
+        import cv2
+
+        from rtfer.annotate import annotate
+
+        self._ensure_open()
+        if result.image is None:
+            raise ValueError("AnnotatedVideoSink needs FrameResult.image (ask the pipeline to keep frames)")
+        image = annotate(result.image, result, self.scale)
+        if self._stream is None:
+            h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+            self._add_stream(w, h)
+        w, h = self._size
+        if image.shape[:2] != (h, w):
+            if abs(image.shape[0] - h) <= 1 and abs(image.shape[1] - w) <= 1:
+                image = image[:h, :w]
+            else:
+                image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        pts = int(round(float(result.time_s) / self._tb))
+        if pts <= self._last_pts:
+            pts = self._last_pts + max(1, int(round(1 / (self.fps * self._tb))))
+        self._last_pts = pts
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        frame.pts, frame.time_base = pts, self._tb
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except Exception as exc:  # noqa: BLE001
+            raise OutputError(f"cannot write video {self.path}: {exc}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._container is None:
+            return
+        try:
+            if self._stream is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+        if self.frames_written == 0:
+            log.warning("annotated video %s has no frames", self.path)
+
+
+# -- summary ------------------------------------------------------------------------------------------------------------
+@dataclass
+class FaceSummary:
+    """Totals for one face (track)."""
+
+    face_id: int
+    frames: int
+    seconds: float
+    first_s: float
+    last_s: float
+    dominant: str
+    dominant_share: float
+    mean_valence: float
+    shares: dict[str, float]
+
+
+@dataclass
+class Summary:
+    """What the CLI prints at the end of a run."""
+
+    frames: int
+    frames_without_faces: int
+    faces: list[FaceSummary] = field(default_factory=list)
+
+    def table(self) -> str:
+        return summary_table(self)
+
+
+def summary_table(summary: Summary, *, max_rows: int = 50) -> str:
+    """Fixed-width table: per face frames, seconds, dominant emotion, its share and mean valence."""
+    head = f"{'face':>6}  {'frames':>7}  {'seconds':>8}  {'dominant':<10}  {'share':>6}  {'valence':>7}"
+    lines = [head]
+    faces = sorted(summary.faces, key=lambda f: (-f.frames, f.face_id))
+    for f in faces[:max_rows]:
+        lines.append(f"{f.face_id:>6}  {f.frames:>7}  {f.seconds:>8.1f}  {f.dominant:<10}  {f.dominant_share:>6.1%}"
+                     f"  {f.mean_valence:>+7.3f}")
+    if len(faces) > max_rows:
+        lines.append(f"... {len(faces) - max_rows} more faces")
+    lines.append(f"{summary.frames} frames, {summary.frames_without_faces} without faces, {len(faces)} faces")
+    return "\n".join(lines)
+
+
+class _Totals:
+    """Constant-size per-face totals (kept for every face)."""
+
+    __slots__ = ("frames", "seconds", "first", "last", "counts", "valence_sum")
+
+    def __init__(self, t: float) -> None:
+        self.frames = 0
+        self.seconds = 0.0
+        self.first = t
+        self.last = t
+        self.counts = [0] * NUM_CLASSES
+        self.valence_sum = 0.0
+
+
+class SummaryAccumulator:
+    """Per-face totals plus a binned time series for the longest faces, in bounded memory.
+
+    Series share one time grid of at most ``max_bins`` bins; when a time falls beyond the last bin, the bin width
+    doubles and neighbouring bins merge, so a 10-hour video costs the same as a 10-second one. Full series are kept
+    for at most ``max_series`` faces (the ones seen most); totals (a few numbers each) for every face.
+    """
+
+    def __init__(self, *, max_bins: int = 256, max_series: int = 16, initial_bin_s: float = 0.25,
+                 gap_cap_s: float = 1.0) -> None:
+        if max_bins < 2 or max_bins % 2:
+            raise ValueError("max_bins must be an even number >= 2")
+        self.max_bins = max_bins
+        self.max_series = max_series
+        self.bin_s = float(initial_bin_s)
+        self.gap_cap_s = gap_cap_s
+        self.t0: float | None = None
+        self.frames = 0
+        self.frames_without_faces = 0
+        self.totals: dict[int, _Totals] = {}
+        # per face: (max_bins, 7) prob sums, (max_bins,) valence sums, (max_bins,) counts
+        self.series: dict[int, np.ndarray] = {}
+
+    def update(self, result: FrameResult) -> None:
+        """Add one frame (smoothed scores)."""
+        ids = np.asarray(result.faces.track_ids)
+        ids = np.where(ids >= 0, ids, np.arange(len(ids)))
+        self.add(float(result.time_s), ids, result.smoothed.probs)
+
+    def add(self, time_s: float, face_ids: np.ndarray, probs: np.ndarray) -> None:
+        """Array form of :meth:`update`: ``face_ids`` (n,), ``probs`` (n, 7)."""
+        self.frames += 1
+        if len(face_ids) == 0:
+            self.frames_without_faces += 1
+            return
+        if self.t0 is None:
+            self.t0 = time_s
+        b = self._bin(time_s)
+        probs = np.asarray(probs, dtype=np.float64)
+        vals = valence(probs)
+        tops = probs.argmax(axis=1)
+        for fid, p, v, top in zip(face_ids.tolist(), probs, vals.tolist(), tops.tolist()):
+            tot = self.totals.get(fid)
+            if tot is None:
+                tot = self.totals[fid] = _Totals(time_s)
+            elif time_s > tot.last:
+                tot.seconds += min(time_s - tot.last, self.gap_cap_s)
+            tot.frames += 1
+            tot.last = max(tot.last, time_s)
+            tot.counts[top] += 1
+            tot.valence_sum += v
+            s = self._series_for(fid)
+            if s is not None:
+                s[b, :NUM_CLASSES] += p
+                s[b, NUM_CLASSES] += v
+                s[b, NUM_CLASSES + 1] += 1
+
+    def _bin(self, time_s: float) -> int:
+        b = int((time_s - self.t0) // self.bin_s) if time_s > self.t0 else 0
+        while b >= self.max_bins:
+            for s in self.series.values():
+                merged = s.reshape(self.max_bins // 2, 2, -1).sum(axis=1)
+                s[: self.max_bins // 2] = merged
+                s[self.max_bins // 2:] = 0
+            self.bin_s *= 2
+            b = int((time_s - self.t0) // self.bin_s)
+        return b
+
+    def _series_for(self, fid: int) -> np.ndarray | None:
+        s = self.series.get(fid)
+        if s is not None:
+            return s
+        if len(self.series) >= self.max_series:
+            # replace the shortest kept face when this one has been seen more often
+            shortest = min(self.series, key=lambda k: self.totals[k].frames)
+            if self.totals[fid].frames <= self.totals[shortest].frames + 10:
+                return None
+            del self.series[shortest]
+        s = self.series[fid] = np.zeros((self.max_bins, NUM_CLASSES + 2), dtype=np.float64)
+        return s
+
+    def nbytes(self) -> int:
+        """Approximate memory held (series arrays plus totals)."""
+        per_total = 200
+        return sum(s.nbytes for s in self.series.values()) + per_total * len(self.totals)
+
+    def summary(self) -> Summary:
+        faces = []
+        for fid, tot in self.totals.items():
+            shares = {c: n / tot.frames for c, n in zip(CLASSES, tot.counts)}
+            dom = max(shares, key=shares.get)
+            seconds = tot.seconds + (tot.seconds / max(tot.frames - 1, 1) if tot.frames > 1 else 0.0)
+            faces.append(FaceSummary(fid, tot.frames, seconds, tot.first, tot.last, dom, shares[dom],
+                                     tot.valence_sum / tot.frames, shares))
+        return Summary(self.frames, self.frames_without_faces, faces)
+
+    def binned(self, face_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bin start times, mean probs (B, 7), mean valence (B,)) for the bins where the face was seen."""
+        s = self.series[face_id]
+        seen = s[:, NUM_CLASSES + 1] > 0
+        counts = s[seen, NUM_CLASSES + 1:NUM_CLASSES + 2]
+        times = (self.t0 or 0.0) + np.flatnonzero(seen) * self.bin_s
+        return times, s[seen, :NUM_CLASSES] / counts, s[seen, NUM_CLASSES] / counts[:, 0]
+
+
+class SummarySink(Sink):
+    """Accumulates a bounded summary and, on close, writes a PNG (``png_path``; None = table only).
+
+    The PNG has three panels: valence over time per face, the dominant emotion over time per face (a colour band per
+    face) and the share of frames per emotion per face. ``summary()`` gives the table the CLI prints.
+    """
+
+    def __init__(self, png_path: str | os.PathLike | None = None, *, title: str | None = None,
+                 accumulator: SummaryAccumulator | None = None) -> None:
+        super().__init__()
+        self.png_path = Path(png_path) if png_path is not None else None
+        self.title = title
+        self.acc = accumulator or SummaryAccumulator()
+
+    def open(self) -> SummarySink:
+        if self.png_path is not None:
+            self.png_path = _prepare_path(self.png_path, "summary")
+            if not os.access(self.png_path.parent, os.W_OK):
+                raise OutputError(f"cannot write summary {self.png_path}: permission denied")
+        self._opened = True
+        return self
+
+    def append(self, result: FrameResult) -> None:
+        self._ensure_open()
+        self.acc.update(result)
+
+    def summary(self) -> Summary:
+        return self.acc.summary()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.png_path is not None:
+            write_summary_png(self.acc, self.png_path, title=self.title)
+
+
+def write_summary_png(acc: SummaryAccumulator, path: str | os.PathLike, *, title: str | None = None,
+                      max_faces: int = 12) -> Path:
+    """Render the summary figure with matplotlib's Agg backend (imported here, no GUI needed)."""
+    # A bare Figure renders with the Agg canvas and leaves pyplot's global backend (the UI's) untouched.
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from rtfer.annotate import color_rgb01
+
+    summary = acc.summary()
+    faces = sorted(summary.faces, key=lambda f: (-f.frames, f.face_id))[:max_faces]
+    plotted = [f for f in faces if f.face_id in acc.series]
+    n = max(len(faces), 1)
+    fig = Figure(figsize=(11, 3.2 + 0.9 * n + 2.5), dpi=100)
+    gs = fig.add_gridspec(3, 1, height_ratios=[2.5, 0.45 * n + 0.6, 0.45 * n + 0.6], hspace=0.55)
+    ax_val, ax_dom, ax_share = fig.add_subplot(gs[0]), fig.add_subplot(gs[1]), fig.add_subplot(gs[2])
+    colors = {c: color_rgb01(c) for c in CLASSES}
+
+    for f in plotted:
+        t, _, v = acc.binned(f.face_id)
+        ax_val.plot(t, v, lw=1.2, label=f"face {f.face_id}")
+    ax_val.axhline(0, color="0.6", lw=0.8)
+    ax_val.set_ylim(-1.05, 1.05)
+    ax_val.set_ylabel("valence")
+    ax_val.set_xlabel("time (s)")
+    ax_val.set_title("valence over time")
+    if plotted:
+        ax_val.legend(loc="upper right", fontsize=7, ncol=min(6, len(plotted)))
+
+    for row, f in enumerate(plotted):
+        t, p, _ = acc.binned(f.face_id)
+        if len(t):
+            dom = p.argmax(axis=1)
+            ax_dom.broken_barh([(float(tt), acc.bin_s) for tt in t], (row - 0.4, 0.8),
+                               facecolors=[colors[CLASSES[d]] for d in dom])
+    ax_dom.set_yticks(range(len(plotted)), [f"face {f.face_id}" for f in plotted])
+    ax_dom.set_ylim(-0.6, max(len(plotted), 1) - 0.4)
+    ax_dom.invert_yaxis()
+    ax_dom.set_xlabel("time (s)")
+    ax_dom.set_title(f"dominant emotion over time ({acc.bin_s:g} s bins)")
+    ax_dom.set_xlim(ax_val.get_xlim())
+
+    for row, f in enumerate(faces):
+        left = 0.0
+        for c in CLASSES:
+            share = f.shares[c]
+            if share > 0:
+                ax_share.barh(row, share, left=left, color=colors[c], height=0.8)
+            left += share
+    ax_share.set_yticks(range(len(faces)), [f"face {f.face_id}" for f in faces])
+    ax_share.set_ylim(-0.6, max(len(faces), 1) - 0.4)
+    ax_share.invert_yaxis()
+    ax_share.set_xlim(0, 1)
+    ax_share.set_xlabel("share of frames")
+    ax_share.set_title("share of time per emotion")
+    ax_share.legend(handles=[Patch(color=colors[c], label=c) for c in CLASSES], loc="upper center",
+                    bbox_to_anchor=(0.5, -0.35), ncol=7, fontsize=8, frameon=False)
+    if title or not faces:
+        fig.suptitle(title or "no faces found")
+    path = Path(path)
+    try:
+        fig.savefig(path, bbox_inches="tight")
+    except OSError as exc:
+        raise OutputError(f"cannot write summary {path}: {exc.strerror or exc}") from None
+    return path
