@@ -63,7 +63,7 @@ def detect_gpu(device: int = 0) -> GpuInfo:
     raise EngineBuildError(f"no CUDA device {device} found (TensorRT engines are built on the GPU that runs them)")
 
 
-def _make_logger(trt):
+def make_logger(trt):
     """A TensorRT logger that forwards to Python logging instead of printing."""
     levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.CRITICAL, trt.ILogger.Severity.ERROR: logging.ERROR,
               trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG,
@@ -108,7 +108,7 @@ def _serialize(host_memory) -> bytes:
 def build_serialized(trt, onnx_path: Path, spec: EngineSpec, *, workspace_gb: float, policy: Fp32Policy,
                      timing_cache: bytes = b"") -> tuple[bytes, bytes]:
     """Parse ``onnx_path`` and build a plan for ``spec``. Returns (engine bytes, updated timing cache bytes)."""
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     fp16 = spec.precision == "fp16"
     if fp16 and trt_major(trt) >= 11:
