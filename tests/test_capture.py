@@ -83,6 +83,19 @@ def test_seek(video):
     assert rest[0].time_s == pytest.approx(0.4, abs=1e-3)
     assert rest[0].index == 10
     assert len(rest) == N - 10
+    with open_source(video) as src:  # seeking after the end restarts decoding too
+        assert len(list(src)) == N
+        src.seek(0.8)
+        assert [round(f.time_s, 3) for f in src][:2] == [0.8, 0.84]
+
+
+def test_fixture_videos_decode_with_container_times(fixture_videos):
+    for path in sorted(fixture_videos.glob("*.mp4"))[:2] + sorted(fixture_videos.glob("*classroom*.mp4")):
+        with open_source(path) as src:
+            times = [f.time_s for f in src]
+            assert len(times) == src.frame_count and not src.warnings
+        d = np.diff(times)
+        assert np.all(d > 0) and d.mean() == pytest.approx(1 / src.fps, rel=1e-3)
 
 
 @pytest.mark.parametrize("case", ["missing", "zero", "random", "text", "empty_dir", "dir_without_images"])

@@ -268,3 +268,23 @@ def test_benchmark_core_on_synthetic_csv(tmp_path, capsys):
     bad.write_text("source,frame,time_s\nx,0,0\n")
     with pytest.raises(ValueError, match="missing columns"):
         bench.load_timelines(bad)
+
+
+def test_benchmark_reads_what_csvsink_writes(tmp_path):
+    from rtfer.sinks import CSVSink
+    from rtfer.types import FrameResult
+
+    bench = _load_benchmark()
+    path = tmp_path / "sink.csv"
+    sm = make_smoother("hmm", 0.5)
+    rng = np.random.default_rng(3)
+    with CSVSink(path, raw=True) as sink:
+        for k in range(10):
+            raw = _random_probs(rng, 2).astype(np.float32)
+            faces = Faces(np.tile([[0, 0, 10, 10]], (2, 1)), np.zeros((2, 5, 2)), np.ones(2), np.array([4, 9]))
+            smooth = sm.update(faces.track_ids, raw, k / 30)
+            sink.append(FrameResult(k, k / 30, "v.mp4", faces, EmotionScores(raw), EmotionScores(smooth)))
+    tls = bench.load_timelines(path)
+    assert sorted(t.face_id for t in tls) == ["4", "9"] and all(len(t.times) == 10 for t in tls)
+    rows = {(r["face_id"], r["variant"]): r for r in bench.stability_rows(tls)}
+    assert rows[("4", "csv")]["mean_tv"] < rows[("4", "raw")]["mean_tv"]
