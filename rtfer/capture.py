@@ -27,6 +27,9 @@ from rtfer.types import Frame
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"})
+#: Common video file extensions (for discovering videos in folders; any file FFmpeg decodes is accepted as input).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+                              ".wmv", ".flv", ".3gp", ".ogv", ".mxf", ".vob", ".gif"})
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://", "rtp://")
 #: A camera whose reads keep failing for this many seconds is reported as stopped.
 CAMERA_STALL_S = 2.0
