@@ -5,7 +5,8 @@ detections are matched to predictions by Hungarian assignment on IoU (high-score
 remaining active tracks against low-score detections), unmatched high-score detections start new tracks with
 never-reused IDs, and tracks unseen for ``max_age_frames`` are forgotten. Hungarian assignment is one-to-one, so
 two faces visible in the same frame can never share an ID, and constant-velocity prediction keeps crossing or
-fast faces from swapping IDs.
+fast faces from swapping IDs. Tracks matched on the previous update get first pick; lost tracks are matched last,
+on the better of their predicted and last seen boxes.
 
 For ``--every N`` the pipeline calls :meth:`Tracker.propagate` on frames without detection: the last faces'
 landmarks and a few interior points are followed with pyramidal Lucas-Kanade flow (forward-backward checked).
@@ -130,15 +131,24 @@ class Tracker:
         preds = np.array([t.predict(frame_index) for t in tracks]).reshape(-1, 4)
         ids = np.full(len(faces), -1, np.int64)
 
-        matched_tracks: set[int] = set()
-        for r, c in _assign(iou_matrix(preds, boxes[high]), self.iou_threshold):
-            ids[high[c]] = tracks[r].track_id
-            matched_tracks.add(r)
-        active = [r for r, t in enumerate(tracks)
-                  if r not in matched_tracks and t.last_det_frame == self._last_update_frame]
-        for r, c in _assign(iou_matrix(preds[active], boxes[low]), self.low_iou_threshold):
-            ids[low[c]] = tracks[active[r]].track_id
-            matched_tracks.add(active[r])
+        active = [r for r, t in enumerate(tracks) if t.last_det_frame == self._last_update_frame]
+        lost = [r for r, t in enumerate(tracks) if t.last_det_frame != self._last_update_frame]
+        # 1) active tracks <-> high-score detections, on constant-velocity predictions
+        for r, c in _assign(iou_matrix(preds[active], boxes[high]), self.iou_threshold):
+            ids[high[c]] = tracks[active[r]].track_id
+        # 2) still-unmatched active tracks <-> low-score detections (ByteTrack's second pass)
+        taken = set(ids[ids >= 0].tolist())
+        rest = [r for r in active if tracks[r].track_id not in taken]
+        for r, c in _assign(iou_matrix(preds[rest], boxes[low]), self.low_iou_threshold):
+            ids[low[c]] = tracks[rest[r]].track_id
+        # 3) lost tracks <-> remaining high-score detections; a velocity extrapolated over a gap is unreliable,
+        #    so the last seen box counts as well
+        free = high[ids[high] < 0]
+        if lost and len(free):
+            last = np.array([tracks[r].box for r in lost])
+            iou = np.maximum(iou_matrix(preds[lost], boxes[free]), iou_matrix(last, boxes[free]))
+            for r, c in _assign(iou, self.iou_threshold):
+                ids[free[c]] = tracks[lost[r]].track_id
 
         for i in np.nonzero(ids >= 0)[0]:
             t = self.tracks[int(ids[i])]
