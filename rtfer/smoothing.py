@@ -114,18 +114,22 @@ class Smoother:
         self._forget(t)
         p = _normalise(p)
         out = p.copy()
-        for row, tid in enumerate(ids):
-            if tid < 0:
-                continue
-            track = self._tracks.get(int(tid))
-            if track is None:
-                state = self._init(p[row])
-            else:
-                dt = t - track.last_time
-                state = self._step(track.state, p[row], dt if dt > 0 else self.ref_dt_s)
-            state = _normalise(state)
-            self._tracks[int(tid)] = _Track(state, t)
-            out[row] = state
+        rows = np.flatnonzero(ids >= 0)
+        if len(rows) == 0:
+            return out.astype(np.float32)
+        # vectorised over the frame's tracked faces: known tracks step, new ones initialise (a duplicated id is
+        # smoothed against the track's previous state twice; the last row's state is kept)
+        known = [r for r in rows if int(ids[r]) in self._tracks]
+        new = [r for r in rows if int(ids[r]) not in self._tracks]
+        if known:
+            states = np.stack([self._tracks[int(ids[r])].state for r in known])
+            dt = np.array([t - self._tracks[int(ids[r])].last_time for r in known])[:, None]
+            dt = np.where(dt > 0, dt, self.ref_dt_s)
+            out[known] = _normalise(self._step(states, p[known], dt))
+        if new:
+            out[new] = _normalise(self._init(p[new]))
+        for r in rows:
+            self._tracks[int(ids[r])] = _Track(out[r].copy(), t)
         return out.astype(np.float32)
 
     def apply(self, faces, scores, time_s: float):
@@ -159,7 +163,8 @@ class Smoother:
     def _init(self, p: np.ndarray) -> np.ndarray:
         return p.copy()
 
-    def _step(self, state: np.ndarray, p: np.ndarray, dt: float) -> np.ndarray:
+    def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        """States (m, 7), observations (m, 7), elapsed seconds (m, 1) -> new states (m, 7)."""
         return p.copy()
 
 
@@ -178,13 +183,13 @@ class EMASmoother(Smoother):
         super().__init__(strength, **kwargs)
         self.half_life_s = ema_half_life(self.strength)
 
-    def alpha(self, dt: float) -> float:
-        """Weight of a new observation ``dt`` seconds after the previous one."""
+    def alpha(self, dt):
+        """Weight of a new observation ``dt`` seconds (a float or an array) after the previous one."""
         if self.half_life_s <= 0:
-            return 1.0
-        return 1.0 - 0.5 ** (dt / self.half_life_s)
+            return np.ones_like(np.asarray(dt, dtype=np.float64))
+        return 1.0 - 0.5 ** (np.asarray(dt, dtype=np.float64) / self.half_life_s)
 
-    def _step(self, state: np.ndarray, p: np.ndarray, dt: float) -> np.ndarray:
+    def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
         a = self.alpha(dt)
         return (1.0 - a) * state + a * p
 
@@ -208,7 +213,7 @@ class HMMSmoother(Smoother):
         # flat prior times the first likelihood
         return _normalise(np.maximum(p, _PROB_FLOOR))
 
-    def _step(self, state: np.ndarray, p: np.ndarray, dt: float) -> np.ndarray:
+    def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
         lam = self.lam ** (dt / self.ref_dt_s) if self.lam > 0 else 0.0
         predicted = lam * state + (1.0 - lam) / NUM_CLASSES  # == transition(dt).T @ state (T is symmetric)
         likelihood = np.maximum(p, _PROB_FLOOR) / (1.0 / NUM_CLASSES)  # model posterior / flat prior

@@ -288,3 +288,17 @@ def test_benchmark_reads_what_csvsink_writes(tmp_path):
     assert sorted(t.face_id for t in tls) == ["4", "9"] and all(len(t.times) == 10 for t in tls)
     rows = {(r["face_id"], r["variant"]): r for r in bench.stability_rows(tls)}
     assert rows[("4", "csv")]["mean_tv"] < rows[("4", "raw")]["mean_tv"]
+
+
+def test_hmm_matches_explicit_transition_matrix_product():
+    sm = make_smoother("hmm", 0.6)
+    rng = np.random.default_rng(5)
+    p = _random_probs(rng, 3)
+    sm.update([1, 2, 3], p, 0.0)
+    q = _random_probs(rng, 3)
+    out = sm.update([3, 1, 2], q, 0.05)
+    for row, prev in zip(range(3), (2, 0, 1)):
+        T = sm.transition(0.05)
+        np.testing.assert_allclose(T.sum(1), 1.0)
+        post = (T.T @ p[prev]) * q[row]
+        np.testing.assert_allclose(out[row], post / post.sum(), atol=1e-6)
