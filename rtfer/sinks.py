@@ -365,7 +365,7 @@ class AnnotatedVideoSink(Sink):
             log.warning("annotated video %s has no frames", self.path)
 
 
-# -- summary ------------------------------------------------------------------------------------------------------------
+# -- summary ---------------------------------------------------------------------------------------------------------
 @dataclass
 class FaceSummary:
     """Totals for one face (track)."""

@@ -3,7 +3,8 @@
 Frame-by-frame classifier output flickers; a face's expression changes on a time scale of a few hundred ms. Each
 smoother keeps one state per track id, is time-aware (it uses the elapsed seconds, so variable frame rates and
 dropped frames behave) and forgets a track unseen for ``max_age_s``. Faces with track id -1 (untracked) pass through
-unsmoothed (renormalised).
+unsmoothed (renormalised). A repeated timestamp counts as one reference step (``ref_dt_s``); a time earlier than
+the previous update (a seek or a new source) clears every track.
 
 ``strength`` in [0, 1] maps to each method's parameter (0 = no smoothing for every method):
 
