@@ -65,12 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = int(source) if source.strip().isdigit() and not Path(source).exists() else source
 
     try:
-        from PyQt6.QtCore import QSettings, QTimer
+        from PyQt6.QtCore import QEvent, QEventLoop, QSettings, QTimer
         from PyQt6.QtWidgets import QApplication
     except ImportError:
         return _error("PyQt6 is required for the desktop app: pip install 'rtfer[ui]'")
     from ui.main_window import MainWindow
 
+    owns_app = QApplication.instance() is None
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("rtfer-app")
     app.setOrganizationName("rtfer")
@@ -108,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     status["code"] = _error(str(exc))
             if window.last_error and status["code"] == 0:
                 status["code"] = _error(window.last_error)
-            window.close()
-            app.quit()
+            window.close()  # emits window.closed, which ends the event loop below
 
         def tick() -> None:
             # The clock starts at the first processed frame (loading the model can take a while), with a cap.
@@ -125,7 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 QTimer.singleShot(100, tick)
 
         QTimer.singleShot(100, tick)
-    app.exec()
+    if owns_app and args.quit_after is None:
+        app.exec()
+    else:  # headless runs, or a caller's QApplication: a local loop leaves the application usable afterwards
+        loop = QEventLoop()
+        window.closed.connect(loop.quit)
+        loop.exec()
+    window.controller.stop()
+    window.deleteLater()  # free the Qt objects now, not in a late garbage collection
+    app.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
     return int(status["code"])
 
 

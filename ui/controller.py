@@ -9,6 +9,7 @@ error) closes the recording sinks, so the CSV on disk is always complete up to t
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -185,15 +186,15 @@ class Controller:
     """Runs one source at a time through a pipeline on a worker thread (see the module docstring)."""
 
     def __init__(self, callbacks: Callbacks | None = None, *,
-                 pipeline_factory: Callable[..., Any] | None = None,
-                 history_frames: int = 100_000) -> None:
+                 pipeline_factory: Callable[..., Any] | None = None) -> None:
         self.callbacks = callbacks or Callbacks()
         self._factory = pipeline_factory or _default_pipeline_factory
         self._bundle_cache: tuple[tuple, Any] | None = None
         self.timeline = TimelineBuffer()
         self.scale = "emotion"  # annotation label: emotion | sentiment5 | sentiment3
-        self._history: deque[FrameResult] = deque(maxlen=history_frames)
-        self._history_lock = threading.Lock()
+        self._summary: Any = None  # rtfer.sinks.SummaryAccumulator of the current run (bounded memory)
+        self._summary_lock = threading.Lock()
+        self._source_name = ""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -253,8 +254,10 @@ class Controller:
         self._seek_to = None
         self.last_error = None
         self.timeline.clear()
-        with self._history_lock:
-            self._history.clear()
+        from rtfer.sinks import SummaryAccumulator
+
+        with self._summary_lock:
+            self._summary = SummaryAccumulator()
         if dataclasses.is_dataclass(options):
             fields = {f.name for f in dataclasses.fields(options)}
             wanted = {"keep_images": True}
@@ -360,20 +363,25 @@ class Controller:
         return paths
 
     def export_summary(self, png_path: str | os.PathLike) -> Path:
-        """Write the summary PNG of everything processed since :meth:`start` (raises OutputError/ValueError)."""
-        with self._history_lock:
-            results = list(self._history)
-        if not results:
-            raise ValueError("nothing to summarise yet: process a source first")
+        """Write the summary PNG of everything processed since :meth:`start` (raises OutputError/ValueError).
+
+        The worker keeps adding to the summary; a copy taken under the lock is rendered, so export never blocks
+        the analysis for longer than the copy.
+        """
+        with self._summary_lock:
+            if self._summary is None or self._summary.frames == 0:
+                raise ValueError("nothing to summarise yet: process a source first")
+            acc = copy.deepcopy(self._summary)
         from rtfer.sinks import SummarySink
 
-        sink = _open_sink(SummarySink(Path(png_path)))
+        sink = SummarySink(Path(png_path), title=f"rtfer summary: {self._source_name}" if self._source_name else None,
+                           accumulator=acc)
+        _open_sink(sink)
         try:
-            for result in results:
-                sink.append(result)
-        finally:
             _close_sink(sink)
-        return Path(png_path)
+        except OSError as exc:
+            raise OutputError(f"cannot write summary {png_path}: {exc.strerror or exc}") from None
+        return sink.png_path
 
     # -- worker -----------------------------------------------------------------------------------------------------
     def _make_pipeline(self, options: Any) -> Any:
@@ -392,6 +400,7 @@ class Controller:
         if seek_s is not None and source.kind == "video":
             source.seek(seek_s)
         self._source_kind = source.kind
+        self._source_name = str(getattr(source, "name", "") or "")
         self._source_fps = source.fps
         self._duration_s = source.duration_s
         if realtime and source.kind in ("video", "folder"):
@@ -467,9 +476,8 @@ class Controller:
                 if cancel.is_set():
                     break
                 self._record(result)
-                light = dataclasses.replace(result, image=None)
-                with self._history_lock:
-                    self._history.append(light)
+                with self._summary_lock:
+                    self._summary.update(result)
                 self.timeline.append(result)
                 snapshot = stats.update(result, int(getattr(source, "dropped", 0) or 0), self._duration_s)
                 annotated = None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PyQt6.QtCore import QSettings, Qt, QTimer
+from PyQt6.QtCore import QSettings, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QCloseEvent
 from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
                              QPushButton, QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
@@ -37,6 +37,8 @@ def _fmt_time(seconds: float | None) -> str:
 class MainWindow(QMainWindow):
     """The rtfer desktop window. ``qsettings`` defaults to the user's ``rtfer/rtfer-app`` scope; tests pass a
     temporary INI file. ``pipeline_factory`` replaces :class:`rtfer.pipeline.Pipeline` (tests)."""
+
+    closed = pyqtSignal()
 
     def __init__(self, qsettings: QSettings | None = None, *, pipeline_factory: Callable[..., Any] | None = None,
                  cameras: list[int] | None = None) -> None:
@@ -436,3 +438,4 @@ class MainWindow(QMainWindow):
         self.controller.stop()
         self.settings.save(self.qsettings)
         super().closeEvent(event)
+        self.closed.emit()

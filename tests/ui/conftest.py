@@ -51,6 +51,7 @@ class FakePipeline:
         self.source = None
         self.runs = 0
         self.first_times: list[float] = []
+        self.threads: set[str] = set()  # where inference ran (never the UI thread)
 
     def describe(self) -> dict:
         return {"backend": "fake", "device": "cpu", "detector": "FakeDetector", "bundle": "fake 0"}
@@ -67,6 +68,7 @@ class FakePipeline:
                     return
                 if self.fail_after is not None and k >= self.fail_after:
                     raise InputError("camera 0 stopped delivering frames (simulated)")
+                self.threads.add(threading.current_thread().name)
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 h, w = frame.image.shape[:2]

@@ -242,3 +242,15 @@ def test_real_pipeline_end_to_end(group_video, tmp_path):
     assert rec.info and rec.info[0]["backend"]
     rows = list(csv.DictReader(open(out, newline="")))
     assert len(rows) >= 12 * 4
+
+
+def test_recording_annotated_video(group_video, fake_factory, fake_options, tmp_path):
+    from rtfer.capture import open_source
+
+    ctl = Controller(pipeline_factory=fake_factory)
+    ctl.start_recording(tmp_path / "t.csv", tmp_path / "t.mp4")
+    ctl.start(str(group_video), fake_options)
+    assert ctl.wait(20) and ctl.last_error is None and not ctl.recording
+    with open_source(tmp_path / "t.mp4") as src:
+        frames = list(src)
+    assert len(frames) == 12 and frames[0].image.shape == (442, 640, 3)
