@@ -244,3 +244,26 @@ def test_cli_builds_every_bundle_member(trt, model, tmp_path, monkeypatch, capsy
     assert capsys.readouterr().out.count("batch 1/8/16") == 2
     assert engines_main(["build", str(tmp_path / "nowhere"), "--cache", str(cache)]) == 2
     assert "is not a model bundle" in capsys.readouterr().err
+
+
+def test_policy_on_the_torch_dynamo_export_form():
+    """What training/export.py emits for ConvNeXt-V2 (checked on convnextv2_test): a LayerNormalization op and
+    GRN as ReduceL2 -> ReduceMean -> Add -> Div, with generated node names. Found by op type and structure."""
+    from onnx import TensorProto, helper
+
+    n = helper.make_node
+    nodes = [n("LayerNormalization", ["x", "w", "b"], ["ln"], name="node_layer_norm", axis=-1),
+             n("ReduceL2", ["ln"], ["gx"], name="node_linalg_vector_norm", axes=[1, 2], keepdims=1),
+             n("ReduceMean", ["gx"], ["gm"], name="node_mean", axes=[-1], keepdims=1),
+             n("Add", ["gm", "eps"], ["ge"], name="node_add_7"),
+             n("Div", ["gx", "ge"], ["nx"], name="node_div"),
+             n("Mul", ["ln", "nx"], ["y0"], name="node_mul_3"),
+             n("Add", ["y0", "ln"], ["y"], name="node_add_8")]
+    vi = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["batch", 4, 4, 8]) for k in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", [vi[0]], [vi[1]], [
+        helper.make_tensor("w", TensorProto.FLOAT, [8], [1.0] * 8), helper.make_tensor("b", TensorProto.FLOAT, [8],
+                                                                                       [0.0] * 8),
+        helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert fp32_node_names(model, Fp32Policy(name_patterns=())) == {
+        "node_layer_norm", "node_linalg_vector_norm", "node_mean", "node_add_7", "node_div"}
