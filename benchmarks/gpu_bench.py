@@ -95,7 +95,7 @@ def resolve_bundle(name: str, work: Path) -> tuple[Path, str]:
         return tiny_bundle(work), "tiny random (default bundle missing)"
 
 
-# ---- modes: each returns a list of per-member callables (n,3,S,S) float32 -> (n,C) float32 logits ---------------------
+# ---- modes: each gives per-member callables (n,3,S,S) float32 -> (n,C) float32 logits ------------------------------
 
 def _torch_eager(backends, autocast: bool) -> list[Callable[[np.ndarray], np.ndarray]]:
     import torch
@@ -244,7 +244,8 @@ def markdown(report: dict) -> str:
             c = next((c for c in m["cells"] if c["batch"] == b), None)
             row.append("—" if c is None else (c["error"] or f"{c['ms_median']:.2f} / {c['ms_p90']:.2f}"))
         lines.append(f"| {b} | " + " | ".join(row) + " |")
-    lines += ["", "| mode | runs as | load s | max abs p diff vs torch-fp32 | top-1 agreement |", "|---|---|---:|---:|---:|"]
+    lines += ["", "| mode | runs as | load s | max abs p diff vs torch-fp32 | top-1 agreement |",
+              "|---|---|---:|---:|---:|"]
     for m in report["modes"]:
         if m["skipped"]:
             lines.append(f"| {m['mode']} | skipped: {m['skipped']} | | | |")
