@@ -173,7 +173,7 @@ class Pipeline:
                     if independent:
                         faces.track_ids = np.arange(len(faces), dtype=np.int64)
                     else:
-                        faces = tracker.update(faces, frame.index)
+                        faces = tracker.update(faces, frame.index, image_bgr=frame.image if every > 1 else None)
                 else:
                     t2 = time.perf_counter()
                     faces = tracker.propagate(frame.image, frame.index)

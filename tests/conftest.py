@@ -49,3 +49,55 @@ def group_photo(group_photo_path):
     import cv2
 
     return cv2.imread(str(group_photo_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(request) -> Path:
+    """A two-member bundle with random weights (ddamfn_tiny + convnextv2_test), written by the real exporter.
+
+    Kept in pytest's cache folder keyed by the sources that shape it, and rebuilt when any of them changes.
+    """
+    import hashlib
+
+    from rtfer.bundle import BundleSpec
+    from rtfer.errors import BundleError
+
+    sources = sorted((REPO / "rtfer" / "models").glob("*.py")) + [REPO / "training" / "export.py",
+                                                                  REPO / "rtfer" / "bundle.py"]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.is_file())).hexdigest()[:16]
+    folder = Path(request.config.cache.mkdir("rtfer_tiny_bundle")) / key
+    try:
+        BundleSpec.read(folder).verify()
+        return folder
+    except BundleError:
+        pass
+    torch = pytest.importorskip("torch")
+    from rtfer.models import create_model
+    from training.export import write_bundle
+
+    torch.manual_seed(0)
+    write_bundle(folder, [{"model": create_model("ddamfn_tiny").eval(), "name": "ddamfn"},
+                          {"model": create_model("convnextv2_test").eval(), "name": "convnext"}],
+                 {"method": "soft_vote", "weights": [0.5, 0.5]}, name="tiny-random", version="0", interim=True)
+    return folder
+
+
+def pan_frames(photo, n: int, width: int = 640, out_width: int = 320, step: int = 8, start: int = 0):
+    """Frames panning across ``photo`` (real faces moving slowly), downscaled to ``out_width``."""
+    import cv2
+
+    h, w = photo.shape[:2]
+    out_h = int(round(h * out_width / width)) // 2 * 2
+    for i in range(n):
+        x = min(w - width, start + i * step)
+        yield cv2.resize(photo[:, x:x + width], (out_width, out_h), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="session")
+def group_video(tmp_path_factory, group_photo) -> Path:
+    """A 24-frame, 12 fps video panning across the six-face group photo."""
+    from rtfer.capture import write_test_video
+
+    path = tmp_path_factory.mktemp("video") / "group.mp4"
+    write_test_video(path, pan_frames(group_photo, 24, out_width=480), fps=12)
+    return path

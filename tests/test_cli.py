@@ -1,0 +1,227 @@
+"""`rtfer analyze` on good and bad inputs: one-line errors, exit codes, partial results kept."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from rtfer.cli import main
+from rtfer.errors import InputError
+from rtfer.sinks import CSV_COLUMNS
+from rtfer.types import Frame
+
+from conftest import pan_frames
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _common(bundle) -> list[str]:
+    return ["--bundle", str(bundle), "--backend", "onnxruntime", "--device", "cpu", "--no-progress"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_one_line_error(code, err, needle):
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("rtfer: error")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: d / "missing.mp4", "missing.mp4"),
+    (lambda d: _write(d / "empty.mp4", b""), "empty.mp4"),
+    (lambda d: _write(d / "noise.mp4", np.random.default_rng(0).bytes(50_000)), "noise.mp4"),
+    (lambda d: _write(d / "notes.txt", b"hello\n" * 100), "notes.txt"),
+])
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys, tiny_bundle, make, needle):
+    path = make(tmp_path)
+    code, out, err = run_cli(["analyze", str(path), "-o", str(tmp_path / "o.csv"), *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize("out", ["/proc/rtfer-test/out.csv", "{tmp}/no/such/dir/out.csv", "/proc/version.csv"])
+def test_unwritable_output(tmp_path, capsys, tiny_bundle, group_video, out):
+    out = out.format(tmp=tmp_path)
+    code, _, err = run_cli(["analyze", str(group_video), "-o", out, *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "cannot write")
+
+
+def test_bundle_path_that_is_not_a_bundle(tmp_path, capsys, group_video):
+    code, _, err = run_cli(["analyze", str(group_video), "-o", str(tmp_path / "o.csv"), "--bundle", str(tmp_path)],
+                           capsys)
+    assert_one_line_error(code, err, "not a model bundle")
+    code, _, err = run_cli(["analyze", str(group_video), "-o", str(tmp_path / "o.csv"), "--bundle", "nonexistent"],
+                           capsys)
+    assert_one_line_error(code, err, "no bundle")
+
+
+def test_tampered_bundle_is_refused(tmp_path, capsys, tiny_bundle, group_video):
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bad)
+    onnx_file = next(bad.glob("*.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-100])
+    code, _, err = run_cli(["analyze", str(group_video), "-o", str(tmp_path / "o.csv"), "--bundle", str(bad)], capsys)
+    assert_one_line_error(code, err, "sha256")
+
+
+def test_video_to_csv_with_summary_and_annotated(tmp_path, capsys, tiny_bundle, group_video):
+    out = tmp_path / "o.csv"
+    code, stdout, err = run_cli(["analyze", str(group_video), "-o", str(out), "--raw", "--summary",
+                                 str(tmp_path / "s.png"), "--annotated", str(tmp_path / "a.mp4"), "--jsonl",
+                                 str(tmp_path / "o.jsonl"), *_common(tiny_bundle)], capsys)
+    assert code == 0, err
+    rows = _rows(out)
+    header = list(rows[0].keys())
+    assert header[:len(CSV_COLUMNS)] == list(CSV_COLUMNS)
+    assert "raw_happiness" in header and "raw_emotion" in header
+    assert {int(r["frame"]) for r in rows} == set(range(24))
+    assert all(r["source"] == "group.mp4" for r in rows)
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    assert (tmp_path / "a.mp4").stat().st_size > 10_000
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == len(rows)
+    assert "frames/s" in stdout and "dominant" in stdout
+
+
+def test_truncated_video_keeps_decodable_frames(tmp_path, capsys, tiny_bundle, group_photo):
+    from rtfer.capture import write_test_video
+
+    full = tmp_path / "full.mp4"
+    write_test_video(full, pan_frames(group_photo, 40, out_width=320), fps=10)
+    cut = tmp_path / "cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli(["analyze", str(cut), "-o", str(out), *_common(tiny_bundle)], capsys)
+    assert code == 0, err
+    assert "warning" in err.lower() and "Traceback" not in err
+    frames = {int(r["frame"]) for r in _rows(out)}
+    assert 5 < len(frames) < 40
+
+
+def test_no_faces_gives_one_empty_row_per_frame(tmp_path, capsys, tiny_bundle):
+    from rtfer.capture import write_test_video
+
+    video = tmp_path / "blank.mp4"
+    write_test_video(video, [np.full((120, 160, 3), 90 + i, np.uint8) for i in range(8)], fps=8)
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli(["analyze", str(video), "-o", str(out), *_common(tiny_bundle)], capsys)
+    assert code == 0, err
+    rows = _rows(out)
+    assert len(rows) == 8 and all(r["face_id"] == "" and r["happiness"] == "" for r in rows)
+
+
+def test_fifty_faces(tmp_path, capsys, tiny_bundle, group_photo):
+    from rtfer.detection import create_detector
+
+    faces = create_detector("centerface").detect(group_photo)
+    tiles = []
+    for box in faces.xyxy[:5]:
+        x1, y1, x2, y2 = box.astype(int)
+        cx, cy, s = (x1 + x2) // 2, (y1 + y2) // 2, int(max(x2 - x1, y2 - y1) * 0.9)
+        crop = group_photo[max(cy - s, 0):cy + s, max(cx - s, 0):cx + s]
+        tiles.append(cv2.resize(crop, (96, 96)))
+    grid = np.vstack([np.hstack([tiles[(r + c) % 5] for c in range(10)]) for r in range(5)])
+    path = tmp_path / "crowd.png"
+    cv2.imwrite(str(path), grid)
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli(["analyze", str(path), "-o", str(out), "--det-width", "960", *_common(tiny_bundle)],
+                           capsys)
+    assert code == 0, err
+    rows = _rows(out)
+    assert 40 <= len(rows) <= 50
+    assert len({r["face_id"] for r in rows}) == len(rows)
+    code, _, err = run_cli(["analyze", str(path), "-o", str(out), "--max-faces", "10", "--det-width", "960",
+                            *_common(tiny_bundle)], capsys)
+    assert code == 0 and len(_rows(out)) == 10
+
+
+class _VanishingCamera:
+    """A camera that delivers a few frames and is then unplugged."""
+
+    kind, name, fps, frame_count, width, height, duration_s, dropped = "camera", "0", 30.0, None, 320, 222, None, 0
+
+    def __init__(self, frames):
+        self.frames, self.i, self.warnings = frames, 0, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i == len(self.frames):
+            raise InputError("camera 0 stopped delivering frames (unplugged?)")
+        self.i += 1
+        return Frame(self.i - 1, self.i / 30.0, self.frames[self.i - 1], "0")
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        pass
+
+
+def test_camera_unplugged_keeps_csv(tmp_path, capsys, tiny_bundle, group_photo, monkeypatch):
+    import rtfer.capture
+
+    frames = list(pan_frames(group_photo, 6, out_width=320))
+    monkeypatch.setattr(rtfer.capture, "open_source", lambda *a, **k: _VanishingCamera(frames))
+    out = tmp_path / "cam.csv"
+    code, _, err = run_cli(["analyze", "0", "-o", str(out), *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "camera 0 stopped")
+    assert {int(r["frame"]) for r in _rows(out)} == set(range(6))
+
+
+def test_folder_of_videos_needs_out_dir(tmp_path, capsys, tiny_bundle, group_video):
+    import shutil
+
+    shutil.copy(group_video, tmp_path / "v.mp4")
+    code, _, err = run_cli(["analyze", str(tmp_path), *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "--out-dir")
+
+
+def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
+    from rtfer.capture import write_test_video
+
+    video = tmp_path / "long.mp4"
+    frames = [f for k in range(8) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]
+    write_test_video(video, frames, fps=25)
+    out = tmp_path / "o.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "rtfer.cli", "analyze", str(video), "-o", str(out),
+                             *_common(tiny_bundle)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    rows = _rows(out)
+    frames_done = sorted({int(r["frame"]) for r in rows})
+    assert frames_done == list(range(len(frames_done))) and 0 < len(frames_done) < len(frames)
