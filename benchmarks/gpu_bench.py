@@ -205,6 +205,8 @@ def environment(device: str) -> dict:
             env["gpu"] = torch.cuda.get_device_name(idx)
             env["compute_capability"] = list(torch.cuda.get_device_capability(idx))
             env["cuda"] = torch.version.cuda
+            env["tf32_conv"] = torch.backends.cudnn.allow_tf32  # torch-fp32 convolutions may use TF32
+            env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
     except ImportError:
         pass
     try:
@@ -258,6 +260,7 @@ def markdown(report: dict) -> str:
 
 def run(args) -> dict:
     from rtfer.bundle import BundleSpec
+    from rtfer.errors import RtferError
 
     work = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
     bundle_path, label = resolve_bundle(args.bundle, work)
@@ -283,7 +286,7 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         try:
             fns, info.describe = load_mode(mode, spec, args.device, args.max_batch, torch_backends)
-        except RuntimeError as exc:
+        except (RuntimeError, ImportError, RtferError) as exc:  # missing SDK or device: skip the mode, say why
             info.skipped = str(exc).splitlines()[0]
             log.info("%s: skipped (%s)", mode, info.skipped)
             report["modes"].append(asdict(info))

@@ -267,3 +267,24 @@ def test_policy_on_the_torch_dynamo_export_form():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert fp32_node_names(model, Fp32Policy(name_patterns=())) == {
         "node_layer_norm", "node_linalg_vector_norm", "node_mean", "node_add_7", "node_div"}
+
+
+def test_detect_gpu_reads_nvidia_smi_and_fails_clearly(monkeypatch):
+    import subprocess
+
+    import engines.builder as builder
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without torch
+    monkeypatch.setattr(builder.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="NVIDIA H100 80GB HBM3, 9.0\n", stderr="")
+
+    monkeypatch.setattr(builder.subprocess, "run", fake_run)
+    assert builder.detect_gpu(1) == GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
+    assert "--id=1" in seen[0]
+    monkeypatch.setattr(builder.shutil, "which", lambda name: None)
+    with pytest.raises(EngineBuildError, match="no CUDA device 0 found"):
+        builder.detect_gpu(0)
