@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="device for the backend (auto, cpu, cuda, cuda:0)")
     p.add_argument("--fast", action="store_true", help="process files as fast as possible instead of real time")
     p.add_argument("--screenshot", type=Path, help="save a PNG of the window before quitting (with --quit-after)")
+    p.add_argument("--screenshot-colors", type=int, default=256, metavar="N",
+                   help="palette size of the screenshot PNG (default 256 keeps it small for docs; 0 = full colour)")
     p.add_argument("--quit-after", type=float, metavar="SECONDS",
                    help="quit after processing for this many seconds (or when the source ends)")
     p.add_argument("--settings-file", type=Path, help="use this INI file instead of the user's stored settings")
@@ -36,13 +38,33 @@ def _error(message: str) -> int:
     return 2
 
 
-def save_screenshot(window, path: Path) -> Path:
-    """Grab the whole window into ``path`` (PNG); raises OutputError when it cannot be written."""
+def save_screenshot(window, path: Path, colors: int = 0) -> Path:
+    """Grab the whole window into ``path`` (PNG); raises OutputError when it cannot be written.
+
+    ``colors`` > 0 reduces the image to that many palette colours (octree: UI colours stay exact, the video frame
+    loses little), which makes a docs screenshot 3-4x smaller than full colour.
+    """
     from rtfer.errors import OutputError
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not window.grab().save(str(path), "PNG", 9):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the screenshot to {path}: {exc.strerror}") from None
+    image = window.grab().toImage()
+    if colors > 0:
+        from PIL import Image
+
+        from PyQt6.QtGui import QImage
+
+        rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+        w, h, stride = rgb.width(), rgb.height(), rgb.bytesPerLine()
+        pil = Image.frombuffer("RGB", (w, h), bytes(rgb.constBits().asarray(stride * h)), "raw", "RGB", stride, 1)
+        try:
+            pil.quantize(colors=min(256, colors), method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write the screenshot to {path}: {exc.strerror or exc}") from None
+    elif not image.save(str(path), "PNG", 9):
         raise OutputError(f"cannot write the screenshot to {path}")
     return path
 
@@ -101,10 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             app.processEvents()
             window._on_result()  # show the newest frame that arrived while stopping
             window.timeline.refresh()
+            if window.results_shown:  # show the hover read-out at the latest time, as a user would see it
+                window.timeline.hover_at(window.last_stats.position_s)
             app.processEvents()
             if args.screenshot is not None:
                 try:
-                    save_screenshot(window, args.screenshot)
+                    save_screenshot(window, args.screenshot, args.screenshot_colors)
                 except Exception as exc:  # noqa: BLE001
                     status["code"] = _error(str(exc))
             if window.last_error and status["code"] == 0:

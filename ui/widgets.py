@@ -134,7 +134,7 @@ class FaceBars(QWidget):
             y = self.HEADER + i * self.ROW
             p.setPen(QColor("#333333"))
             p.drawText(QRectF(4, y, label_w, self.ROW), Qt.AlignmentFlag.AlignVCenter, pretty(name))
-            p.fillRect(QRectF(bar_x, y + 3, bar_w, self.ROW - 6), QColor("#e6e6e6"))
+            p.fillRect(QRectF(bar_x, y + 3, bar_w, self.ROW - 6), QColor("#dcdcdc"))
             p.fillRect(QRectF(bar_x, y + 3, bar_w * float(np.clip(value, 0, 1)), self.ROW - 6),
                        QColor(CLASS_COLORS.get(name, "#555555")))
             p.drawText(QRectF(bar_x + bar_w + 4, y, pct_w, self.ROW),
@@ -218,6 +218,7 @@ class TimelineWidget(QWidget):
         layout.addWidget(self.graphics, 1)
         self.hover_label = QLabel("Hover over the timeline to read values")
         self.hover_label.setTextFormat(Qt.TextFormat.RichText)
+        self.hover_label.setWordWrap(True)
         self.hover_label.setStyleSheet("color: #555555; padding: 0 4px;")
         layout.addWidget(self.hover_label)
 
@@ -229,7 +230,11 @@ class TimelineWidget(QWidget):
         self.valence_plot.setMouseEnabled(x=False, y=False)
         self.valence_plot.hideButtons()
         self.valence_plot.addLine(y=0, pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
-        self.legend = self.valence_plot.addLegend(offset=(4, 2), colCount=6, labelTextSize="8pt")
+        # The legend lists only the tracks seen in the last ``legend_recent_s`` (the faces on screen now).
+        self.legend = self.valence_plot.addLegend(offset=(4, 2), colCount=8, labelTextSize="8pt",
+                                                  brush=pg.mkBrush(255, 255, 255, 200))
+        self.legend_recent_s = 2.0
+        self._legend_ids: list[int] = []
         self.dominant_plot = self.graphics.addPlot(row=1, col=0)
         self.dominant_plot.setLabel("bottom", "time (s)")
         self.dominant_plot.showGrid(x=True, y=True, alpha=0.25)
@@ -274,6 +279,7 @@ class TimelineWidget(QWidget):
                 plot.removeItem(curve)
             curves.clear()
         self.legend.clear()
+        self._legend_ids = []
         self._series = []
         self._drawn_version = -1
 
@@ -290,13 +296,11 @@ class TimelineWidget(QWidget):
         for key in [k for k in self._valence_curves if k not in live]:
             self.valence_plot.removeItem(self._valence_curves.pop(key))
             self.dominant_plot.removeItem(self._dominant_curves.pop(key))
-            self.legend.removeItem(f"#{key}" if key >= 0 else "face")
         for s in self._series:
             color = track_color(s.track_id)
             curve = self._valence_curves.get(s.track_id)
             if curve is None:
-                name = f"#{s.track_id}" if s.track_id >= 0 else "face"
-                curve = self.valence_plot.plot(pen=pg.mkPen(color, width=2), name=name)
+                curve = self.valence_plot.plot(pen=pg.mkPen(color, width=2))
                 self._valence_curves[s.track_id] = curve
                 self._dominant_curves[s.track_id] = self.dominant_plot.plot(
                     pen=None, symbol="s", symbolSize=5, symbolPen=None, symbolBrush=pg.mkBrush(color))
@@ -305,6 +309,12 @@ class TimelineWidget(QWidget):
             # spread tracks a little so overlapping tracks stay visible
             offset = ((s.track_id % 5) - 2) * 0.06
             self._dominant_curves[s.track_id].setData(s.times, dominant + offset)
+        recent = [s.track_id for s in self._series if s.times[-1] >= last - self.legend_recent_s]
+        if recent != self._legend_ids:
+            self.legend.clear()
+            for key in recent:
+                self.legend.addItem(self._valence_curves[key], f"#{key}" if key >= 0 else "face")
+            self._legend_ids = recent
         self.valence_plot.setXRange(start, max(start + self.window_s, last), padding=0.01)
         self.redraws += 1
 
@@ -331,7 +341,7 @@ class TimelineWidget(QWidget):
                 top = int(np.argmax(levels))
                 label = f"#{track_id}" if track_id >= 0 else "face"
                 parts.append(f"<span style='color:{track_color(track_id)}'><b>{label}</b></span> "
-                             f"valence {val:+.2f}, {pretty(names[top])} {100 * levels[top]:.0f}%")
-            text = f"t = {time_s:.1f} s &nbsp; " + " &nbsp;|&nbsp; ".join(parts)
+                             f"{val:+.2f} {pretty(names[top])} {100 * levels[top]:.0f}%")
+            text = f"t = {time_s:.1f} s (valence, dominant): &nbsp;" + " &nbsp;·&nbsp; ".join(parts)
         self.hover_label.setText(text)
         return text

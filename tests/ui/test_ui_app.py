@@ -151,4 +151,5 @@ def test_headless_screenshot(qapp, monkeypatch, tmp_path, group_video, fake_fact
 
     image = QImage(str(out))
     assert image.width() >= 1000 and image.height() >= 700
+    assert image.format() == QImage.Format.Format_Indexed8  # 256-colour docs screenshot by default
     assert fake_factory.made and fake_factory.made[0].runs >= 1

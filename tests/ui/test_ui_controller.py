@@ -220,28 +220,40 @@ def test_live_specs_and_camera_probe():
     assert isinstance(cams, list) and all(isinstance(i, int) for i in cams)
 
 
-def test_real_pipeline_end_to_end(group_video, tmp_path):
-    """The real Pipeline with the default bundle on the group-photo video (skips while the bundle is missing)."""
+def _run_real(group_video, tmp_path, bundle: str):
+    from rtfer.pipeline import AnalyzeOptions
+
+    rec = Recorder()
+    ctl = Controller(rec.callbacks())
+    out = tmp_path / "real.csv"
+    ctl.start_recording(out)
+    ctl.start(str(group_video), AnalyzeOptions(bundle=bundle, every=3))
+    assert rec.done.wait(120), "the real pipeline did not finish the 12-frame video"
+    assert rec.finished == ["end"] and not rec.errors, rec.errors
+    assert len(rec.results) == 12
+    assert max(len(r.faces) for r, _a, _s in rec.results) >= 4, "the group photo has six faces"
+    assert rec.info and rec.info[0]["backend"] and rec.info[0]["device"]
+    assert rec.threads == {"rtfer-ui-worker"}
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert len(rows) >= 12 * 4 and rows[0]["emotion"]
+    return rec
+
+
+def test_real_pipeline_with_tiny_bundle(group_video, tmp_path, tiny_bundle):
+    """The real Pipeline (detector, tracker, ONNX Runtime, smoother) with a random-weight two-member bundle."""
+    _run_real(group_video, tmp_path, str(tiny_bundle))
+
+
+def test_real_pipeline_with_default_bundle(group_video, tmp_path):
+    """The shipped default bundle (skips while training has not produced it)."""
     import rtfer
     from rtfer.errors import BundleError
-    from rtfer.pipeline import AnalyzeOptions
 
     try:
         rtfer.load_bundle("default")
     except BundleError as exc:
         pytest.skip(f"default bundle not available yet: {exc}")
-    rec = Recorder()
-    ctl = Controller(rec.callbacks())
-    out = tmp_path / "real.csv"
-    ctl.start_recording(out)
-    ctl.start(str(group_video), AnalyzeOptions(every=3))
-    assert rec.done.wait(120), "the real pipeline did not finish the 12-frame video"
-    assert rec.finished == ["end"] and not rec.errors
-    assert len(rec.results) == 12
-    assert max(len(r.faces) for r, _a, _s in rec.results) >= 4, "the group photo has six faces"
-    assert rec.info and rec.info[0]["backend"]
-    rows = list(csv.DictReader(open(out, newline="")))
-    assert len(rows) >= 12 * 4
+    _run_real(group_video, tmp_path, "default")
 
 
 def test_recording_annotated_video(group_video, fake_factory, fake_options, tmp_path):

@@ -95,7 +95,7 @@ def test_timeline_redraws_on_timer_and_hover(qtbot):
     _x, dom = widget._dominant_curves[2].getData()
     assert np.round(dom[0]) == 5  # anger is class index 5
     text = widget.hover_at(1.0)
-    assert "#1" in text and "valence +0.80" in text and "happiness 80%" in text
+    assert "#1</b></span> +0.80 happiness 80%" in text
     assert "#2" in text and "anger 50%" in text
     widget.set_scale("sentiment3")
     _x, dom = widget._dominant_curves[1].getData()
@@ -106,3 +106,17 @@ def test_timeline_redraws_on_timer_and_hover(qtbot):
     assert widget.redraws == redraws  # no new data, no redraw
     widget.clear()
     assert widget._valence_curves == {}
+
+
+def test_timeline_legend_lists_recent_tracks_only(qtbot):
+    from ui.widgets import TimelineWidget
+
+    buf = TimelineBuffer()
+    widget = TimelineWidget(buf, interval_ms=10_000)
+    qtbot.addWidget(widget)
+    for i in range(30):  # track 1 leaves after 0.5 s, track 2 stays until 3 s
+        probs = np.stack([HAPPY, ANGRY]) if i < 5 else ANGRY[None]
+        buf.append(make_result(i, probs, ids=np.array([1, 2]) if i < 5 else np.array([2])))
+    widget.refresh()
+    assert set(widget._valence_curves) == {1, 2} and widget._legend_ids == [2]
+    assert [label.text for _sample, label in widget.legend.items] == ["#2"]
