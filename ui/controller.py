@@ -403,7 +403,7 @@ class Controller:
         self._source_name = str(getattr(source, "name", "") or "")
         self._source_fps = source.fps
         self._duration_s = source.duration_s
-        if realtime and source.kind in ("video", "folder"):
+        if realtime and source.kind == "video":  # folders/images have no timeline to pace against
             return PacedSource(source, self._paused, self._stop)
         return source
 

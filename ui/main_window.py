@@ -271,13 +271,15 @@ class MainWindow(QMainWindow):
         self._update_buttons()
 
     def stop(self) -> None:
-        self.controller.stop()
+        # A bundle that is still loading cannot be interrupted; the worker then ends right after it, so the UI
+        # does not wait for it (the finished signal updates the buttons).
+        self.controller.stop(timeout=1.0)
         self._update_buttons()
 
     def _mode_changed(self, index: int) -> None:
         self.settings.realtime = index == 0
         self.settings.save(self.qsettings)
-        if self.controller.running and self.controller.source_kind in ("video", "folder"):
+        if self.controller.running and self.controller.source_kind == "video":
             self.open_source(self.source_spec)  # restart in the new mode
 
     def _seek_released(self) -> None:
@@ -400,8 +402,9 @@ class MainWindow(QMainWindow):
 
     def _on_info(self, info: dict) -> None:
         text = f"{info.get('backend', '?')} on {info.get('device', '?')}"
-        if info.get("detector"):
-            text += f" · {info['detector']}"
+        for key in ("detector", "bundle"):
+            if info.get(key):
+                text += f" · {info[key]}"
         self.backend_label.setText(text)
         self.backend_label.setToolTip(f"bundle: {info.get('bundle', '?')}")
 

@@ -38,7 +38,7 @@ def test_results_reach_the_widgets(qtbot, window, group_video, fake_factory):
     assert window.fps_label.text().endswith("fps")
     assert "det 5" in window.latency_label.text() and "inf 8" in window.latency_label.text()
     assert window.dropped_label.text() == "dropped 0"
-    assert window.backend_label.text() == "fake on cpu · FakeDetector"
+    assert window.backend_label.text() == "fake on cpu · FakeDetector · fake 0"
     assert window.position_label.text() == "0:01 / 0:01"
     window.timeline.refresh()
     assert set(window.timeline._valence_curves) == {1, 2}

@@ -266,3 +266,32 @@ def test_recording_annotated_video(group_video, fake_factory, fake_options, tmp_
     with open_source(tmp_path / "t.mp4") as src:
         frames = list(src)
     assert len(frames) == 12 and frames[0].image.shape == (442, 640, 3)
+
+
+def test_image_folder_in_real_time_mode_is_not_paced(group_photo, fake_factory, fake_options, tmp_path):
+    import cv2
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"img{i}.jpg"), cv2.resize(group_photo, (320, 221)))
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(folder), fake_options, realtime=True)
+    assert rec.done.wait(10) and rec.finished == ["end"]
+    assert [r.source for r, _a, _s in rec.results] == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert rec.results[-1][2].dropped == 0 and not ctl.seekable
+
+
+def test_real_time_playback_drops_frames_instead_of_falling_behind(group_video, fake_factory, fake_options):
+    fake_factory.kwargs = {"delay_s": 0.25}  # 4 frames/s against a 10 frames/s video
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    t0 = time.monotonic()
+    ctl.start(str(group_video), fake_options, realtime=True)
+    assert rec.done.wait(20) and rec.finished == ["end"]
+    elapsed = time.monotonic() - t0
+    stats = rec.results[-1][2]
+    # frames skipped after the last result are not in its stats, hence 11 or 12
+    assert stats.dropped >= 4 and 11 <= len(rec.results) + stats.dropped <= 12
+    assert elapsed < 1.2 + 0.25 * 3 + 1.0, f"fell behind: {elapsed:.2f} s for a 1.2 s video"
