@@ -34,6 +34,7 @@ class TimelineBuffer:
         self._lock = threading.Lock()
         self._tracks: OrderedDict[int, deque] = OrderedDict()
         self._last_time = 0.0
+        self._last_keys: tuple[int, ...] = ()
         self._version = 0
 
     def append(self, result: FrameResult) -> None:
@@ -44,9 +45,11 @@ class TimelineBuffer:
         with self._lock:
             self._last_time = float(result.time_s)
             self._version += 1
+            keys = []
             for row in range(len(faces)):
                 tid = int(faces.track_ids[row])
                 key = tid if tid >= 0 else -(row + 1)
+                keys.append(key)
                 buf = self._tracks.get(key)
                 if buf is None:
                     buf = deque(maxlen=self.capacity)
@@ -56,11 +59,13 @@ class TimelineBuffer:
                 else:
                     self._tracks.move_to_end(key)
                 buf.append((float(result.time_s), float(vals[row]), probs[row].astype(np.float32, copy=True)))
+            self._last_keys = tuple(sorted(keys))
 
     def clear(self) -> None:
         with self._lock:
             self._tracks.clear()
             self._last_time = 0.0
+            self._last_keys = ()
             self._version += 1
 
     @property
@@ -71,6 +76,11 @@ class TimelineBuffer:
     @property
     def last_time(self) -> float:
         return self._last_time
+
+    @property
+    def last_keys(self) -> tuple[int, ...]:
+        """Track keys of the newest frame (the faces on screen now), sorted."""
+        return self._last_keys
 
     def snapshot(self, since_s: float | None = None) -> list[TrackSeries]:
         """Copies of every track's points (only those at or after ``since_s`` when given), ordered by track id."""

@@ -215,6 +215,13 @@ class TimelineWidget(QWidget):
         layout.setSpacing(2)
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground("#fbfbfb")
+        # The legend is a label above the plots (an overlay would hide the curves under it); it lists the tracks
+        # of the newest frame (the faces on screen now).
+        self.legend_label = QLabel()
+        self.legend_label.setTextFormat(Qt.TextFormat.RichText)
+        self.legend_label.setStyleSheet("padding: 0 4px;")
+        self._legend_ids: list[int] = []
+        layout.addWidget(self.legend_label)
         layout.addWidget(self.graphics, 1)
         self.hover_label = QLabel("Hover over the timeline to read values")
         self.hover_label.setTextFormat(Qt.TextFormat.RichText)
@@ -230,11 +237,6 @@ class TimelineWidget(QWidget):
         self.valence_plot.setMouseEnabled(x=False, y=False)
         self.valence_plot.hideButtons()
         self.valence_plot.addLine(y=0, pen=pg.mkPen("#999999", style=Qt.PenStyle.DashLine))
-        # The legend lists only the tracks seen in the last ``legend_recent_s`` (the faces on screen now).
-        self.legend = self.valence_plot.addLegend(offset=(4, 2), colCount=8, labelTextSize="8pt",
-                                                  brush=pg.mkBrush(255, 255, 255, 200))
-        self.legend_recent_s = 2.0
-        self._legend_ids: list[int] = []
         self.dominant_plot = self.graphics.addPlot(row=1, col=0)
         self.dominant_plot.setLabel("bottom", "time (s)")
         self.dominant_plot.showGrid(x=True, y=True, alpha=0.25)
@@ -245,7 +247,7 @@ class TimelineWidget(QWidget):
             for name in ("left", "bottom"):
                 plot.getAxis(name).setPen(axis_pen)
                 plot.getAxis(name).setTextPen(axis_pen)
-            plot.getAxis("left").setWidth(78)
+            plot.getAxis("left").setWidth(96)  # room for "very negative" and the axis title
         self._set_dominant_axis()
 
         self._valence_curves: dict[int, pg.PlotDataItem] = {}
@@ -278,7 +280,7 @@ class TimelineWidget(QWidget):
             for curve in curves.values():
                 plot.removeItem(curve)
             curves.clear()
-        self.legend.clear()
+        self.legend_label.setText("")
         self._legend_ids = []
         self._series = []
         self._drawn_version = -1
@@ -309,11 +311,11 @@ class TimelineWidget(QWidget):
             # spread tracks a little so overlapping tracks stay visible
             offset = ((s.track_id % 5) - 2) * 0.06
             self._dominant_curves[s.track_id].setData(s.times, dominant + offset)
-        recent = [s.track_id for s in self._series if s.times[-1] >= last - self.legend_recent_s]
+        recent = [k for k in self.buffer.last_keys if k in self._valence_curves]
         if recent != self._legend_ids:
-            self.legend.clear()
-            for key in recent:
-                self.legend.addItem(self._valence_curves[key], f"#{key}" if key >= 0 else "face")
+            entries = [f"<span style='color:{track_color(k)}; font-weight:bold'>━ {f'#{k}' if k >= 0 else 'face'}"
+                       "</span>" for k in recent]
+            self.legend_label.setText("Faces on screen: &nbsp;" + " &nbsp; ".join(entries) if entries else "")
             self._legend_ids = recent
         self.valence_plot.setXRange(start, max(start + self.window_s, last), padding=0.01)
         self.redraws += 1

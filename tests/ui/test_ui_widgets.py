@@ -74,6 +74,7 @@ def test_timeline_buffer_ring_and_tracks():
     assert len(series[0].times) == 5 and series[0].times[-1] == pytest.approx(0.8)
     assert series[0].valence[-1] == pytest.approx(-0.9, abs=1e-6)  # anger row: P(pos) 0 - P(neg) 0.9
     assert [s.track_id for s in buf.snapshot(since_s=0.75)] == [2, 9]
+    assert buf.last_keys == (1, 2, 9)
     vals = TimelineBuffer.values_at(series, 0.62, tolerance_s=0.05)
     assert [v[0] for v in vals] == [2] and vals[0][1] == pytest.approx(0.6)
 
@@ -108,7 +109,7 @@ def test_timeline_redraws_on_timer_and_hover(qtbot):
     assert widget._valence_curves == {}
 
 
-def test_timeline_legend_lists_recent_tracks_only(qtbot):
+def test_timeline_legend_lists_the_faces_on_screen(qtbot):
     from ui.widgets import TimelineWidget
 
     buf = TimelineBuffer()
@@ -119,4 +120,4 @@ def test_timeline_legend_lists_recent_tracks_only(qtbot):
         buf.append(make_result(i, probs, ids=np.array([1, 2]) if i < 5 else np.array([2])))
     widget.refresh()
     assert set(widget._valence_curves) == {1, 2} and widget._legend_ids == [2]
-    assert [label.text for _sample, label in widget.legend.items] == ["#2"]
+    assert "#2" in widget.legend_label.text() and "#1" not in widget.legend_label.text()
