@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import logging
 import tempfile
 from pathlib import Path
@@ -212,7 +213,9 @@ def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray | N
 
     m = copy.deepcopy(model).float().cpu().eval()
     size = int(default_cfg(m)["input_size"])
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(os.environ.get("RTFER_ORT_THREADS", "0"))
+    sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     rand = rng.standard_normal((n_random, 3, size, size)).astype(np.float32)
     sets = {"random": rand}
