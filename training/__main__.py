@@ -1,0 +1,224 @@
+"""``python -m training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rtfer.errors import RtferError
+
+log = logging.getLogger("training")
+
+#: CLI flags of ``train`` that are shortcuts for config keys.
+TRAIN_FLAGS = {"epochs": "run.epochs", "out": "run.out", "device": "run.device", "seed": "run.seed",
+               "model": "model.name", "input_size": "model.input_size", "batch_size": "data.batch_size",
+               "lr": "optim.lr", "train": "data.train", "val": "data.val", "test": "data.test",
+               "threads": "run.threads"}
+
+
+def _add_pack(sub) -> None:
+    p = sub.add_parser("pack", help="decode a dataset once into a compressed uint8 .npz")
+    p.add_argument("kind", choices=["folder", "rafdb", "ferplus"])
+    p.add_argument("root", help="image folder / RAF-DB root / fer2013 folder (for ferplus)")
+    p.add_argument("-o", "--out", required=True, help="output .npz (RAF-DB with --val-fraction: a prefix)")
+    p.add_argument("--split", default="train", help="train / test (RAF-DB), train / val (FER+), subfolder (folder)")
+    p.add_argument("--votes", default="", help="FER+ votes CSV (kind ferplus)")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="carve a stratified validation split from this split (RAF-DB protocol: 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, help="resize images to SIZE x SIZE while packing")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one member network")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (training/configs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=1e-3 (repeatable)")
+    for flag, key in TRAIN_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"same as --set {key}=...")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split (JSON + Markdown + confusion PNG)")
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="packed .npz or image-class folder")
+    p.add_argument("--val", default="", help="validation split to fit the temperature on (default: DATA itself)")
+    p.add_argument("-o", "--out", default=None, help="report folder (default: next to the checkpoint)")
+    p.add_argument("--split", default=None, help="name used in the report files")
+    p.add_argument("--tta-flip", action="store_true")
+    p.add_argument("--device", default="auto")
+
+
+def _add_gradcam(sub) -> None:
+    p = sub.add_parser("gradcam", help="Grad-CAM heat-maps for a few images per class")
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="packed .npz or image-class folder")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--layer", default="", help="module name to take activations from (default: last conv stage)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_stacker(sub) -> None:
+    p = sub.add_parser("fit-stacker", help="fit soft-vote weights and logistic stacking on validation outputs")
+    p.add_argument("runs", nargs="+", help="member run folders (each with val_logits.npz and val.json)")
+    p.add_argument("-o", "--out", required=True, help="output folder (ensemble.json, ablation.md/json)")
+    p.add_argument("--choose", choices=["auto", "soft_vote", "logistic"], default="auto",
+                   help="auto: best validation mean-class accuracy (cross-validated)")
+    p.add_argument("--metric", choices=["mean_class_accuracy", "accuracy"], default="mean_class_accuracy")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export member checkpoints + ensemble into a bundle folder")
+    p.add_argument("checkpoints", nargs="+", help="best.pt of each member, in bundle order")
+    p.add_argument("-o", "--out", required=True, help="bundle folder")
+    p.add_argument("--ensemble", required=True, help="ensemble.json written by fit-stacker")
+    p.add_argument("--name", default="default")
+    p.add_argument("--version", default="0.1.0")
+    p.add_argument("--interim", action="store_true", help="mark the bundle as trained with a reduced recipe")
+    p.add_argument("--template", default="", help="alignment template JSON file ([[x, y] * 5], crop units)")
+    p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
+    p.add_argument("--names", default="", help="comma-separated member names (default: architectures)")
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import-reference", help="bundle from a DDAMFN reference checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--out", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import):
+        add(sub)
+    return parser
+
+
+def cmd_pack(a) -> int:
+    from training.data import DataSpec, pack, read_spec, stratified_split
+
+    spec = DataSpec(kind=a.kind, root=a.root, split=a.split, votes=a.votes)
+    if a.kind == "ferplus" and not a.votes:
+        raise RtferError("pack ferplus needs --votes fer2013_ferplus_votes.csv")
+    if a.kind == "folder":
+        spec.split = a.split if (Path(a.root) / a.split).is_dir() else ""
+    index = read_spec(spec)
+    if a.val_fraction:
+        tr, va = stratified_split(index.labels, a.val_fraction, a.seed)
+        prefix = str(a.out).removesuffix(".npz")
+        for part, idx in (("train", tr), ("val", va)):
+            pack(index.subset(idx), f"{prefix}_{part}.npz", a.size)
+    else:
+        pack(index, a.out, a.size)
+    return 0
+
+
+def cmd_train(a) -> int:
+    from training.config import load_config
+    from training.train import fit
+
+    overrides = list(a.overrides)
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(a, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if a.resume:
+        overrides.append("run.resume=true")
+    if a.no_progress:
+        overrides.append("run.progress=false")
+    cfg = load_config(a.config, overrides)
+    result = fit(cfg)
+    log.info("run folder %s: best epoch %d, val %s", result.out, result.best_epoch, json.dumps(result.val))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from training.data import load_split
+    from training.engine import predict_logits
+    from training.evaluate import evaluate_logits, fit_temperature, write_report
+    from training.train import load_checkpoint, preprocessing, resolve_device
+
+    model, _ = load_checkpoint(a.checkpoint)
+    model.to(resolve_device(a.device))
+    size, mean, std, gray = preprocessing(model)
+    data = load_split(a.data)
+    logits = predict_logits(model, data, size, mean, std, gray=gray, tta_flip=a.tta_flip, progress=True)
+    temperature = None
+    if a.val:
+        val = load_split(a.val)
+        temperature = fit_temperature(predict_logits(model, val, size, mean, std, gray=gray, tta_flip=a.tta_flip),
+                                      val.labels)
+    split = a.split or Path(a.data).stem
+    report = evaluate_logits(logits, data.labels, split=split, temperature=temperature)
+    paths = write_report(report, a.out or Path(a.checkpoint).parent, split, title=Path(a.checkpoint).parent.name)
+    log.info("%s: accuracy %.4f, mean-class %.4f -> %s", split, report.classification.accuracy,
+             report.classification.mean_class_accuracy, paths["md"])
+    return 0
+
+
+def cmd_gradcam(a) -> int:
+    from training.data import load_split
+    from training.gradcam import gradcam_grid
+    from training.train import load_checkpoint
+
+    model, _ = load_checkpoint(a.checkpoint)
+    out = gradcam_grid(model, load_split(a.data), a.out, per_class=a.per_class, layer=a.layer or None, seed=a.seed)
+    log.info("Grad-CAM grid written to %s", out)
+    return 0
+
+
+def cmd_fit_stacker(a) -> int:
+    from training.stacker import fit_ensemble_from_runs
+
+    result = fit_ensemble_from_runs(a.runs, a.out, choose=a.choose, metric=a.metric, folds=a.folds, seed=a.seed)
+    log.info("chose %s; ablation in %s", result.chosen, Path(a.out) / "ablation.md")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from training.bundling import export_bundle
+
+    names = [n.strip() for n in a.names.split(",")] if a.names else None
+    template = json.loads(Path(a.template).read_text(encoding="utf-8")) if a.template else None
+    folder = export_bundle(a.checkpoints, a.out, ensemble_json=a.ensemble, name=a.name, version=a.version,
+                           interim=a.interim, alignment_template=template, parity_images=a.parity_images or None,
+                           member_names=names)
+    log.info("bundle written to %s", folder)
+    return 0
+
+
+def cmd_import_reference(a) -> int:
+    from training.reference import bundle_from_reference
+
+    folder = bundle_from_reference(a.checkpoint, a.out)
+    log.info("bundle written to %s", folder)
+    return 0
+
+
+COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
+            "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not logging.getLogger().handlers:  # the entry point, not a library: configure logging for the user
+        logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[a.command](a)
+    except (RtferError, FileNotFoundError) as exc:
+        print(f"python -m training: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

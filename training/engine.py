@@ -1,0 +1,181 @@
+"""One training epoch, batched prediction and weight EMA: the pieces the training loop composes.
+
+The same code runs on CPU and CUDA; on CUDA the caller passes ``amp=True`` (bfloat16 autocast, no loss scaler, so
+SAM's two passes need no special handling) and channels-last inputs.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.augment import BatchAugment, to_float
+from training.data import BatchLoader, Packed
+from training.losses import attention_diversity_loss, classification_loss
+from training.sam import SAM, bn_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOptions:
+    """What one optimisation step needs besides the batch."""
+
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
+    attention_weight: float = 0.1
+    soft_targets: bool = False
+    grad_clip: float = 0.0
+    amp: bool = False
+    channels_last: bool = False
+    max_steps: int = 0
+    progress: bool = True
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def forward_train(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits plus attention maps for models that expose ``forward_train`` (DDAMFN), else just logits."""
+    fn = getattr(model, "forward_train", None)
+    if fn is None:
+        return model(x), []
+    out = fn(x)
+    return out["logits"], list(out.get("attention") or [])
+
+
+def compute_loss(model, x, y, soft, opt: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, maps = forward_train(model, x)
+    loss = classification_loss(logits, y, soft if opt.soft_targets else None,
+                               label_smoothing=opt.label_smoothing, weights=opt.class_weights)
+    if opt.attention_weight and len(maps) > 1:
+        loss = loss + opt.attention_weight * attention_diversity_loss(maps)
+    return loss, logits
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights (floating tensors averaged, buffers like counters copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = float(decay)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.mul_(self.decay).add_(m.detach(), alpha=1.0 - self.decay)
+            else:
+                e.copy_(m)
+
+
+def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, augment: BatchAugment,
+                    optimizer: torch.optim.Optimizer, scheduler, opt: StepOptions, *, epoch: int = 0,
+                    ema: ModelEma | None = None) -> dict:
+    """One pass over ``loader``; returns mean loss, training accuracy (on augmented batches), steps and seconds."""
+    from tqdm import tqdm
+
+    model.train()
+    device = next(model.parameters()).device
+    sam = isinstance(optimizer, SAM)
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    n_steps = len(loader) if not opt.max_steps else min(opt.max_steps, len(loader))
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", disable=not opt.progress, leave=False,
+               dynamic_ncols=True)
+    for xb, yb, sb in loader:
+        if steps >= n_steps:
+            break
+        x = augment(xb)
+        if opt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, opt.amp):
+            loss, logits = compute_loss(model, x, yb, sb, opt)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {steps}")
+        if sam:
+            loss.backward()
+            optimizer.first_step(zero_grad=True)
+            bn_update(model, False)
+            with autocast(device, opt.amp):
+                loss2, _ = compute_loss(model, x, yb, sb, opt)
+            loss2.backward()
+            bn_update(model, True)
+            if opt.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+            optimizer.second_step(zero_grad=True)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if opt.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        steps += 1
+        n = yb.shape[0]
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(-1) == yb).sum())
+        seen += n
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": steps,
+            "train_seconds": time.perf_counter() - t0, "lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, data: Packed, size: int, mean, std, *, gray: bool = False,
+                   batch_size: int = 256, tta_flip: bool = False, amp: bool = False, channels_last: bool = False,
+                   progress: bool = False) -> np.ndarray:
+    """Logits (n, C) float32 for every image of ``data`` (no augmentation; optional flip TTA averages logits)."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loader = BatchLoader(data, batch_size, device=str(device))
+    out = []
+    for xb, _, _ in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+        x = to_float(xb, size, mean, std, gray)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+        out.append(logits.cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def lr_lambda(scheduler: str, epochs: int, steps_per_epoch: int, *, gamma: float = 0.9, warmup_epochs: float = 0.0,
+              min_lr_ratio: float = 0.0):
+    """Per-step LR multiplier: linear warm-up, then exponential-per-epoch, cosine, or constant."""
+    total = max(1, epochs * steps_per_epoch)
+    warm = int(round(warmup_epochs * steps_per_epoch))
+
+    def fn(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if scheduler == "exponential":
+            return gamma ** (step // max(1, steps_per_epoch))
+        if scheduler == "cosine":
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return fn

@@ -1,0 +1,262 @@
+"""The training loop: build everything from a :class:`TrainConfig`, train with checkpoints/resume, keep the best
+epoch on validation, and finish with a full validation (and optional test) report.
+
+Run folder (``run.out``): ``config.yaml`` (resolved), ``last.pt`` (resume state), ``best.pt`` (selected weights +
+metadata), ``metrics.jsonl`` / ``metrics.csv`` / ``curves.png``, ``val_logits.npz`` (for the stacker) and the
+``val`` / ``test`` reports (JSON, Markdown, confusion PNG).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtfer.ensemble import softmax
+from rtfer.errors import InputError
+from training.augment import BatchAugment
+from training.config import TrainConfig, save_config
+from training.data import BatchLoader, Packed, class_balanced_weights, load_split
+from training.engine import ModelEma, StepOptions, lr_lambda, predict_logits, train_one_epoch
+from training.evaluate import ClassificationMetrics, evaluate_logits, nll, write_report
+from training.losses import class_weights
+from training.runlog import RunLog
+from training.sam import SAM
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    best_epoch: int
+    best_score: float
+    val: dict  # accuracy / mean_class_accuracy of the selected checkpoint
+    test: dict | None
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} requested but CUDA is not available (use run.device=cpu)")
+    return dev
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """create_model with the config's kwargs; ``model.default_cfg`` carries the size/mean/std/colour trained with."""
+    from rtfer.models import create_model
+
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.input_size:
+        kwargs["input_size"] = int(cfg.model.input_size)
+    model = create_model(cfg.model.name, **kwargs)
+    model.default_cfg = dict(model.default_cfg)
+    if cfg.model.color:
+        model.default_cfg["color"] = cfg.model.color
+    return model
+
+
+def preprocessing(model: torch.nn.Module) -> tuple[int, tuple, tuple, bool]:
+    d = model.default_cfg
+    size = d["input_size"]
+    size = int(size[-1]) if isinstance(size, (tuple, list)) else int(size)
+    return size, tuple(d["mean"]), tuple(d["std"]), d.get("color", "rgb") == "gray"
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    base = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[o.optimizer]
+    kw = dict(lr=o.lr, weight_decay=o.weight_decay)
+    if o.optimizer == "sgd":
+        kw["momentum"] = o.momentum
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.sam:
+        return SAM(params, base, rho=o.rho, adaptive=o.adaptive, **kw)
+    return base(params, **kw)
+
+
+def checkpoint_meta(model: torch.nn.Module, cfg: TrainConfig) -> dict:
+    return {"architecture": getattr(model, "architecture", cfg.model.name),
+            "arch_kwargs": dict(getattr(model, "arch_kwargs", {})), "default_cfg": dict(model.default_cfg),
+            "config": cfg.to_dict()}
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model saved in ``best.pt`` / ``last.pt``; returns (model in eval mode, checkpoint dict)."""
+    from rtfer.models import create_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if "architecture" not in ckpt or "model" not in ckpt:
+        raise InputError(f"{path} is not an rtfer training checkpoint (no architecture/model entries)")
+    model = create_model(ckpt["architecture"], **ckpt.get("arch_kwargs", {}))
+    model.load_state_dict(ckpt["model"])
+    model.default_cfg = dict(ckpt.get("default_cfg", model.default_cfg))
+    return model.eval(), ckpt
+
+
+def _save(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _class_weight_tensor(cfg: TrainConfig, train: Packed, device) -> torch.Tensor | None:
+    if cfg.loss.class_weights == "none":
+        return None
+    return torch.as_tensor(class_weights(train.class_counts(), cfg.loss.class_weights), device=device)
+
+
+def fit(cfg: TrainConfig) -> RunResult:
+    """Train one model as configured. Returns where the run lives and the selected epoch's validation figures."""
+    t_start = time.perf_counter()
+    out = Path(cfg.run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    on_cuda = device.type == "cuda"
+    amp, channels_last = cfg.run.amp and on_cuda, cfg.run.channels_last and on_cuda
+    if not cfg.data.train or not cfg.data.val:
+        raise InputError("data.train and data.val are required (packed .npz files or image-class folders)")
+    seed_everything(cfg.run.seed)
+    save_config(cfg, out / "config.yaml")
+
+    model = build_model(cfg)
+    size, mean, std, gray = preprocessing(model)
+    train, val = load_split(cfg.data.train, None), load_split(cfg.data.val, None)
+    if cfg.data.soft_targets and train.soft is None:
+        raise InputError(f"data.soft_targets is set but {cfg.data.train} has no soft targets (pack it from FER+ votes)")
+    log.info("%s: %d parameters, input %d (%s), %d train / %d val images, device %s", cfg.model.name,
+             sum(p.numel() for p in model.parameters()), size, "gray" if gray else "rgb", len(train), len(val),
+             device)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    weights = class_balanced_weights(train.labels) if cfg.data.weighted_sampling else None
+    loader = BatchLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
+                         sample_weights=weights, seed=cfg.run.seed, device=str(device))
+    steps = len(loader) if not cfg.run.max_steps else min(cfg.run.max_steps, len(loader))
+    o = cfg.optim
+    sched_opt = optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer  # SAM steps its base
+    scheduler = torch.optim.lr_scheduler.LambdaLR(sched_opt, lr_lambda(
+        o.scheduler, cfg.run.epochs, steps, gamma=o.gamma, warmup_epochs=o.warmup_epochs,
+        min_lr_ratio=o.min_lr / o.lr if o.lr else 0.0))
+    augment = BatchAugment(cfg.augment, size, mean, std, gray=gray, seed=cfg.run.seed)
+    ema = ModelEma(model, cfg.run.ema_decay) if cfg.run.ema else None
+    step_opts = StepOptions(label_smoothing=cfg.loss.label_smoothing,
+                            class_weights=_class_weight_tensor(cfg, train, device),
+                            attention_weight=cfg.loss.attention_weight, soft_targets=cfg.data.soft_targets,
+                            grad_clip=o.grad_clip, amp=amp, channels_last=channels_last, max_steps=cfg.run.max_steps,
+                            progress=cfg.run.progress)
+    meta = checkpoint_meta(model, cfg)
+
+    start_epoch, best_score, best_epoch = 1, -1.0, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    runlog = RunLog(out, resume=cfg.run.resume and last_path.is_file())
+    if cfg.run.resume and last_path.is_file():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        augment.generator.set_state(state["augment_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        runlog.truncate(state["epoch"])
+        log.info("resumed from %s at epoch %d (best %.4f at epoch %d)", last_path, state["epoch"], best_score,
+                 best_epoch)
+    elif cfg.run.resume:
+        log.info("no %s to resume from; starting fresh", last_path)
+
+    epoch_times: list[float] = []
+    for epoch in range(start_epoch, cfg.run.epochs + 1):
+        t0 = time.perf_counter()
+        loader.set_epoch(epoch)
+        stats = train_one_epoch(model, loader, augment, optimizer, scheduler, step_opts, epoch=epoch, ema=ema)
+        eval_model = ema.module if ema is not None else model
+        logits = predict_logits(eval_model, val, size, mean, std, gray=gray, batch_size=cfg.data.eval_batch_size,
+                                tta_flip=cfg.run.tta_flip, amp=amp, channels_last=channels_last)
+        res = ClassificationMetrics().update(logits, val.labels).compute()
+        row = {"epoch": epoch, **stats, "val_loss": nll(logits, val.labels), "val_accuracy": res.accuracy,
+               "val_mean_class_accuracy": res.mean_class_accuracy, "epoch_seconds": time.perf_counter() - t0}
+        score = getattr(res, cfg.run.select_metric)
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch
+            _save(best_path, {**meta, "model": eval_model.state_dict(), "epoch": epoch,
+                              "metrics": {"accuracy": res.accuracy, "mean_class_accuracy": res.mean_class_accuracy}})
+            np.savez(out / "val_logits.npz", logits=logits, labels=val.labels)
+        row["best_epoch"] = best_epoch
+        runlog.append(row)
+        runlog.plot()
+        _save(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "ema": ema.module.state_dict() if ema else None,
+                          "augment_rng": augment.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                          "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
+        log.info("epoch %d/%d: loss %.4f, val acc %.4f, mean-class %.4f%s (%.0f s)", epoch, cfg.run.epochs,
+                 stats["train_loss"], res.accuracy, res.mean_class_accuracy, " *" if improved else "",
+                 row["epoch_seconds"])
+        epoch_times.append(row["epoch_seconds"])
+        budget = cfg.run.time_budget_min * 60
+        if budget and epoch < cfg.run.epochs and \
+                time.perf_counter() - t_start + float(np.mean(epoch_times)) > budget:
+            log.warning("stopping after epoch %d: another epoch would exceed run.time_budget_min=%.1f", epoch,
+                        cfg.run.time_budget_min)
+            break
+
+    return finish(cfg, out, best_path, best_epoch, best_score, val, device, time.perf_counter() - t_start)
+
+
+def finish(cfg: TrainConfig, out: Path, best_path: Path, best_epoch: int, best_score: float, val: Packed,
+           device: torch.device, seconds: float) -> RunResult:
+    """Reload the selected checkpoint; write the validation report and, when configured, the one test report."""
+    model, ckpt = load_checkpoint(best_path)
+    model.to(device)
+    size, mean, std, gray = preprocessing(model)
+    kw = dict(gray=gray, batch_size=cfg.data.eval_batch_size, tta_flip=cfg.run.tta_flip)
+    val_logits = predict_logits(model, val, size, mean, std, **kw)
+    val_report = evaluate_logits(val_logits, val.labels, split="val")
+    write_report(val_report, out, "val", title=cfg.model.name)
+    test = None
+    if cfg.data.test:
+        test_data = load_split(cfg.data.test, None)
+        test_logits = predict_logits(model, test_data, size, mean, std, **kw)
+        test_report = evaluate_logits(test_logits, test_data.labels, split="test",
+                                      temperature=val_report.temperature)
+        write_report(test_report, out, "test", title=cfg.model.name)
+        np.savez(out / "test_logits.npz", logits=test_logits, labels=test_data.labels)
+        test = {"accuracy": test_report.classification.accuracy,
+                "mean_class_accuracy": test_report.classification.mean_class_accuracy}
+    val_summary = {"accuracy": val_report.classification.accuracy,
+                   "mean_class_accuracy": val_report.classification.mean_class_accuracy,
+                   "temperature": val_report.temperature}
+    log.info("%s: best epoch %d, val acc %.4f, mean-class %.4f (%.0f s)", cfg.model.name, best_epoch,
+             val_summary["accuracy"], val_summary["mean_class_accuracy"], seconds)
+    return RunResult(out, best_epoch, best_score, val_summary, test, seconds)
+
+
+def member_val_probs(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A run's validation softmax outputs (n, 7) and labels, from ``val_logits.npz`` (for the stacker)."""
+    path = Path(run_dir) / "val_logits.npz"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist (train the member first)")
+    with np.load(path) as z:
+        return softmax(z["logits"]), z["labels"].astype(np.int64)
