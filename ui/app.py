@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,10 +20,12 @@ log = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtfer-app", description="rtfer desktop app: live facial-emotion analytics")
     p.add_argument("--source", help="start with this video, image, image folder or camera index")
-    p.add_argument("--bundle", help="model bundle name or folder (also stored in the settings)")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"), help="inference backend")
-    p.add_argument("--device", help="device for the backend (auto, cpu, cuda, cuda:0)")
-    p.add_argument("--fast", action="store_true", help="process files as fast as possible instead of real time")
+    p.add_argument("--bundle", help="model bundle name or folder (this session only; Settings stores one)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"),
+                   help="inference backend (this session only)")
+    p.add_argument("--device", help="device for the backend: auto, cpu, cuda, cuda:0 (this session only)")
+    p.add_argument("--fast", action="store_true",
+                   help="process files as fast as possible instead of at real time (this session only)")
     p.add_argument("--screenshot", type=Path, help="save a PNG of the window before quitting (with --quit-after)")
     p.add_argument("--screenshot-colors", type=int, default=256, metavar="N",
                    help="palette size of the screenshot PNG (default 256 keeps it small for docs; 0 = full colour)")
@@ -86,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _error(str(exc))
         source = int(source) if source.strip().isdigit() and not Path(source).exists() else source
 
+    if args.quit_after is not None and not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY",
+                                                                              "QT_QPA_PLATFORM")):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # headless check without a display server: render offscreen
     try:
         from PyQt6.QtCore import QEvent, QEventLoop, QSettings, QTimer
         from PyQt6.QtWidgets import QApplication
@@ -100,12 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     qsettings = (QSettings(str(args.settings_file), QSettings.Format.IniFormat) if args.settings_file
                  else QSettings("rtfer", "rtfer-app"))
     window = MainWindow(qsettings)
-    for name in ("bundle", "backend", "device"):
-        value = getattr(args, name)
-        if value:
-            setattr(window.settings, name, value)
-    if args.fast:
-        window.settings.realtime = False
+    window.set_overrides(bundle=args.bundle, backend=args.backend, device=args.device,
+                         realtime=False if args.fast else None)
     window.show()
     if source is not None:
         window.open_source(source)

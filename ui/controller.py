@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from rtfer.errors import OutputError, RtferError
+from rtfer.pipeline import STAGES
 from rtfer.types import Frame, FrameResult
 from ui.timeline_model import TimelineBuffer
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "detect", "track", "align", "infer", "stack", "smooth")
-#: Source kinds that are live: they drop frames (latest-frame-wins) instead of falling behind.
-LIVE_KINDS = ("camera", "stream")
 
 
 @dataclass

@@ -5,6 +5,7 @@ talks back through :class:`ui.bridge.ControllerBridge` signals.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import QSettings, Qt, QTimer, pyqtSignal
-from PyQt6.QtGui import QCloseEvent
+from PyQt6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
                              QPushButton, QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
@@ -46,6 +47,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("rtfer — facial emotion analytics")
         self.qsettings = qsettings if qsettings is not None else QSettings("rtfer", "rtfer-app")
         self.settings = AppSettings.load(self.qsettings)
+        #: Settings for this session only (command-line options such as --bundle); never written to QSettings.
+        self.overrides: dict[str, Any] = {}
         self.bridge = ControllerBridge(self)
         self.controller = Controller(self.bridge.callbacks, pipeline_factory=pipeline_factory)
         self.controller.scale = self.settings.scale
@@ -95,6 +98,9 @@ class MainWindow(QMainWindow):
         self.bridge.state.connect(self._on_state)
         self.bridge.finished.connect(self._on_finished)
         self.bridge.progress.connect(self._on_progress)
+        for keys, slot in (("Space", self.toggle_play), ("Ctrl+O", self._choose_video),
+                           ("Ctrl+Shift+O", self._choose_folder), ("Esc", self.stop)):
+            QShortcut(QKeySequence(keys), self, activated=slot)
         self.resize(1280, 860)
         self._update_buttons()
 
@@ -253,11 +259,12 @@ class MainWindow(QMainWindow):
         self.timeline.clear()
         self.results_shown = 0
         try:
-            options = self.settings.to_options()
-        except Exception as exc:  # noqa: BLE001 - e.g. the runtime is not installed
+            effective = self.effective_settings()
+            options = effective.to_options()
+        except Exception as exc:  # noqa: BLE001 - e.g. an invalid stored value
             self.show_error(f"cannot prepare the pipeline: {exc}")
             return
-        self.controller.start(spec, options, realtime=self.settings.realtime)
+        self.controller.start(spec, options, realtime=effective.realtime)
         self._update_buttons()
 
     def toggle_play(self) -> None:
@@ -276,7 +283,19 @@ class MainWindow(QMainWindow):
         self.controller.stop(timeout=1.0)
         self._update_buttons()
 
+    def effective_settings(self) -> AppSettings:
+        """The stored settings with this session's :attr:`overrides` applied."""
+        return dataclasses.replace(self.settings, **self.overrides)
+
+    def set_overrides(self, **overrides: Any) -> None:
+        """Session-only settings (command line); the file/real-time switch shows the effective mode."""
+        self.overrides.update({k: v for k, v in overrides.items() if v is not None})
+        self.mode_combo.blockSignals(True)
+        self.mode_combo.setCurrentIndex(0 if self.effective_settings().realtime else 1)
+        self.mode_combo.blockSignals(False)
+
     def _mode_changed(self, index: int) -> None:
+        self.overrides.pop("realtime", None)
         self.settings.realtime = index == 0
         self.settings.save(self.qsettings)
         if self.controller.running and self.controller.source_kind == "video":
@@ -349,18 +368,19 @@ class MainWindow(QMainWindow):
 
     # -- settings ----------------------------------------------------------------------------------------------------
     def open_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self.controller.info, self)
+        dialog = SettingsDialog(self.effective_settings(), self.controller.info, self)
         if dialog.exec():
             self.apply_settings(dialog.result_settings())
 
     def apply_settings(self, settings: AppSettings) -> None:
-        """Store ``settings`` (QSettings) and restart the current source with them."""
+        """Store ``settings`` (QSettings) and restart the current source with them (they replace overrides)."""
+        self.overrides.clear()
         self.settings = settings
         self.settings.save(self.qsettings)
         if self.controller.running and self.source_spec is not None:
             self.open_source(self.source_spec)
 
-    # -- messages from the controller -----------------------------------------------------------------------------------
+    # -- messages from the controller --------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
         """Show ``message`` in the window (banner + status bar); never raises."""
         self.last_error = message

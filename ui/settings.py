@@ -13,16 +13,20 @@ from PyQt6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBo
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
-SMOOTHING = ("hmm", "ema", "none")
 SCALES = ("emotion", "sentiment5", "sentiment3")
+
+
+def smoothing_methods() -> tuple[str, ...]:
+    """The smoothers :mod:`rtfer.smoothing` offers."""
+    from rtfer.smoothing import METHODS
+
+    return tuple(METHODS)
 
 
 def detector_names() -> tuple[str, ...]:
     """``auto`` plus the detectors registered in :mod:`rtfer.detection`."""
-    try:
-        from rtfer.detection import DETECTORS
-    except ImportError:  # the runtime is mid-install; auto still works
-        return ("auto",)
+    from rtfer.detection import DETECTORS
+
     return ("auto", *DETECTORS)
 
 
@@ -120,7 +124,7 @@ class SettingsDialog(QDialog):
         self.every.setValue(int(settings.every))
         self.every.setToolTip("Detect faces every N frames and track them in between (faster)")
         form.addRow("Detect every N frames", self.every)
-        self.smoothing = _combo(SMOOTHING, settings.smoothing, editable=True)
+        self.smoothing = _combo(smoothing_methods(), settings.smoothing)
         form.addRow("Smoothing", self.smoothing)
         self.strength = QDoubleSpinBox()
         self.strength.setRange(0.0, 1.0)

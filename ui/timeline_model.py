@@ -99,7 +99,8 @@ class TimelineBuffer:
         return out
 
     @staticmethod
-    def values_at(series: list[TrackSeries], time_s: float, tolerance_s: float = 1.0) -> list[tuple[int, float, float, np.ndarray]]:
+    def values_at(series: list[TrackSeries], time_s: float,
+                  tolerance_s: float = 1.0) -> list[tuple[int, float, float, np.ndarray]]:
         """For hover: each track's (id, time, valence, probs) nearest to ``time_s`` within ``tolerance_s``."""
         out = []
         for s in series:

@@ -144,9 +144,15 @@ def test_headless_screenshot(qapp, monkeypatch, tmp_path, group_video, fake_fact
 
     monkeypatch.setattr(ui.controller, "_default_pipeline_factory", fake_factory)
     out = tmp_path / "shot.png"
+    ini = tmp_path / "s.ini"
     code = main(["--source", str(group_video), "--screenshot", str(out), "--quit-after", "0.5",
-                 "--settings-file", str(tmp_path / "s.ini")])
+                 "--settings-file", str(ini), "--bundle", "/models/other", "--fast"])
     assert code == 0
+    assert fake_factory.made[0].options.bundle == "/models/other"
+    from PyQt6.QtCore import QSettings
+
+    stored = AppSettings.load(QSettings(str(ini), QSettings.Format.IniFormat))
+    assert stored.bundle == "default" and stored.realtime  # command-line options are for this session only
     from PyQt6.QtGui import QImage
 
     image = QImage(str(out))

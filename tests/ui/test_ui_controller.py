@@ -202,7 +202,7 @@ def test_paced_source_plays_at_real_time_and_skips_when_behind():
     t0 = time.monotonic()
     times = [f.time_s for f in paced]
     assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    assert time.monotonic() - t0 == pytest.approx(0.5, abs=0.1) and paced.dropped == 0
+    assert 0.45 <= time.monotonic() - t0 <= 0.8 and paced.dropped == 0
 
     slow = PacedSource(_ListSource(10), threading.Event(), threading.Event())
     got = []
