@@ -180,6 +180,21 @@ def _default_pipeline_factory(options: Any, bundle: Any = None) -> Any:
     return Pipeline(options, bundle=bundle)
 
 
+@dataclass
+class _Run:
+    """The state of one :meth:`Controller.start`: its worker thread and its own events.
+
+    Each run has its own events, so a worker that is slow to stop (a bundle still loading) can never be revived by
+    the next start, and its late callbacks are dropped because it is no longer the current run.
+    """
+
+    thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event | None = None  # the cancel event of the pipeline.run in progress
+    seek_to: float | None = None
+
+
 class Controller:
     """Runs one source at a time through a pipeline on a worker thread (see the module docstring)."""
 
@@ -193,11 +208,7 @@ class Controller:
         self._summary: Any = None  # rtfer.sinks.SummaryAccumulator of the current run (bounded memory)
         self._summary_lock = threading.Lock()
         self._source_name = ""
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._paused = threading.Event()
-        self._run_cancel: threading.Event | None = None
-        self._seek_to: float | None = None
+        self._run: _Run | None = None
         self._lock = threading.Lock()
         self._rec_lock = threading.Lock()
         self._sinks: list[Any] = []
@@ -212,16 +223,22 @@ class Controller:
     # -- state ----------------------------------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        """idle | loading | running | paused | stopping."""
+        """idle | loading | running | paused."""
         return self._state
 
-    def _set_state(self, state: str) -> None:
-        self._state = state
-        self.callbacks.on_state(state)
+    def _emit(self, run: _Run, name: str, *args: Any) -> bool:
+        """Call a callback for ``run`` unless a newer run has replaced it; True when it was called."""
+        if run is not self._run:
+            return False
+        if name == "on_state":
+            self._state = args[0]
+        getattr(self.callbacks, name)(*args)
+        return True
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        run = self._run
+        return run is not None and run.thread is not None and run.thread.is_alive()
 
     @property
     def source_kind(self) -> str | None:
@@ -239,17 +256,20 @@ class Controller:
     def recording(self) -> bool:
         return bool(self._sinks)
 
+    @property
+    def paused(self) -> bool:
+        run = self._run
+        return run is not None and run.paused.is_set()
+
     # -- control (any thread but the worker) ------------------------------------------------------------------------
-    def start(self, source: Any, options: Any, *, realtime: bool = False) -> None:
+    def start(self, source: Any, options: Any, *, realtime: bool = False, stop_timeout: float = 5.0) -> None:
         """Process ``source`` (camera index, video, image, folder or URL) with ``options`` (AnalyzeOptions).
 
         ``realtime`` paces files at their own frame rate, skipping frames when processing is slower; live sources
-        always drop frames instead of falling behind. A running source is stopped first.
+        always drop frames instead of falling behind. A running source is stopped first (waiting at most
+        ``stop_timeout``; a worker still busy after that ends on its own and is ignored).
         """
-        self.stop()
-        self._stop.clear()
-        self._paused.clear()
-        self._seek_to = None
+        self.stop(timeout=stop_timeout)
         self.last_error = None
         self.timeline.clear()
         from rtfer.sinks import SummaryAccumulator
@@ -263,61 +283,62 @@ class Controller:
                 wanted["batch_frames"] = 1  # paced playback: show each frame as soon as it is done
             changes = {k: v for k, v in wanted.items() if k in fields}
             options = dataclasses.replace(options, **changes)
-        self._set_state("loading")
-        self._thread = threading.Thread(target=self._work, args=(source, options, realtime),
-                                        name="rtfer-ui-worker", daemon=True)
-        self._thread.start()
+        run = _Run()
+        run.thread = threading.Thread(target=self._work, args=(run, source, options, realtime),
+                                      name="rtfer-ui-worker", daemon=True)
+        with self._lock:
+            self._run = run
+        self._emit(run, "on_state", "loading")
+        run.thread.start()
 
     def pause(self) -> None:
-        if self.running and not self._paused.is_set():
-            self._paused.set()
-            self._set_state("paused")
+        run = self._run
+        if self.running and not run.paused.is_set():
+            run.paused.set()
+            self._emit(run, "on_state", "paused")
 
     def resume(self) -> None:
-        if self._paused.is_set():
-            self._paused.clear()
+        run = self._run
+        if run is not None and run.paused.is_set():
+            run.paused.clear()
             if self.running:
-                self._set_state("running")
-
-    @property
-    def paused(self) -> bool:
-        return self._paused.is_set()
+                self._emit(run, "on_state", "running")
 
     def seek(self, time_s: float) -> None:
         """Jump to ``time_s`` in a video file (restarts the pipeline there; tracks start afresh)."""
+        run = self._run
         if not self.running or not self.seekable:
             return
         with self._lock:
-            self._seek_to = max(0.0, float(time_s))
-            if self._run_cancel is not None:
-                self._run_cancel.set()
+            run.seek_to = max(0.0, float(time_s))
+            if run.cancel is not None:
+                run.cancel.set()
 
     def stop(self, timeout: float = 15.0) -> bool:
-        """Cancel the run and wait for the worker; True when it has ended (recording sinks are then closed)."""
-        thread = self._thread
-        if thread is None:
+        """Cancel the run and wait up to ``timeout`` for its worker; True when it has ended (recording closed)."""
+        run = self._run
+        if run is None or run.thread is None:
             return True
-        self._stop.set()
-        self._paused.clear()
+        run.stop.set()
+        run.paused.clear()
         with self._lock:
-            if self._run_cancel is not None:
-                self._run_cancel.set()
-        if thread is threading.current_thread():
+            if run.cancel is not None:
+                run.cancel.set()
+        if run.thread is threading.current_thread():
             return False
-        thread.join(timeout)
-        if thread.is_alive():
-            log.warning("worker did not stop within %.0f s", timeout)
+        run.thread.join(timeout)
+        if run.thread.is_alive():
+            log.warning("the worker is still busy after %.1f s (loading?); it will end on its own", timeout)
             return False
-        self._thread = None
         return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker ends (end of input, stop or error); True when it has."""
-        thread = self._thread
-        if thread is None:
+        run = self._run
+        if run is None or run.thread is None:
             return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        run.thread.join(timeout)
+        return not run.thread.is_alive()
 
     # -- recording --------------------------------------------------------------------------------------------------
     def start_recording(self, csv_path: str | os.PathLike, video_path: str | os.PathLike | None = None, *,
@@ -391,89 +412,95 @@ class Controller:
             self._bundle_cache = (key, bundle)
         return pipeline
 
-    def _open(self, spec: Any, realtime: bool, seek_s: float | None) -> Any:
+    def _open(self, run: _Run, spec: Any, realtime: bool, seek_s: float | None) -> Any:
         from rtfer.capture import open_source
 
         source = open_source(spec, drop_frames=is_live_spec(spec))
         if seek_s is not None and source.kind == "video":
             source.seek(seek_s)
-        self._source_kind = source.kind
-        self._source_name = str(getattr(source, "name", "") or "")
-        self._source_fps = source.fps
-        self._duration_s = source.duration_s
+        if run is self._run:
+            self._source_kind = source.kind
+            self._source_name = str(getattr(source, "name", "") or "")
+            self._source_fps = source.fps
+            self._duration_s = source.duration_s
         if realtime and source.kind == "video":  # folders/images have no timeline to pace against
-            return PacedSource(source, self._paused, self._stop)
+            return PacedSource(source, run.paused, run.stop)
         return source
 
-    def _work(self, spec: Any, options: Any, realtime: bool) -> None:
+    def _work(self, run: _Run, spec: Any, options: Any, realtime: bool) -> None:
         reason = "error"
         source = None
         stats = _Stats()
         try:
             pipeline = self._make_pipeline(options)
             describe = getattr(pipeline, "describe", None)
-            self.info = dict(describe()) if callable(describe) else {}
-            self.callbacks.on_info(dict(self.info))
+            info = dict(describe()) if callable(describe) else {}
+            if run is self._run:
+                self.info = info
+            self._emit(run, "on_info", dict(info))
             seek_s: float | None = None
             while True:
-                source = self._open(spec, realtime, seek_s)
-                if self._stop.is_set():
+                source = self._open(run, spec, realtime, seek_s)
+                if run.stop.is_set():
                     reason = "stopped"
                     break
-                self._set_state("paused" if self._paused.is_set() else "running")
+                self._emit(run, "on_state", "paused" if run.paused.is_set() else "running")
                 cancel = threading.Event()
                 with self._lock:
-                    self._run_cancel = cancel
-                    if self._stop.is_set():
+                    run.cancel = cancel
+                    if run.stop.is_set():
                         cancel.set()
-                self._consume(pipeline.run(source, cancel=cancel), source, cancel, stats)
+                self._consume(run, pipeline.run(source, cancel=cancel), source, cancel, stats)
                 source.close()
                 source = None
                 with self._lock:
-                    seek_s, self._seek_to = self._seek_to, None
-                    self._run_cancel = None
-                if self._stop.is_set():
+                    seek_s, run.seek_to = run.seek_to, None
+                    run.cancel = None
+                if run.stop.is_set():
                     reason = "stopped"
                     break
                 if seek_s is None:
                     reason = "end"
                     break
-                self.timeline.clear()
+                if run is self._run:
+                    self.timeline.clear()
                 log.info("seeking to %.2f s", seek_s)
         except RtferError as exc:
-            self._report(str(exc))
+            self._report(run, str(exc))
         except Exception as exc:  # noqa: BLE001 - the UI must never crash; show the message and log the trace
             log.exception("processing failed")
-            self._report(f"processing failed: {type(exc).__name__}: {exc}")
+            self._report(run, f"processing failed: {type(exc).__name__}: {exc}")
         finally:
             if source is not None:
                 try:
                     source.close()
                 except Exception:  # noqa: BLE001
                     log.debug("closing the source failed", exc_info=True)
-            try:
-                self.stop_recording()
-            except RtferError as exc:
-                self._report(str(exc))
-            self._state = "idle"
-            self.callbacks.on_state("idle")
-            self.callbacks.on_finished(reason)
+            if run is self._run:  # a stale run must not close the recording of the run that replaced it
+                try:
+                    self.stop_recording()
+                except RtferError as exc:
+                    self._report(run, str(exc))
+            self._emit(run, "on_state", "idle")
+            self._emit(run, "on_finished", reason)
 
-    def _report(self, message: str) -> None:
-        self.last_error = message
+    def _report(self, run: _Run, message: str) -> None:
         log.error("%s", message)
-        self.callbacks.on_error(message)
+        if run is self._run:
+            self.last_error = message
+        self._emit(run, "on_error", message)
 
-    def _consume(self, results: Iterator[FrameResult], source: Any, cancel: threading.Event, stats: _Stats) -> None:
+    def _consume(self, run: _Run, results: Iterator[FrameResult], source: Any, cancel: threading.Event,
+                 stats: _Stats) -> None:
         from rtfer.annotate import annotate
 
         try:
             for result in results:
-                while self._paused.is_set() and not cancel.is_set():
+                while run.paused.is_set() and not cancel.is_set():
                     time.sleep(0.02)
-                if cancel.is_set():
+                if cancel.is_set() or run is not self._run:
                     break
-                self._record(result)
+                self._record(run, result)
                 with self._summary_lock:
                     self._summary.update(result)
                 self.timeline.append(result)
@@ -481,14 +508,14 @@ class Controller:
                 annotated = None
                 if result.image is not None:
                     annotated = annotate(result.image, result, scale=self.scale)
-                self.callbacks.on_result(result, annotated, snapshot)
-                self.callbacks.on_progress(float(result.time_s), self._duration_s)
+                self._emit(run, "on_result", result, annotated, snapshot)
+                self._emit(run, "on_progress", float(result.time_s), self._duration_s)
         finally:
             close = getattr(results, "close", None)
             if callable(close):
                 close()  # stops the pipeline's threads when we left the loop early
 
-    def _record(self, result: FrameResult) -> None:
+    def _record(self, run: _Run, result: FrameResult) -> None:
         with self._rec_lock:
             sinks = list(self._sinks)
             try:
@@ -501,7 +528,7 @@ class Controller:
             self.stop_recording()
         except RtferError:
             pass
-        self._report(message)
+        self._report(run, message)
 
 
 def _open_sink(sink: Any) -> Any:

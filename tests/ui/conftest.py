@@ -96,8 +96,11 @@ def fake_factory():
             self.made: list[FakePipeline] = []
             self.kwargs: dict = {}
             self.fail: str | None = None
+            self.load_delays: list[float] = []  # seconds each next pipeline takes to 'load'
 
         def __call__(self, options, bundle=None):
+            if self.load_delays:
+                time.sleep(self.load_delays.pop(0))
             if self.fail:
                 raise BundleError(self.fail)
             pipe = FakePipeline(options, bundle, **self.kwargs)

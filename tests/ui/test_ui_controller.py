@@ -295,3 +295,20 @@ def test_real_time_playback_drops_frames_instead_of_falling_behind(group_video, 
     # frames skipped after the last result are not in its stats, hence 11 or 12
     assert stats.dropped >= 4 and 11 <= len(rec.results) + stats.dropped <= 12
     assert elapsed < 1.2 + 0.25 * 3 + 1.0, f"fell behind: {elapsed:.2f} s for a 1.2 s video"
+
+
+def test_restart_while_loading_ignores_the_stale_worker(group_video, fake_factory, fake_options, tmp_path):
+    fake_factory.load_delays = [1.0, 0.0]  # the first pipeline is still 'loading' when the user picks again
+    rec = Recorder()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    ctl.start(str(group_video), fake_options)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    ctl.start(str(group_video), fake_options, stop_timeout=0.1)
+    assert time.monotonic() - t0 < 0.5, "start must not wait for a bundle that is loading"
+    ctl.start_recording(tmp_path / "r.csv")
+    assert rec.done.wait(10) and rec.finished == ["end"]
+    time.sleep(1.2)  # the stale worker finishes loading, sees its stop event and ends silently
+    assert rec.finished == ["end"] and not rec.errors and len(rec.results) == 12
+    assert sorted(p.runs for p in fake_factory.made) == [0, 1]  # the stale pipeline never ran
+    assert ctl.state == "idle" and not ctl.recording
