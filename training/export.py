@@ -244,7 +244,8 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
     onnxruntime and torch backends.
 
     ``members``: dicts with ``model`` (nn.Module), ``name``, and optionally ``architecture``/``arch_kwargs`` (default:
-    what create_model recorded on the module) and ``temperature``. ``parity_images``: real aligned crops (uint8
+    what create_model recorded on the module), ``temperature``, and ``onnx``: an FP32 file that export_onnx already
+    wrote for this model (skips exporting again; the parity check still compares it with the model). ``parity_images``: real aligned crops (uint8
     (n, S, S, 3) RGB) for the ORT-vs-torch check; random input is always checked. A member whose FP16 export differs
     from torch by more than ``parity_tol`` x max(1, logit scale) raises BundleError. Returns the folder.
     """
@@ -263,7 +264,8 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
             arch_kwargs = dict(member.get("arch_kwargs", getattr(model, "arch_kwargs", {})))
             cfg = default_cfg(model)
             size = int(cfg["input_size"])
-            fp32 = export_onnx(model, Path(tmp) / f"{mname}.fp32.onnx", size, opset=opset)
+            fp32 = Path(member["onnx"]) if member.get("onnx") else \
+                export_onnx(model, Path(tmp) / f"{mname}.fp32.onnx", size, opset=opset)
             file = f"{mname}.onnx"
             fp16_weights(fp32, folder / file)
             p = check_parity(model, folder / file, parity_images)

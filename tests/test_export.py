@@ -1,0 +1,158 @@
+"""ONNX export, FP16 weight storage, ORT-vs-torch parity and bundle writing, on tiny registered models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("timm")
+
+from rtfer.models import create_model, inference_state_keys  # noqa: E402
+from training.export import check_parity, export_onnx, fp16_weights, write_bundle  # noqa: E402
+
+#: Face boxes (x1, y1, x2, y2) in insightface's t1.jpg group photo, found once with the CenterFace detector.
+GROUP_PHOTO_FACES = ((60, 269, 168, 394), (746, 345, 847, 480), (1135, 270, 1226, 395), (464, 267, 572, 412),
+                     (274, 155, 371, 268), (903, 61, 1010, 204))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a small shared CPU, thread spinning makes these tiny models many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RTFER_ORT_THREADS", "1")
+    yield
+    mp.undo()
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def face_crops(group_photo) -> np.ndarray:
+    """The six real faces of the group photo as square 112x112 RGB uint8 crops."""
+    import cv2
+
+    crops = []
+    for x1, y1, x2, y2 in GROUP_PHOTO_FACES:
+        cx, cy, half = (x1 + x2) // 2, (y1 + y2) // 2, int(max(x2 - x1, y2 - y1) * 0.6)
+        crop = group_photo[max(cy - half, 0):cy + half, max(cx - half, 0):cx + half]
+        crops.append(cv2.resize(crop, (112, 112), interpolation=cv2.INTER_AREA)[..., ::-1])
+    return np.ascontiguousarray(np.stack(crops))
+
+
+def nontrivial(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BN statistics and a larger classifier, so logits are O(1-10) like a trained model's."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("fc.weight"):
+                p.mul_(40.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    torch.manual_seed(0)
+    return {"ddamfn_tiny": nontrivial(create_model("ddamfn_tiny")),
+            "convnextv2_test": nontrivial(create_model("convnextv2_test", input_size=64), seed=1)}
+
+
+@pytest.fixture(scope="module")
+def exported(models, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("onnx")
+    return {name: export_onnx(m, out / f"{name}.onnx") for name, m in models.items()}
+
+
+@pytest.mark.parametrize("name", ["ddamfn_tiny", "convnextv2_test"])
+def test_export_names_axes_and_weights(name, models, exported):
+    proto = onnx.load(str(exported[name]))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, *(2 * [
+        models[name].default_cfg["input_size"]])]
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    has_bn = any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    assert has_bn == (name == "ddamfn_tiny")  # BN stays a node (ConvNeXt has none), never folded into Conv
+    # every weight forward uses is an initializer under its state_dict name, with its values (no BN folding)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    keys = inference_state_keys(models[name])
+    assert sorted(inits) == sorted(keys)
+    state = models[name].state_dict()
+    for k in keys:
+        np.testing.assert_array_equal(inits[k], state[k].numpy(), err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["ddamfn_tiny", "convnextv2_test"])
+def test_parity_fp32_and_fp16_weights(name, models, exported, face_crops, tmp_path):
+    model = models[name]
+    p32 = check_parity(model, exported[name], face_crops)
+    assert p32["n"] == 6 and p32["max_abs_logit"] > 1.0  # real crops, logits of a realistic scale
+    assert p32["max_abs_diff"] < 1e-4 and p32["top1_agreement"] == 1.0
+
+    half = fp16_weights(exported[name], tmp_path / "half.onnx")
+    assert half.stat().st_size < 0.75 * exported[name].stat().st_size
+    proto = onnx.load(str(half))
+    onnx.checker.check_model(proto, full_check=True)
+    names = {i.name for i in proto.graph.initializer}
+    assert names == set(inference_state_keys(model))
+    assert {i.data_type for i in proto.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert sum(n.op_type == "Cast" for n in proto.graph.node) == len(names)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # the graph stays FP32
+    p16 = check_parity(model, half, face_crops)
+    assert 0 < p16["max_abs_diff"] < 2e-2 and p16["top1_agreement"] >= 5 / 6
+
+
+def test_parity_check_detects_a_different_model(models, exported):
+    other = nontrivial(create_model("ddamfn_tiny"), seed=7)
+    p = check_parity(other, exported["ddamfn_tiny"])
+    assert p["max_abs_diff"] > 1e-2 and p["n"] == 0
+
+
+def test_bundle_round_trip_both_backends(models, exported, face_crops, tmp_path):
+    import rtfer
+
+    folder = write_bundle(
+        tmp_path / "bundle",
+        [{"model": models["ddamfn_tiny"], "name": "ddamfn", "temperature": 1.5, "onnx": exported["ddamfn_tiny"]},
+         {"model": models["convnextv2_test"], "name": "convnext", "onnx": exported["convnextv2_test"]}],
+        {"method": "soft_vote", "weights": [0.6, 0.4]}, name="tiny-test", version="0.0.1", interim=True,
+        training={"data": "none (test)"}, metrics={"val_acc": 0.5}, parity_images=face_crops)
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert meta["interim"] is True and meta["name"] == "tiny-test"
+    ddam, conv = meta["members"]
+    assert (ddam["architecture"], ddam["input_size"], ddam["file"]) == ("ddamfn_tiny", 112, "ddamfn.onnx")
+    assert (conv["architecture"], conv["input_size"], conv["arch_kwargs"]) == ("convnextv2_test", 64, {"input_size": 64})
+    assert ddam["temperature"] == 1.5 and len(ddam["sha256"]) == 64
+    assert ddam["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert set(meta["metrics"]["export_parity"]) == {"ddamfn", "convnext"} and meta["metrics"]["val_acc"] == 0.5
+    assert np.asarray(meta["alignment"]["template"]).shape == (5, 2)
+
+    probs = {}
+    for backend in ("onnxruntime", "torch"):
+        bundle = rtfer.load_bundle(folder, backend=backend, device="cpu")
+        probs[backend] = bundle.predict(face_crops)
+    assert probs["torch"].shape == (6, 7)
+    np.testing.assert_allclose(probs["torch"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs["torch"], probs["onnxruntime"], atol=1e-5)
+    # and the bundle's ensemble matches the torch models it came from (FP16-stored weights)
+    from rtfer.ensemble import softmax
+
+    with torch.no_grad():
+        x112 = torch.from_numpy(((face_crops / 255.0 - np.array([0.485, 0.456, 0.406])) /
+                                 np.array([0.229, 0.224, 0.225])).transpose(0, 3, 1, 2).astype(np.float32))
+        x64 = torch.nn.functional.interpolate(x112, size=64, mode="area")
+        p1 = softmax(models["ddamfn_tiny"](x112).numpy(), 1.5)
+        p2 = softmax(models["convnextv2_test"](x64).numpy())
+    expected = 0.6 * p1 + 0.4 * p2
+    assert np.abs(probs["torch"] - expected).max() < 0.05  # resize differences (cv2 vs torch area) dominate
