@@ -264,7 +264,7 @@ class MainWindow(QMainWindow):
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid stored value
             self.show_error(f"cannot prepare the pipeline: {exc}")
             return
-        self.controller.start(spec, options, realtime=effective.realtime)
+        self.controller.start(spec, options, realtime=effective.realtime, stop_timeout=2.0)
         self._update_buttons()
 
     def toggle_play(self) -> None:

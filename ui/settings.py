@@ -91,6 +91,7 @@ class SettingsDialog(QDialog):
     def __init__(self, settings: AppSettings, active: dict | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("rtfer settings")
+        self.setMinimumWidth(480)
         self._settings = settings
         form = QFormLayout(self)
 
@@ -111,6 +112,8 @@ class SettingsDialog(QDialog):
             text = f"{active.get('backend', '?')} on {active.get('device', '?')}"
             if active.get("detector"):
                 text += f", detector {active['detector']}"
+            if active.get("bundle"):
+                text += f", bundle {active['bundle']}"
         else:
             text = "not loaded yet (start a source)"
         self.active_label = QLabel(f"Active now: {text}")

@@ -312,3 +312,24 @@ def test_restart_while_loading_ignores_the_stale_worker(group_video, fake_factor
     assert rec.finished == ["end"] and not rec.errors and len(rec.results) == 12
     assert sorted(p.runs for p in fake_factory.made) == [0, 1]  # the stale pipeline never ran
     assert ctl.state == "idle" and not ctl.recording
+
+
+def test_camera_sources_open_in_drop_frames_mode(monkeypatch, group_video, fake_factory, fake_options):
+    """A webcam index opens latest-frame-wins (no camera here: index 0 is served by the group video)."""
+    import rtfer.capture
+
+    real_open = rtfer.capture.open_source
+    calls = []
+
+    def open_source(spec, **kwargs):
+        calls.append((spec, kwargs))
+        return real_open(str(group_video) if spec == 0 else spec, **kwargs)
+
+    monkeypatch.setattr(rtfer.capture, "open_source", open_source)
+    ctl = Controller(pipeline_factory=fake_factory)
+    ctl.start(0, fake_options, realtime=False)
+    assert ctl.wait(10) and ctl.last_error is None
+    assert calls == [(0, {"drop_frames": True})]
+    ctl.start(str(group_video), fake_options)
+    assert ctl.wait(10)
+    assert calls[1] == (str(group_video), {"drop_frames": False})
