@@ -181,7 +181,7 @@ class TorchBackend(Backend):
             self._graphs[bucket] = self._capture(bucket)
         graph, static_in, static_out = self._graphs[bucket]
         n = len(chunk)
-        with torch.no_grad():
+        with torch.cuda.device(self.dev), torch.no_grad():
             static_in[:n].copy_(torch.from_numpy(chunk).to(self.dev, non_blocking=False))
             if n < bucket:
                 static_in[n:].zero_()
