@@ -194,3 +194,20 @@ def test_mfn_pretrained_from_pickled_reference_module(tmp_path):
     torch.save({"conv1.conv.weight": torch.zeros(5, 3, 3, 3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="do not fit"):
         load_mfn_pretrained(wrong, tmp_path / "bad.pth")
+
+
+def test_bundle_from_reference_checkpoint(tmp_path):
+    import rtfer
+    from training.reference import bundle_from_reference
+
+    torch.manual_seed(2)
+    ref = create_model("ddamfn_tiny").eval()
+    state = ref.state_dict()
+    state["fc.bias"] = torch.arange(7, dtype=torch.float32) * 3  # reference class i gets logit bias 3i
+    torch.save({"model_state_dict": state}, tmp_path / "ref.pth")
+    folder = bundle_from_reference(tmp_path / "ref.pth", tmp_path / "bundle", architecture="ddamfn_tiny")
+    bundle = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu")
+    assert [m.architecture for m in bundle.members] == ["ddamfn_tiny"]
+    probs = bundle.predict(np.full((2, 112, 112, 3), 128, np.uint8))
+    # the reference's last class (angry) carries the largest bias: canonical "anger" must win
+    assert [CLASSES[i] for i in probs.argmax(1)] == ["anger", "anger"]

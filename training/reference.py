@@ -77,11 +77,11 @@ def load_mfn_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[st
 
 def bundle_from_reference(ckpt: str | Path, out_folder: str | Path, *, name: str = "ddamfn-reference",
                           version: str = "reference", parity_images: np.ndarray | None = None,
-                          metrics: dict | None = None) -> Path:
+                          metrics: dict | None = None, architecture: str = "ddamfn") -> Path:
     """A single-member bundle (soft vote of one) from a reference DDAMFN checkpoint."""
     from training.export import write_bundle
 
-    model = load_reference_ddamfn(ckpt)
+    model = load_reference_ddamfn(ckpt, architecture=architecture)
     return write_bundle(out_folder, [{"model": model, "name": "ddamfn"}], {"method": "soft_vote", "weights": [1.0]},
                         name=name, version=version, interim=False,
                         training={"source": "SainingZhang/DDAMFN reference checkpoint", "checkpoint": Path(ckpt).name},
