@@ -3,3 +3,7 @@
 Importing ``ui`` or ``ui.controller`` does not import Qt; the widgets live in ``ui.widgets`` / ``ui.main_window``.
 """
 from __future__ import annotations
+
+import logging
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

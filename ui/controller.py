@@ -485,7 +485,7 @@ class Controller:
             self._emit(run, "on_finished", reason)
 
     def _report(self, run: _Run, message: str) -> None:
-        log.error("%s", message)
+        log.info("reported to the user: %s", message)  # shown through on_error; no duplicate on stderr
         if run is self._run:
             self.last_error = message
         self._emit(run, "on_error", message)

@@ -86,7 +86,7 @@ class MainWindow(QMainWindow):
         split.addWidget(self.timeline)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
-        split.setSizes([520, 300])
+        split.setSizes([500, 330])
         root.addWidget(split, 1)
         self.setCentralWidget(central)
         self._build_status_bar()

@@ -248,6 +248,9 @@ class TimelineWidget(QWidget):
                 plot.getAxis(name).setPen(axis_pen)
                 plot.getAxis(name).setTextPen(axis_pen)
             plot.getAxis("left").setWidth(96)  # room for "very negative" and the axis title
+        small = QFont()
+        small.setPointSize(8)
+        self.dominant_plot.getAxis("left").setTickFont(small)  # seven class names fit a short plot
         self._set_dominant_axis()
 
         self._valence_curves: dict[int, pg.PlotDataItem] = {}
