@@ -159,3 +159,19 @@ def test_headless_screenshot(qapp, monkeypatch, tmp_path, group_video, fake_fact
     assert image.width() >= 1000 and image.height() >= 700
     assert image.format() == QImage.Format.Format_Indexed8  # 256-colour docs screenshot by default
     assert fake_factory.made and fake_factory.made[0].runs >= 1
+
+
+def test_pause_and_seek_from_the_controls(qtbot, window, group_video, fake_factory):
+    fake_factory.kwargs = {"delay_s": 0.05}
+    window.open_source(str(group_video))
+    qtbot.waitUntil(lambda: window.results_shown > 0 and window.seek_slider.isEnabled(), timeout=5000)
+    window.play_button.click()
+    assert window.controller.paused and window.play_button.text() == "Resume"
+    window.seek_slider.setValue(750)  # 75% of 1.2 s = 0.9 s
+    window._seek_released()
+    window.play_button.click()
+    assert not window.controller.paused
+    wait_idle(qtbot, window)
+    pipe = fake_factory.made[0]
+    assert pipe.runs == 2 and pipe.first_times[1] == pytest.approx(0.9, abs=0.051)
+    assert window.play_button.text() == "Play"

@@ -121,3 +121,24 @@ def test_timeline_legend_lists_the_faces_on_screen(qtbot):
     widget.refresh()
     assert set(widget._valence_curves) == {1, 2} and widget._legend_ids == [2]
     assert "#2" in widget.legend_label.text() and "#1" not in widget.legend_label.text()
+
+
+def test_timeline_hover_follows_the_mouse(qtbot):
+    from PyQt6.QtCore import QPointF
+
+    from ui.widgets import TimelineWidget
+
+    buf = TimelineBuffer()
+    widget = TimelineWidget(buf, interval_ms=10_000)
+    qtbot.addWidget(widget)
+    widget.resize(600, 300)
+    widget.show()
+    for i in range(20):
+        buf.append(make_result(i, np.stack([HAPPY, ANGRY])))
+    widget.refresh()
+    qtbot.wait(50)
+    pos = widget.valence_plot.vb.mapViewToScene(QPointF(1.2, 0.0))
+    widget.graphics.scene().sigMouseMoved.emit(pos)
+    qtbot.waitUntil(lambda: widget.hover_label.text().startswith("t = 1.2 s"), timeout=2000)
+    assert "#2</b></span> -0.90 anger 50%" in widget.hover_label.text()
+    assert widget._cursor[0].isVisible() and widget._cursor[0].value() == pytest.approx(1.2, abs=0.05)
