@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from PyQt6.QtCore import QSettings, Qt, QTimer, pyqtSignal
-from PyQt6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PyQt6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, QShortcut
 from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
                              QPushButton, QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
@@ -101,6 +101,7 @@ class MainWindow(QMainWindow):
         for keys, slot in (("Space", self.toggle_play), ("Ctrl+O", self._choose_video),
                            ("Ctrl+Shift+O", self._choose_folder), ("Esc", self.stop)):
             QShortcut(QKeySequence(keys), self, activated=slot)
+        self.setAcceptDrops(True)  # drop a video, an image or a folder onto the window to open it
         self.resize(1280, 860)
         self._update_buttons()
 
@@ -110,6 +111,10 @@ class MainWindow(QMainWindow):
         self.camera_combo = QComboBox()
         self.camera_button = QPushButton("Start camera")
         self.camera_button.clicked.connect(self._start_camera)
+        refresh = QToolButton()
+        refresh.setText("↻")
+        refresh.setToolTip("Look for cameras again")
+        refresh.clicked.connect(lambda: self.refresh_cameras())
         self.refresh_cameras(cameras)
         open_video = QPushButton("Open video…")
         open_video.clicked.connect(self._choose_video)
@@ -122,7 +127,8 @@ class MainWindow(QMainWindow):
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(["Play at real time", "Process as fast as possible"])
         self.mode_combo.setCurrentIndex(0 if self.settings.realtime else 1)
-        self.mode_combo.setToolTip("For video files and folders; cameras always run live and drop frames")
+        self.mode_combo.setToolTip("For video files. Cameras always run live (dropping frames when processing is "
+                                   "slower); image folders are processed image by image")
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.record_button = QPushButton("● Record CSV")
         self.record_button.setCheckable(True)
@@ -133,7 +139,7 @@ class MainWindow(QMainWindow):
         self.export_button.clicked.connect(self._export)
         settings_button = QPushButton("Settings…")
         settings_button.clicked.connect(self.open_settings)
-        for widget in (self.camera_combo, self.camera_button, open_video, open_folder, self.play_button,
+        for widget in (self.camera_combo, refresh, self.camera_button, open_video, open_folder, self.play_button,
                        self.stop_button, self.mode_combo):
             row.addWidget(widget)
         row.addStretch(1)
@@ -456,6 +462,22 @@ class MainWindow(QMainWindow):
         self.play_button.setEnabled(running or self.source_spec is not None)
         self.stop_button.setEnabled(running)
         self.seek_slider.setEnabled(running and self.controller.seekable)
+
+    @staticmethod
+    def _dropped_path(event: QDragEnterEvent | QDropEvent) -> str | None:
+        urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
+        local = [u.toLocalFile() for u in urls if u.isLocalFile()]
+        return local[0] if local else None
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt API
+        if self._dropped_path(event):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt API
+        path = self._dropped_path(event)
+        if path:
+            event.acceptProposedAction()
+            self.open_source(path)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self.controller.stop()

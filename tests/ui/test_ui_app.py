@@ -175,3 +175,17 @@ def test_pause_and_seek_from_the_controls(qtbot, window, group_video, fake_facto
     pipe = fake_factory.made[0]
     assert pipe.runs == 2 and pipe.first_times[1] == pytest.approx(0.9, abs=0.051)
     assert window.play_button.text() == "Play"
+
+
+def test_drop_a_video_onto_the_window(qtbot, window, group_video):
+    from PyQt6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PyQt6.QtGui import QDropEvent
+
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(group_video))])
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                       Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+    assert window.source_spec == str(group_video)
+    wait_idle(qtbot, window)
+    assert window.results_shown > 0 and window.source_label.text() == "group.mp4"
