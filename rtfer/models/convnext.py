@@ -1,6 +1,6 @@
 """ConvNeXt-V2 through timm: every timm ``convnextv2_*`` variant plus ``convnextv2_test`` (tiny, for tests).
 
-kwargs: ``input_size`` (default 224; any multiple of 32), ``drop_rate`` (head dropout; the reference recipe uses
+kwargs: ``input_size`` (default 224; a multiple of 16), ``drop_rate`` (head dropout; the reference recipe uses
 0.3), ``drop_path_rate``, ``pretrained`` (timm hub weights; needs internet) and ``pretrained_path`` (a local
 checkpoint, e.g. the hub file downloaded elsewhere). Offline, ``pretrained=True`` fails with one clear message.
 """
@@ -27,8 +27,10 @@ def _set_cfg(model: nn.Module, input_size: int) -> nn.Module:
 
 
 def _check_size(input_size: int) -> int:
-    if int(input_size) % 32 or int(input_size) < 32:
-        raise ValueError(f"ConvNeXt input_size must be a multiple of 32, got {input_size}")
+    """Multiples of 32 tile exactly; multiples of 16 (e.g. 112, the DDAMFN crop) lose the last row/column at the
+    final 2x2 downsampling (7x7 -> 3x3), which is harmless for a globally pooled classifier."""
+    if int(input_size) % 16 or int(input_size) < 32:
+        raise ValueError(f"ConvNeXt input_size must be a multiple of 16 and at least 32, got {input_size}")
     return int(input_size)
 
 
