@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
 
     # -- construction ------------------------------------------------------------------------------------------------
     def _build_source_row(self, cameras: list[int] | None) -> QHBoxLayout:
+        """Row 1: where the pictures come from (camera, video, image folder), the source name, settings."""
         row = QHBoxLayout()
         self.camera_combo = QComboBox()
         self.camera_button = QPushButton("Start camera")
@@ -120,6 +121,20 @@ class MainWindow(QMainWindow):
         open_video.clicked.connect(self._choose_video)
         open_folder = QPushButton("Open image folder…")
         open_folder.clicked.connect(self._choose_folder)
+        self.source_label = QLabel("No source")
+        self.source_label.setStyleSheet("font-weight: bold; padding-left: 8px;")
+        self.source_label.setMinimumWidth(120)
+        settings_button = QPushButton("Settings…")
+        settings_button.clicked.connect(self.open_settings)
+        for widget in (self.camera_combo, refresh, self.camera_button, open_video, open_folder):
+            row.addWidget(widget)
+        row.addWidget(self.source_label, 1)
+        row.addWidget(settings_button)
+        return row
+
+    def _build_seek_row(self) -> QHBoxLayout:
+        """Row 2: play/pause/stop, file mode, seek bar, recording and export."""
+        row = QHBoxLayout()
         self.play_button = QPushButton("Play")
         self.play_button.clicked.connect(self.toggle_play)
         self.stop_button = QPushButton("Stop")
@@ -130,6 +145,12 @@ class MainWindow(QMainWindow):
         self.mode_combo.setToolTip("For video files. Cameras always run live (dropping frames when processing is "
                                    "slower); image folders are processed image by image")
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
+        self.seek_slider = QSlider(Qt.Orientation.Horizontal)
+        self.seek_slider.setRange(0, 1000)
+        self.seek_slider.setMinimumWidth(120)
+        self.seek_slider.sliderPressed.connect(lambda: setattr(self, "_seeking", True))
+        self.seek_slider.sliderReleased.connect(self._seek_released)
+        self.position_label = QLabel("--:-- / --:--")
         self.record_button = QPushButton("● Record CSV")
         self.record_button.setCheckable(True)
         self.record_button.toggled.connect(self._record_toggled)
@@ -137,28 +158,11 @@ class MainWindow(QMainWindow):
         self.record_video_check.setChecked(self.settings.record_video)
         self.export_button = QPushButton("Export summary…")
         self.export_button.clicked.connect(self._export)
-        settings_button = QPushButton("Settings…")
-        settings_button.clicked.connect(self.open_settings)
-        for widget in (self.camera_combo, refresh, self.camera_button, open_video, open_folder, self.play_button,
-                       self.stop_button, self.mode_combo):
+        for widget in (self.play_button, self.stop_button, self.mode_combo):
             row.addWidget(widget)
-        row.addStretch(1)
-        for widget in (self.record_button, self.record_video_check, self.export_button, settings_button):
-            row.addWidget(widget)
-        return row
-
-    def _build_seek_row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        self.source_label = QLabel("No source")
-        self.source_label.setMinimumWidth(200)
-        self.seek_slider = QSlider(Qt.Orientation.Horizontal)
-        self.seek_slider.setRange(0, 1000)
-        self.seek_slider.sliderPressed.connect(lambda: setattr(self, "_seeking", True))
-        self.seek_slider.sliderReleased.connect(self._seek_released)
-        self.position_label = QLabel("--:-- / --:--")
-        row.addWidget(self.source_label)
         row.addWidget(self.seek_slider, 1)
-        row.addWidget(self.position_label)
+        for widget in (self.position_label, self.record_button, self.record_video_check, self.export_button):
+            row.addWidget(widget)
         return row
 
     def _build_error_banner(self) -> QWidget:

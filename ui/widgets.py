@@ -18,9 +18,6 @@ from ui.timeline_model import TimelineBuffer, TrackSeries
 
 log = logging.getLogger(__name__)
 
-#: Distinct colours for track ids (cycled).
-TRACK_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-                "#bcbd22", "#7f7f7f")
 CLASS_COLORS = {"surprise": "#f2b705", "fear": "#8e44ad", "disgust": "#2e8b57", "happiness": "#27ae60",
                 "sadness": "#2f6db5", "anger": "#c0392b", "neutral": "#7f8c8d",
                 "very_negative": "#c0392b", "negative": "#e67e22", "positive": "#8bc34a", "very_positive": "#27ae60"}
@@ -28,7 +25,9 @@ SCALE_TITLES = {"emotion": "7 emotions", "sentiment5": "5 levels", "sentiment3":
 
 
 def track_color(track_id: int) -> str:
-    return TRACK_COLORS[int(track_id) % len(TRACK_COLORS)]
+    """A colour per track id; golden-ratio hue steps keep nearby ids (#0, #1, ... #10) far apart."""
+    hue = (int(track_id) * 0.618033988749895 + 0.58) % 1.0
+    return QColor.fromHsvF(hue, 0.85, 0.72).name()
 
 
 def level_names(scale: str) -> tuple[str, ...]:
@@ -248,6 +247,9 @@ class TimelineWidget(QWidget):
                 plot.getAxis(name).setPen(axis_pen)
                 plot.getAxis(name).setTextPen(axis_pen)
             plot.getAxis("left").setWidth(96)  # room for "very negative" and the axis title
+        self.valence_plot.setMinimumHeight(80)
+        self.dominant_plot.setMinimumHeight(110)  # keeps all seven class names readable
+        self.setMinimumHeight(260)
         small = QFont()
         small.setPointSize(8)
         self.dominant_plot.getAxis("left").setTickFont(small)  # seven class names fit a short plot
