@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from rtfer.errors import OutputError, RtferError
-from rtfer.pipeline import STAGES
 from rtfer.types import Frame, FrameResult
 from ui.timeline_model import TimelineBuffer
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

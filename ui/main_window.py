@@ -17,8 +17,9 @@ from PyQt6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, 
 from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
                              QPushButton, QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
+from rtfer.pipeline import STAGES
 from ui.bridge import ControllerBridge
-from ui.controller import STAGES, Controller, RunStats, list_cameras
+from ui.controller import Controller, RunStats, list_cameras
 from ui.settings import SCALES, AppSettings, SettingsDialog
 from ui.widgets import SCALE_TITLES, ProbabilityPanel, TimelineWidget, VideoView
 
