@@ -9,7 +9,6 @@ volume); the driver checks finished outputs there for resume.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Iterator
 
 from rtfer.errors import missing_extra
@@ -31,8 +30,10 @@ def import_ray():
 
 
 def _ray_call(fn: ProcessFn, task: VideoTask, options: AnalyzeOptions, threads: int) -> VideoResult:
-    """Body of one Ray task: cap onnxruntime threads to the task's CPUs, then run the per-video function."""
-    os.environ["RTFER_ORT_THREADS"] = str(threads)
+    """Body of one Ray task: cap compute threads to the task's CPUs, then run the per-video function."""
+    from rtfer.batch import _init_pool_worker
+
+    _init_pool_worker(threads)
     return fn(task, options)
 
 

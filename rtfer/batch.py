@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
+from rtfer.capture import VIDEO_EXTENSIONS  # what a directory or glob expands to (one list for the CLI and us)
 from rtfer.errors import InputError, OutputError, RtferError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -27,9 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 log = logging.getLogger(__name__)
 
-#: File extensions a directory or glob expands to (plain files named explicitly are taken as they are).
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
-                              ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("input", "output", "frames", "faces", "seconds", "fps", "status", "error", "finished_at")
 #: Manifest statuses that count as finished on resume (the output was renamed into place after a complete run).
