@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ended = window.controller.state == "idle" and source is not None and (
                 window.results_shown or window.last_error)
             waited = now - (first_result[0] if first_result else started)
-            if ended or (first_result and waited >= args.quit_after) or now - started >= args.quit_after + 120:
+            counting = bool(first_result) or source is None
+            if ended or (counting and waited >= args.quit_after) or now - started >= args.quit_after + 120:
                 QTimer.singleShot(300 if ended else 0, finish)
             else:
                 QTimer.singleShot(100, tick)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import time
 
 import pytest
 
@@ -189,3 +190,15 @@ def test_drop_a_video_onto_the_window(qtbot, window, group_video):
     assert window.source_spec == str(group_video)
     wait_idle(qtbot, window)
     assert window.results_shown > 0 and window.source_label.text() == "group.mp4"
+
+
+def test_headless_without_source_shows_the_empty_window(qapp, tmp_path):
+    from PyQt6.QtGui import QImage
+
+    from ui.app import main
+
+    out = tmp_path / "empty.png"
+    t0 = time.monotonic()
+    assert main(["--screenshot", str(out), "--quit-after", "0.3", "--settings-file", str(tmp_path / "s.ini")]) == 0
+    assert time.monotonic() - t0 < 5
+    assert QImage(str(out)).width() >= 1000
