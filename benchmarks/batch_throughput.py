@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="ARCH[@SIZE],... of the random-weights bundle used when the default bundle is missing "
                          "(default: those of the interim default bundle; the full recipe is "
                          "ddamfn@112,convnextv2_tiny@224)")
+    ap.add_argument("--batch-frames", type=int, default=8, help="frames per inference call in each pipeline")
     ap.add_argument("--profile-only", action="store_true", help="only the stage / batch-size profile")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--device", default="cpu")
@@ -180,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.clip_frames:
             source = clip(source, args.clip_frames, work)
         bundle, bundle_label = resolve_bundle(args.bundle, work, args.random_archs.split(","))
-        options = AnalyzeOptions(bundle=bundle, backend=args.backend, device=args.device)
+        options = AnalyzeOptions(bundle=bundle, backend=args.backend, device=args.device,
+                                 batch_frames=args.batch_frames)
         inputs = work / "inputs"
         inputs.mkdir()
         for i in range(args.videos):
             (inputs / f"copy{i:03d}{source.suffix}").symlink_to(source)
         results: dict = {"source": str(source), "copies": args.videos, "bundle": bundle_label,
+                         "batch_frames": args.batch_frames,
                          "cpus": os.cpu_count(), "runs": [], "load": [os.getloadavg()[0]]}
         if not args.no_profile:
             results["profile"] = stage_profile(source, options)
@@ -212,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict) -> str:
     lines = [f"source: {results['source']} x {results['copies']} copies; bundle: {results['bundle']}; "
-             f"{results['cpus']} CPUs; load average before/after: {results['load'][0]:.1f} / {results['load'][1]:.1f}"]
+             f"batch_frames {results['batch_frames']}; {results['cpus']} CPUs; "
+             f"load average before/after: {results['load'][0]:.1f} / {results['load'][1]:.1f}"]
     if "profile" in results:
         p = results["profile"]
         stages = ", ".join(f"{k} {v}" for k, v in p["stage_ms"].items() if v)

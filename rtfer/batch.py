@@ -562,8 +562,14 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
         per = threads or int(os.environ.get(ORT_THREADS_ENV, "0") or 0) or threads_per_worker(n)
         summary.executor, summary.workers = "process pool", n
         log.info("batch: %d videos on %d worker processes, %d onnxruntime threads each", len(plan.todo), n, per)
+        if fn.__module__ == __name__:  # the real per-video function: a bad bundle fails here, not once per worker
+            from rtfer.bundle import BundleSpec, resolve_bundle_path
+
+            BundleSpec.read(resolve_bundle_path(options.bundle))
         results = _run_pool(plan.todo, options, fn, n, per)
     else:
+        if plan.todo and fn.__module__ == __name__:
+            get_pipeline(options)  # load before the progress bar starts; a bad bundle or backend fails here
         results = _run_in_process(plan.todo, options, fn)
 
     bar = None

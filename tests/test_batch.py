@@ -251,7 +251,10 @@ def test_pipeline_setup_error_stops_the_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(batch, "get_pipeline", broken)
     with pytest.raises(BundleError, match="nope"):
         run_batch([str(root)], tmp_path / "out", AnalyzeOptions(bundle="nope"), progress=False)
-    assert _read_manifest(tmp_path / "out" / "manifest.csv") == []
+    manifest = tmp_path / "out" / "manifest.csv"
+    assert not manifest.exists() or _read_manifest(manifest) == []
+    with pytest.raises(BundleError, match="nope"):  # the pool checks the bundle before starting workers
+        run_batch([str(root)], tmp_path / "out", AnalyzeOptions(bundle="nope"), workers=2, progress=False)
 
 
 def test_foreign_manifest_is_refused(tmp_path, fake):
