@@ -225,3 +225,24 @@ def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
     rows = _rows(out)
     frames_done = sorted({int(r["frame"]) for r in rows})
     assert frames_done == list(range(len(frames_done))) and 0 < len(frames_done) < len(frames)
+
+
+def test_batch_mode_through_the_cli(tmp_path, capsys, tiny_bundle, group_video):
+    import shutil
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(group_video, src / "a.mp4")
+    shutil.copy(group_video, src / "sub" / "b.mp4")
+    (src / "sub" / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["analyze", str(src), "--out-dir", str(out), *_common(tiny_bundle)], capsys)
+    assert code == 1, err  # one video failed: the exit status says so, the rest finished
+    assert "Traceback" not in err
+    assert {int(r["frame"]) for r in _rows(out / "a.csv")} == set(range(24))
+    assert (out / "sub" / "b.csv").is_file() and not (out / "sub" / "broken.csv").exists()
+    manifest = _rows(out / "manifest.csv")
+    assert sorted(r["status"] for r in manifest) == ["failed", "ok", "ok"]
+    # resume: nothing to redo but the failed one
+    code, stdout, err = run_cli(["analyze", str(src), "--out-dir", str(out), *_common(tiny_bundle)], capsys)
+    assert code == 1 and "Traceback" not in err
