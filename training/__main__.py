@@ -84,7 +84,8 @@ def _add_export(sub) -> None:
     p.add_argument("--interim", action="store_true", help="mark the bundle as trained with a reduced recipe")
     p.add_argument("--template", default="", help="alignment template JSON file ([[x, y] * 5], crop units)")
     p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
-    p.add_argument("--names", default="", help="comma-separated member names (default: architectures)")
+    p.add_argument("--names", default="", help="comma-separated member names (default: the run folder names)")
+    p.add_argument("--data-note", default="", help="what the members were trained on (recorded in bundle.json)")
 
 
 def _add_import(sub) -> None:
@@ -190,7 +191,7 @@ def cmd_export(a) -> int:
     template = json.loads(Path(a.template).read_text(encoding="utf-8")) if a.template else None
     folder = export_bundle(a.checkpoints, a.out, ensemble_json=a.ensemble, name=a.name, version=a.version,
                            interim=a.interim, alignment_template=template, parity_images=a.parity_images or None,
-                           member_names=names)
+                           member_names=names, training_extra={"data": a.data_note} if a.data_note else None)
     log.info("bundle written to %s", folder)
     return 0
 

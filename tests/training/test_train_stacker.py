@@ -1,0 +1,96 @@
+"""Ensemble fitting on synthetic member probabilities; the fitted combiners are what rtfer.ensemble applies."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rtfer.ensemble import make_ensemble
+from training.stacker import (cross_validated, fit_ensemble, fit_ensemble_from_runs, fit_logistic, fit_soft_vote,
+                              weight_grid)
+
+
+def members(n=700, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 7
+    out = []
+    for noise, bias in ((1.0, 0), (1.2, 3)):
+        z = rng.normal(size=(n, 7)) * noise
+        z[np.arange(n), y] += 1.6
+        z[:, bias] += 0.4  # member-specific bias that stacking can undo
+        e = np.exp(z)
+        out.append(e / e.sum(1, keepdims=True))
+    return out, y
+
+
+def test_weight_grid_is_on_the_simplex():
+    g = weight_grid(2, 0.25)
+    assert g.tolist() == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
+    assert np.allclose(weight_grid(3, 0.1).sum(1), 1) and len(weight_grid(3, 0.1)) == 66
+
+
+def test_logistic_stacker_equals_sklearn_predict_proba():
+    from sklearn.linear_model import LogisticRegression
+
+    probs, y = members()
+    st = fit_logistic(probs, y)
+    x = np.concatenate(probs, 1)
+    ref = LogisticRegression(max_iter=5000, random_state=0).fit(x, y).predict_proba(x)
+    assert st.coef.shape == (7, 14)
+    assert np.allclose(st(probs), ref, atol=1e-5)
+    # and through bundle.json's dict, as the runtime builds it
+    rt = make_ensemble(json.loads(json.dumps(st.to_dict())), 2)
+    assert np.allclose(rt(probs), ref, atol=1e-5)
+
+
+def test_soft_vote_prefers_the_better_member():
+    probs, y = members()
+    bad = np.random.default_rng(5).dirichlet(np.full(7, 0.3), len(y))  # confident and uninformative
+    sv = fit_soft_vote([probs[0], bad], y, metric="accuracy")
+    assert sv.weights[0] > sv.weights[1]
+
+
+def test_fit_ensemble_ablation_and_choice():
+    probs, y = members()
+    fit = fit_ensemble(probs, y, ["a", "b"], folds=4)
+    methods = [r["method"] for r in fit.ablation]
+    assert methods == ["member:a", "member:b", "soft_vote_equal", "soft_vote", "logistic", "logistic_balanced"]
+    fitted = {r["method"]: r for r in fit.ablation if r["fitted"]}
+    assert fit.chosen == max(fitted, key=lambda k: (fitted[k]["mean_class_accuracy"], fitted[k]["accuracy"]))
+    assert fit.metrics["ensemble"]["mean_class_accuracy"] == fitted[fit.chosen]["mean_class_accuracy"]
+    ens = make_ensemble(fit.ensemble, 2, fit.temperature)
+    assert ens(probs).shape == (len(y), 7)
+    # stacking undoes the members' biases, so it beats every single member
+    best_member = max(r["mean_class_accuracy"] for r in fit.ablation if r["method"].startswith("member"))
+    assert fitted["logistic"]["mean_class_accuracy"] > best_member
+    forced = fit_ensemble(probs, y, ["a", "b"], choose="soft_vote", folds=3)
+    assert forced.ensemble["method"] == "soft_vote"
+
+
+def test_cross_validated_figures_are_out_of_fold():
+    rng = np.random.default_rng(0)
+    y = np.arange(280) % 7
+    noise = [rng.dirichlet(np.ones(7), 280) for _ in range(2)]  # members carry no information
+    oof = cross_validated("logistic", noise, y, folds=4)
+    in_sample = fit_logistic(noise, y)(noise)
+    acc_oof = (oof.argmax(1) == y).mean()
+    acc_in = (in_sample.argmax(1) == y).mean()
+    assert acc_oof < 0.25 and acc_in > acc_oof  # fitting and scoring on the same images would flatter the stacker
+
+
+def test_fit_from_run_folders(tmp_path):
+    probs, y = members(210)
+    runs = []
+    for name, p, t in (("ddamfn", probs[0], 1.5), ("convnext", probs[1], 1.0)):
+        d = tmp_path / name
+        d.mkdir()
+        np.savez(d / "val_logits.npz", logits=np.log(p) * t, labels=y)
+        (d / "val.json").write_text(json.dumps({"temperature": t}))
+        runs.append(d)
+    fit = fit_ensemble_from_runs(runs, tmp_path / "ens", folds=3)
+    saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert saved["member_names"] == ["ddamfn", "convnext"]
+    assert saved["member_temperatures"] == pytest.approx([1.5, 1.0])
+    assert "| logistic |" in (tmp_path / "ens" / "ablation.md").read_text()
+    assert fit.chosen in ("soft_vote", "logistic", "logistic_balanced")

@@ -1,0 +1,102 @@
+"""From training runs to a bundle: member checkpoints + the fitted ensemble -> training.export.write_bundle.
+
+Gathers what bundle.json records about training (recipe per member, data, wall time) and the measured validation
+metrics (per member and for the ensemble), and uses real validation crops for the ORT-vs-torch parity check.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from rtfer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def parity_crops(source: str | Path | None, count: int = 32, seed: int = 0) -> np.ndarray | None:
+    """Up to ``count`` uint8 RGB crops (n, S, S, 3) from a packed .npz or an image-class folder."""
+    if not source:
+        return None
+    from training.data import load_split
+
+    data = load_split(str(source))
+    idx = np.sort(np.random.default_rng(seed).choice(len(data), size=min(count, len(data)), replace=False))
+    imgs = data.images[idx]
+    return np.repeat(imgs, 3, axis=-1) if imgs.shape[-1] == 1 else imgs
+
+
+def _run_summary(run_dir: Path) -> dict:
+    """Recipe and wall time of a run, from its config.yaml and metrics.jsonl."""
+    import yaml
+
+    summary: dict = {}
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        summary["config"] = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    log_path = run_dir / "metrics.jsonl"
+    if log_path.is_file():
+        rows = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x]
+        if rows:
+            summary["epochs_run"] = rows[-1]["epoch"]
+            summary["best_epoch"] = rows[-1]["best_epoch"]
+            summary["wall_minutes"] = round(sum(r["epoch_seconds"] for r in rows) / 60, 1)
+    return summary
+
+
+def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_json: str | Path, name: str = "default",
+                  version: str = "0.1.0", interim: bool = False, alignment_template=None,
+                  parity_images: str | Path | np.ndarray | None = None, member_names: list[str] | None = None,
+                  training_extra: dict | None = None) -> Path:
+    """Write a bundle folder for the member checkpoints (``best.pt`` of each run) and the fitted ensemble."""
+    from training.export import write_bundle
+    from training.train import load_checkpoint
+
+    ens_path = Path(ensemble_json)
+    if not ens_path.is_file():
+        raise InputError(f"ensemble file {ens_path} does not exist (run `python -m training fit-stacker` first)")
+    fit = json.loads(ens_path.read_text(encoding="utf-8"))
+    if len(fit["member_names"]) != len(checkpoints):
+        raise InputError(f"the ensemble was fitted on {len(fit['member_names'])} members but {len(checkpoints)} "
+                         "checkpoints were given")
+    names = member_names or fit["member_names"]
+    members, runs = [], {}
+    for ckpt_path, mname, temp in zip(checkpoints, names, fit["member_temperatures"]):
+        model, ckpt = load_checkpoint(ckpt_path)
+        members.append({"model": model, "name": mname, "architecture": ckpt["architecture"],
+                        "arch_kwargs": ckpt.get("arch_kwargs", {}), "temperature": float(temp)})
+        runs[mname] = {"architecture": ckpt["architecture"], "arch_kwargs": ckpt.get("arch_kwargs", {}),
+                       "selected_epoch": ckpt.get("epoch"), **_run_summary(Path(ckpt_path).parent)}
+    crops = parity_images if isinstance(parity_images, np.ndarray) else parity_crops(parity_images)
+    metrics = dict(fit["metrics"])
+    metrics["members"] = {new: metrics["members"][old] for new, old in zip(names, fit["member_names"])}
+    metrics["ablation"] = fit["ablation"]
+    training = {"members": runs, "ensemble_method": fit["chosen"], "ensemble_selected_by": fit["metric"],
+                **dict(training_extra or {})}
+    return write_bundle(out, members, fit["ensemble"], name=name, version=version, interim=interim,
+                        alignment_template=alignment_template, training=training, metrics=metrics,
+                        parity_images=crops, temperature=float(fit["temperature"]))
+
+
+def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
+                       temperatures: list[float] | None = None) -> list[np.ndarray]:
+    """Member probabilities computed in torch from the training checkpoints, with the runtime's preprocessing
+    (uint8 RGB crops -> rtfer.bundle.preprocess): what an exported bundle must reproduce."""
+    import torch
+
+    from rtfer.bundle import MemberSpec, preprocess
+    from rtfer.ensemble import softmax
+    from training.train import load_checkpoint, preprocessing
+
+    out = []
+    for i, path in enumerate(checkpoints):
+        model, _ = load_checkpoint(path)
+        size, mean, std, gray = preprocessing(model)
+        spec = MemberSpec(name="m", file="", architecture="", input_size=size, mean=mean, std=std,
+                          color="gray" if gray else "rgb")
+        with torch.no_grad():
+            logits = model(torch.from_numpy(preprocess(crops, spec))).numpy()
+        out.append(softmax(logits, temperatures[i] if temperatures else 1.0))
+    return out

@@ -1,0 +1,215 @@
+"""Fitting the ensemble on validation outputs: soft-vote weights (grid search) and logistic-regression stacking
+over the concatenated member probabilities (7 x members features), with an ablation table.
+
+The combiners fitted here are exactly rtfer.ensemble's ``SoftVote`` / ``LogisticStacker`` (the same features, the
+same softmax), so the runtime reproduces the validation figures. Because the combiner is fitted on the validation
+split, the figures reported for fitted combiners are cross-validated on that split (out-of-fold predictions);
+the final combiner is then refitted on the whole split.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtfer.ensemble import LogisticStacker, SoftVote, softmax
+from rtfer.errors import InputError
+from rtfer.labels import NUM_CLASSES
+from training.evaluate import ClassificationMetrics, fit_temperature
+
+log = logging.getLogger(__name__)
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    r = ClassificationMetrics().update(probs, labels).compute()
+    return {"accuracy": r.accuracy, "mean_class_accuracy": r.mean_class_accuracy}
+
+
+def weight_grid(num_members: int, step: float = 0.05) -> np.ndarray:
+    """All weight vectors on the simplex with the given step (rows sum to 1)."""
+    n = int(round(1 / step))
+    rows = [c for c in itertools.product(range(n + 1), repeat=num_members - 1) if sum(c) <= n]
+    return np.array([[*c, n - sum(c)] for c in rows], np.float64) / n
+
+
+def fit_soft_vote(member_probs: list[np.ndarray], labels: np.ndarray, metric: str = "mean_class_accuracy",
+                  step: float = 0.05) -> SoftVote:
+    """The grid weights with the best ``metric``; ties go to the weights closest to uniform."""
+    best, best_key = None, None
+    uniform = np.full(len(member_probs), 1 / len(member_probs))
+    for w in weight_grid(len(member_probs), step):
+        p = SoftVote(w)(member_probs)
+        s = score(p, labels)
+        key = (round(s[metric], 10), round(s["accuracy"], 10), -float(np.abs(w - uniform).sum()))
+        if best_key is None or key > best_key:
+            best, best_key = w, key
+    return SoftVote(best)
+
+
+def fit_logistic(member_probs: list[np.ndarray], labels: np.ndarray, *, C: float = 1.0,
+                 balanced: bool = False, seed: int = 0) -> LogisticStacker:
+    """Multinomial logistic regression on the concatenated probabilities -> rtfer's LogisticStacker.
+
+    A class absent from ``labels`` gets a zero row and a very negative intercept (never predicted).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([np.asarray(p, np.float64) for p in member_probs], axis=1)
+    clf = LogisticRegression(C=C, max_iter=5000, class_weight="balanced" if balanced else None, random_state=seed)
+    clf.fit(x, labels)
+    coef = np.zeros((NUM_CLASSES, x.shape[1]))
+    intercept = np.full(NUM_CLASSES, -30.0)
+    if len(clf.classes_) == 2:  # sklearn's binary form: one row for class 1
+        coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+        coef[clf.classes_[0]], intercept[clf.classes_[0]] = 0.0, 0.0
+    else:
+        coef[clf.classes_] = clf.coef_
+        intercept[clf.classes_] = clf.intercept_
+    return LogisticStacker(coef, intercept)
+
+
+#: Candidate combiners: name -> (fit function, kwargs).
+CANDIDATES = {
+    "soft_vote": (fit_soft_vote, {}),
+    "logistic": (fit_logistic, {"balanced": False}),
+    "logistic_balanced": (fit_logistic, {"balanced": True}),
+}
+
+
+def _fit(name: str, member_probs, labels, metric: str, seed: int):
+    fn, kw = CANDIDATES[name]
+    if fn is fit_soft_vote:
+        return fn(member_probs, labels, metric=metric)
+    return fn(member_probs, labels, seed=seed, **kw)
+
+
+def cross_validated(name: str, member_probs: list[np.ndarray], labels: np.ndarray, *, folds: int = 5,
+                    metric: str = "mean_class_accuracy", seed: int = 0) -> np.ndarray:
+    """Out-of-fold ensemble probabilities: each fold is combined by a combiner fitted on the other folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    folds = int(min(folds, counts[counts > 0].min())) if folds > 1 else folds
+    if folds < 2:
+        raise InputError("cross-validation needs at least 2 validation images of every present class")
+    out = np.zeros((len(labels), NUM_CLASSES))
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
+        ens = _fit(name, [p[tr] for p in member_probs], labels[tr], metric, seed)
+        out[te] = ens([p[te] for p in member_probs])
+    return out
+
+
+@dataclass
+class StackerFit:
+    chosen: str
+    ensemble: dict  # bundle.json's "ensemble" object
+    temperature: float  # ensemble-level temperature (bundle.json "temperature")
+    member_names: list[str]
+    member_temperatures: list[float]
+    ablation: list[dict]
+    metric: str
+    folds: int
+    metrics: dict = field(default_factory=dict)  # for bundle.json: per member and ensemble, validation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list[str], *, choose: str = "auto",
+                 metric: str = "mean_class_accuracy", folds: int = 5, seed: int = 0,
+                 member_temperatures: list[float] | None = None) -> StackerFit:
+    """Ablation (each member, equal soft vote, fitted combiners cross-validated) and the chosen final combiner."""
+    labels = np.asarray(labels, np.int64)
+    if len({len(p) for p in member_probs}) != 1 or len(member_probs[0]) != len(labels):
+        raise InputError("member outputs and labels must cover the same validation images")
+    if metric not in ("accuracy", "mean_class_accuracy"):
+        raise ValueError(f"metric must be accuracy or mean_class_accuracy, got {metric!r}")
+    rows = [{"method": f"member:{n}", "fitted": False, **score(p, labels)} for n, p in zip(names, member_probs)]
+    rows.append({"method": "soft_vote_equal", "fitted": False,
+                 **score(SoftVote(np.ones(len(member_probs)))(member_probs), labels)})
+    for name in CANDIDATES:
+        oof = cross_validated(name, member_probs, labels, folds=folds, metric=metric, seed=seed)
+        final = _fit(name, member_probs, labels, metric, seed)
+        in_sample = score(final(member_probs), labels)
+        row = {"method": name, "fitted": True, **score(oof, labels),
+               "in_sample_accuracy": in_sample["accuracy"],
+               "in_sample_mean_class_accuracy": in_sample["mean_class_accuracy"]}
+        if isinstance(final, SoftVote):
+            row["weights"] = final.weights.tolist()
+        rows.append(row)
+    fitted = {r["method"]: r for r in rows if r["fitted"]}
+    if choose == "auto":
+        chosen = max(fitted, key=lambda k: (fitted[k][metric], fitted[k]["accuracy"]))
+    elif choose in ("soft_vote", "logistic", "logistic_balanced"):
+        chosen = choose
+    else:
+        raise ValueError(f"choose must be auto, soft_vote, logistic or logistic_balanced, got {choose!r}")
+    final = _fit(chosen, member_probs, labels, metric, seed)
+    temperature = 1.0
+    if isinstance(final, SoftVote):  # calibrate the vote's log-probabilities (accuracy unchanged)
+        temperature = fit_temperature(np.log(np.clip(final(member_probs), 1e-12, None)), labels)
+    metrics = {"split": "validation",
+               "members": {n: score(p, labels) for n, p in zip(names, member_probs)},
+               "ensemble": {"method": chosen, "cross_validated": True, "folds": folds,
+                            "accuracy": fitted[chosen]["accuracy"],
+                            "mean_class_accuracy": fitted[chosen]["mean_class_accuracy"]},
+               "count": int(len(labels))}
+    return StackerFit(chosen=chosen, ensemble=final.to_dict(), temperature=float(temperature), member_names=list(names),
+                      member_temperatures=list(member_temperatures or [1.0] * len(names)), ablation=rows,
+                      metric=metric, folds=folds, metrics=metrics)
+
+
+def ablation_markdown(fit: StackerFit) -> str:
+    lines = [f"# Ensemble ablation (validation, {fit.metrics['count']} images)", "",
+             f"Fitted combiners: {fit.folds}-fold cross-validated on validation (out-of-fold predictions); "
+             f"in-sample figures beside them. Chosen by {fit.metric}: **{fit.chosen}**.", "",
+             "| method | accuracy | mean-class accuracy | in-sample accuracy | in-sample mean-class |",
+             "|---|---|---|---|---|"]
+    for r in fit.ablation:
+        ins = (f"{r['in_sample_accuracy']:.4f} | {r['in_sample_mean_class_accuracy']:.4f}" if r["fitted"]
+               else "- | -")
+        lines.append(f"| {r['method']} | {r['accuracy']:.4f} | {r['mean_class_accuracy']:.4f} | {ins} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_member_outputs(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """(tempered probabilities, labels, temperature, name) from a training run folder.
+
+    The temperature is the one the run fitted on validation (``val.json``), the same the bundle gives the member,
+    so the stacker sees exactly the probabilities the runtime will feed it.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "val_logits.npz"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist (train the member first)")
+    with np.load(path) as z:
+        logits, labels = z["logits"], z["labels"].astype(np.int64)
+    temperature = 1.0
+    report = run_dir / "val.json"
+    if report.is_file():
+        temperature = float(json.loads(report.read_text(encoding="utf-8"))["temperature"])
+    name = run_dir.name
+    return softmax(logits, temperature), labels, temperature, name
+
+
+def fit_ensemble_from_runs(runs: list[str | Path], out: str | Path, *, choose: str = "auto",
+                           metric: str = "mean_class_accuracy", folds: int = 5, seed: int = 0) -> StackerFit:
+    """Fit on the members' saved validation outputs; write ensemble.json, ablation.md and ablation.json."""
+    outputs = [load_member_outputs(r) for r in runs]
+    labels = outputs[0][1]
+    for (_, lab, _, name) in outputs[1:]:
+        if not np.array_equal(lab, labels):
+            raise InputError(f"run {name} was validated on different images than {outputs[0][3]}")
+    fit = fit_ensemble([o[0] for o in outputs], labels, [o[3] for o in outputs], choose=choose, metric=metric,
+                       folds=folds, seed=seed, member_temperatures=[o[2] for o in outputs])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {**fit.to_dict(), "runs": [str(Path(r)) for r in runs]}
+    (out / "ensemble.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (out / "ablation.json").write_text(json.dumps(fit.ablation, indent=2) + "\n", encoding="utf-8")
+    (out / "ablation.md").write_text(ablation_markdown(fit), encoding="utf-8")
+    return fit
