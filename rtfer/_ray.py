@@ -91,6 +91,7 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
     if not todo:
         return
     started = connect(ray, address)
+    pending: dict = {}
     try:
         slots = task_slots(ray.cluster_resources(), num_cpus, num_gpus)
         if summary is not None:
@@ -100,7 +101,6 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_ray_call)
         options_ref = ray.put(options)
         queue = list(reversed(todo))
-        pending: dict = {}
         while queue or pending:
             while queue and len(pending) < limit:
                 task = queue.pop()
@@ -113,10 +113,13 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
                 except Exception as exc:
                     cause = getattr(exc, "cause", None) or exc
                     if isinstance(cause, FATAL_ERRORS):
-                        for r in pending:
-                            ray.cancel(r)
                         raise cause from None
                     yield _failed(task, one_line(cause))
     finally:
+        for ref in pending:  # stopped early (fatal error, Ctrl-C): don't leave our tasks running on the cluster
+            try:
+                ray.cancel(ref)
+            except Exception:  # already finished or the connection is gone
+                pass
         if started:
             ray.shutdown()

@@ -550,6 +550,18 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
                            manifest=str(plan.manifest))
     if plan.skipped:
         log.info("skipping %d videos finished by an earlier run (use overwrite to redo them)", len(plan.skipped))
+    man = Manifest(plan.manifest).open()  # an unwritable out dir fails before any pipeline is loaded
+    try:
+        return _execute(plan, options, fn, summary, man, t0, workers=workers, ray_address=ray_address,
+                        progress=progress, ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads)
+    finally:
+        man.close()
+
+
+def _execute(plan: BatchPlan, options: AnalyzeOptions, fn: ProcessFn, summary: BatchSummary, man: Manifest,
+             t0: float, *, workers: int, ray_address: str | None, progress: bool, ray_num_cpus: float,
+             ray_num_gpus: float, threads: int | None) -> BatchSummary:
+    """Pick the executor, then write each result to the manifest and the summary as it comes back."""
     if ray_address is not None:
         from rtfer._ray import import_ray, run_ray
 
@@ -578,18 +590,17 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
 
         bar = tqdm(total=len(plan.todo), unit="video", file=sys.stderr, desc="videos", dynamic_ncols=True)
     try:
-        with Manifest(plan.manifest) as man:
-            for result in results:
-                man.append(result)
-                summary.add(result)
-                if result.status == "failed":
-                    log.warning("%s failed: %s", result.input, result.error)
-                for w in result.warnings:
-                    log.warning("%s: %s", result.input, w)
-                if bar is not None:
-                    bar.update(1)
-                    if summary.videos_failed:
-                        bar.set_postfix(failed=summary.videos_failed, refresh=False)
+        for result in results:
+            man.append(result)
+            summary.add(result)
+            if result.status == "failed":
+                log.warning("%s failed: %s", result.input, result.error)
+            for w in result.warnings:
+                log.warning("%s: %s", result.input, w)
+            if bar is not None:
+                bar.update(1)
+                if summary.videos_failed:
+                    bar.set_postfix(failed=summary.videos_failed, refresh=False)
     finally:
         if bar is not None:
             bar.close()

@@ -453,3 +453,15 @@ def test_ray_task_slots():
     assert task_slots({"CPU": 8.0, "GPU": 1.0}, 1, 0.25) == 4
     with pytest.raises(BackendError, match="cannot fit one task"):
         task_slots({"CPU": 8.0}, 1, 0.5)  # asks for GPUs on a CPU-only cluster: would wait forever
+
+
+def test_unwritable_out_dir_fails_before_loading_anything(tmp_path, monkeypatch):
+    root = _tree(tmp_path)
+    (tmp_path / "file").write_text("a file where the out dir should be")
+
+    def must_not_load(options):
+        raise AssertionError("the pipeline must not be loaded when the manifest cannot be written")
+
+    monkeypatch.setattr(batch, "get_pipeline", must_not_load)
+    with pytest.raises(OutputError, match="cannot write the manifest"):
+        run_batch([str(root)], tmp_path / "file" / "out", progress=False)
