@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rtfer.errors import InputError
-from rtfer.labels import CLASSES, FERPLUS_COLUMNS, FERPLUS_TO_CLASS, NUM_CLASSES, _canonical, raf_label_to_index
+from rtfer.labels import CLASSES, FERPLUS_COLUMNS, FERPLUS_TO_CLASS, NUM_CLASSES, raf_label_to_index, remap_labels
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def read_image_folder(root: str | Path) -> SampleIndex:
     labels: list[int] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            cls = CLASSES.index(_canonical(sub.name))
+            cls = int(remap_labels(np.zeros(1, np.int64), (sub.name,))[0])  # any known class vocabulary
         except ValueError:
             log.warning("skipping folder %s: not an emotion class name", sub)
             continue

@@ -162,3 +162,21 @@ def test_loader_shuffle_is_seeded_and_weighted_sampling_balances():
     w = BatchLoader(data, 10, sample_weights=class_balanced_weights(labels), seed=0)
     drawn = labels[w.order()]
     assert 0.3 < drawn.mean() < 0.7  # class 1 is 10% of the data but ~50% of the draws
+
+
+def test_pack_cli_rafdb_with_stratified_validation(tmp_path, make_image):
+    from training.__main__ import main
+
+    lines = []
+    for i in range(1, 29):
+        label = (i % 7) + 1
+        lines.append(f"train_{i:05d}.jpg {label}")
+        make_image(tmp_path / "raf" / "basic" / "Image" / "aligned" / f"train_{i:05d}_aligned.jpg", i)
+    (tmp_path / "raf" / "basic" / "EmoLabel").mkdir(parents=True)
+    (tmp_path / "raf" / "basic" / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines))
+    assert main(["pack", "rafdb", str(tmp_path / "raf"), "-o", str(tmp_path / "raf"), "--val-fraction", "0.25",
+                 "--size", "16"]) == 0
+    train, val = load_packed(tmp_path / "raf_train.npz"), load_packed(tmp_path / "raf_val.npz")
+    assert len(train) == 21 and len(val) == 7 and val.class_counts().tolist() == [1] * 7
+    assert train.images.shape[1:] == (16, 16, 1)
+    assert main(["pack", "rafdb", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.npz")]) == 2
