@@ -13,8 +13,9 @@ from test_batch import _check_real_outputs, _read_manifest, short_videos, tiny_b
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def local_ray():
+    """One local instance with 2 CPUs for this module (starting one takes 5-10 s here)."""
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -37,3 +38,20 @@ def test_ray_local_instance_processes_videos_and_resumes(tmp_path, tiny_bundle, 
     assert (s.videos_ok, s.videos_skipped) == (1, 2)
     rows = _read_manifest(out / "manifest.csv")
     assert len(rows) == 4 and rows[-1]["input"].endswith("b.mp4") and rows[-1]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_ray_failing_video_is_one_row_and_the_rest_finish(tmp_path, tiny_bundle, short_videos, local_ray):
+    root = tmp_path / "in"
+    root.mkdir()
+    for rel in ("a.mp4", "b.mp4"):
+        (root / rel).symlink_to(short_videos / rel)
+    (root / "broken.mp4").write_bytes(b"\x00not a video" * 20)
+    out = tmp_path / "out"
+    s = run_batch([str(root)], out, AnalyzeOptions(bundle=str(tiny_bundle), backend="onnxruntime", device="cpu"),
+                  ray_address="auto", progress=False)
+    assert (s.videos_ok, s.videos_failed, s.exit_code) == (2, 1, 1)
+    rows = {r["input"].rsplit("/", 1)[-1]: r for r in _read_manifest(out / "manifest.csv")}
+    assert rows["broken.mp4"]["status"] == "failed" and rows["broken.mp4"]["error"]
+    assert rows["a.mp4"]["status"] == rows["b.mp4"]["status"] == "ok"
+    assert (out / "a.csv").is_file() and not (out / "broken.csv").exists()
