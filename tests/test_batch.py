@@ -340,40 +340,7 @@ def test_missing_module_stops_the_batch(tmp_path, fake, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the real pipeline end to end: three short videos of real faces, a tiny random bundle
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(request) -> Path:
-    """A two-member bundle with random weights (ddamfn_tiny + convnextv2_test), written by the real exporter.
-
-    Exporting with its parity checks takes ~15 s, so the bundle is kept in pytest's cache folder, keyed by the
-    sources that shape it (model definitions, exporter, bundle format), and rebuilt when any of them changes.
-    """
-    import hashlib
-
-    from rtfer.bundle import BundleSpec
-    from rtfer.errors import BundleError
-
-    repo = Path(__file__).resolve().parents[1]
-    sources = sorted((repo / "rtfer" / "models").glob("*.py")) + [repo / "training" / "export.py",
-                                                                  repo / "rtfer" / "bundle.py"]
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.is_file())).hexdigest()[:16]
-    folder = Path(request.config.cache.mkdir("rtfer_tiny_bundle")) / key
-    try:
-        BundleSpec.read(folder).verify()
-        return folder
-    except BundleError:
-        pass
-    torch = pytest.importorskip("torch")
-    from rtfer.models import create_model
-    from training.export import write_bundle
-
-    torch.manual_seed(0)
-    write_bundle(folder, [{"model": create_model("ddamfn_tiny").eval(), "name": "ddamfn"},
-                          {"model": create_model("convnextv2_test").eval(), "name": "convnext"}],
-                 {"method": "soft_vote", "weights": [0.5, 0.5]}, name="tiny-random", version="0", interim=True)
-    return folder
+# the real pipeline end to end: three short videos of real faces, a tiny random bundle (conftest's tiny_bundle)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from rtfer.batch import run_batch
 from rtfer.pipeline import AnalyzeOptions
 
-from test_batch import _check_real_outputs, _read_manifest, short_videos, tiny_bundle  # noqa: F401 (fixtures)
+from test_batch import _check_real_outputs, _read_manifest, short_videos  # noqa: F401 (a fixture)
 
 ray = pytest.importorskip("ray")
 
