@@ -75,6 +75,7 @@ class RunConfig:
     select_metric: str = "mean_class_accuracy"  # accuracy | mean_class_accuracy
     out: str = "runs/run"
     resume: bool = False  # continue from out/last.pt when it exists
+    init_from: str = ""  # start from the weights of another run's checkpoint (fine-tuning / a second phase)
     max_steps: int = 0  # per epoch, 0 = all (smoke tests)
     time_budget_min: float = 0.0  # stop before an epoch that would exceed it (0 = no limit)
     progress: bool = True

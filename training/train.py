@@ -138,6 +138,13 @@ def fit(cfg: TrainConfig) -> RunResult:
     save_config(cfg, out / "config.yaml")
 
     model = build_model(cfg)
+    if cfg.run.init_from:
+        init = torch.load(cfg.run.init_from, map_location="cpu", weights_only=False)
+        if init.get("architecture") != getattr(model, "architecture", cfg.model.name):
+            raise InputError(f"run.init_from {cfg.run.init_from} holds a {init.get('architecture')!r} model, "
+                             f"not {cfg.model.name!r}")
+        model.load_state_dict(init["model"])
+        log.info("initialised from %s (epoch %s)", cfg.run.init_from, init.get("epoch"))
     size, mean, std, gray = preprocessing(model)
     train, val = load_split(cfg.data.train, None), load_split(cfg.data.val, None)
     if cfg.data.soft_targets and train.soft is None:

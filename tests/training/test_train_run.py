@@ -63,3 +63,22 @@ def test_cli_train_rejects_unknown_key(tiny_packed, capsys):
     train, val = tiny_packed
     assert main(["train", "--train", str(train), "--val", str(val), "--set", "optim.rhoo=0.1"]) == 2
     assert "did you mean 'optim.rho'" in capsys.readouterr().err
+
+
+def test_init_from_checkpoint(tiny_packed, tmp_path):
+    import pytest
+
+    from rtfer.errors import InputError
+
+    train, val = tiny_packed
+    common = ("model.name=convnextv2_test", "model.input_size=32", "optim.sam=false", "run.epochs=1")
+    fit(_cfg(train, val, tmp_path / "a", *common))
+    first = torch.load(tmp_path / "a" / "best.pt", weights_only=False)["model"]
+    # lr 0: weights stay those of the first run
+    fit(_cfg(train, val, tmp_path / "b", *common, "optim.lr=0", f"run.init_from={tmp_path / 'a' / 'best.pt'}"))
+    second = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(first[k], second[k]) for k in first if first[k].dtype.is_floating_point
+               and "running" not in k)
+    with pytest.raises(InputError, match="holds a 'convnextv2_test' model"):
+        fit(_cfg(train, val, tmp_path / "c", "model.name=ddamfn_tiny", "model.input_size=32", "run.epochs=1",
+                 f"run.init_from={tmp_path / 'a' / 'best.pt'}"))
