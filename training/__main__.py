@@ -93,6 +93,8 @@ def _add_import(sub) -> None:
     p = sub.add_parser("import-reference", help="bundle from a DDAMFN reference checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--out", required=True)
+    p.add_argument("--name", default="ddamfn-reference")
+    p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +205,9 @@ def cmd_export(a) -> int:
 def cmd_import_reference(a) -> int:
     from training.reference import bundle_from_reference
 
-    folder = bundle_from_reference(a.checkpoint, a.out)
+    from training.bundling import parity_crops
+
+    folder = bundle_from_reference(a.checkpoint, a.out, name=a.name, parity_images=parity_crops(a.parity_images))
     log.info("bundle written to %s", folder)
     return 0
 

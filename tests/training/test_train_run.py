@@ -82,3 +82,10 @@ def test_init_from_checkpoint(tiny_packed, tmp_path):
     with pytest.raises(InputError, match="holds a 'convnextv2_test' model"):
         fit(_cfg(train, val, tmp_path / "c", "model.name=ddamfn_tiny", "model.input_size=32", "run.epochs=1",
                  f"run.init_from={tmp_path / 'a' / 'best.pt'}"))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["import-reference", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "b")]) == 2
+    assert main(["evaluate", str(tmp_path / "missing.pt"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("python -m training: error:") for line in err)
