@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray", metavar="ADDRESS", help="batch mode: run on a Ray cluster (auto, local or host:port)")
     b.add_argument("--overwrite", action="store_true", help="batch mode: redo videos that already finished")
     b.add_argument("--manifest", metavar="PATH", help="batch mode: manifest CSV (default: OUT_DIR/manifest.csv)")
+    b.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="Ray: CPUs per video task (default 1)")
+    b.add_argument("--ray-gpus", type=float, default=0.0, metavar="N",
+                   help="Ray: GPUs per video task; a fraction such as 0.25 shares one GPU between 4 tasks")
     _add_runtime_options(a)
 
     be = sub.add_parser("bench", help="per-stage timings and frames/s on a video")
@@ -174,7 +177,6 @@ def _cmd_analyze(args) -> int:
                     (args.summary, "summary plot")):
         _check_output(o, what)
     pipeline = None
-    status = 0
     for spec in args.inputs:
         output = args.output or _default_output(spec)
         if pipeline is None:
@@ -186,7 +188,7 @@ def _cmd_analyze(args) -> int:
                              jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary)
         if not args.quiet:
             _print_run(stats, pipeline.describe(), args)
-    return status
+    return 0
 
 
 def _is_live(spec: str) -> bool:
@@ -232,9 +234,11 @@ def _cmd_batch(args, options) -> int:
         raise InputError("--workers/--ray need --out-dir DIR (one CSV per video)")
     summary = run_batch(args.inputs, args.out_dir, options, workers=args.workers, ray_address=args.ray,
                         overwrite=args.overwrite, manifest=args.manifest, raw=args.raw,
-                        progress=not (args.no_progress or args.quiet))
+                        progress=not (args.no_progress or args.quiet), ray_num_cpus=args.ray_cpus,
+                        ray_num_gpus=args.ray_gpus)
     if not args.quiet:
         print(summary.table())
+        print(summary.status_line())
     return 1 if summary.failed else 0
 
 

@@ -83,9 +83,12 @@ class Pipeline:
         o = self.options
         self.bundle = bundle if bundle is not None else load_bundle(
             o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback)
+        # The detector runs on onnxruntime: on a GPU machine it uses CUDA when onnxruntime-gpu is installed and
+        # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
+        det_device = "cuda" if self.bundle.device.startswith("cuda") else "cpu"
         self.detector = detector if detector is not None else create_detector(
             o.detector, det_width=o.det_width, score_threshold=o.det_threshold, min_face=o.min_face,
-            max_faces=o.max_faces)
+            max_faces=o.max_faces, device=det_device, allow_fallback=True)
         self.source = None
         self.sizes = sorted(set(self.bundle.input_sizes))
 
