@@ -86,6 +86,8 @@ def _add_export(sub) -> None:
                    help="alignment template JSON ([[x, y] * 5] in crop units, or training.fit_template output)")
     p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
     p.add_argument("--names", default="", help="comma-separated member names (default: the run folder names)")
+    p.add_argument("--parity-tol", type=float, default=None,
+                   help="per-member ONNX-vs-torch tolerance relative to the logit scale (export's default: 0.02)")
     p.add_argument("--data-note", default="", help="what the members were trained on (recorded in bundle.json)")
 
 
@@ -197,7 +199,8 @@ def cmd_export(a) -> int:
         template = template["template"] if isinstance(template, dict) else template
     folder = export_bundle(a.checkpoints, a.out, ensemble_json=a.ensemble, name=a.name, version=a.version,
                            interim=a.interim, alignment_template=template, parity_images=a.parity_images or None,
-                           member_names=names, training_extra={"data": a.data_note} if a.data_note else None)
+                           member_names=names, training_extra={"data": a.data_note} if a.data_note else None,
+                           parity_tol=a.parity_tol)
     log.info("bundle written to %s", folder)
     return 0
 

@@ -49,8 +49,14 @@ def _run_summary(run_dir: Path) -> dict:
 def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_json: str | Path, name: str = "default",
                   version: str = "0.1.0", interim: bool = False, alignment_template=None,
                   parity_images: str | Path | np.ndarray | None = None, member_names: list[str] | None = None,
-                  training_extra: dict | None = None) -> Path:
-    """Write a bundle folder for the member checkpoints (``best.pt`` of each run) and the fitted ensemble."""
+                  training_extra: dict | None = None, parity_tol: float | None = None) -> Path:
+    """Write a bundle folder for the member checkpoints (``best.pt`` of each run) and the fitted ensemble.
+
+    ``parity_tol`` is passed to write_bundle (its per-member ONNX-vs-torch tolerance, relative to the logit scale,
+    which includes random input). Afterwards the whole bundle is checked end to end on the real crops: bundle
+    probabilities (onnxruntime) against the checkpoints' torch probabilities combined by the same ensemble; the
+    result goes into bundle.json ``metrics.end_to_end_parity``.
+    """
     from training.export import write_bundle
     from training.train import load_checkpoint
 
@@ -75,9 +81,37 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
     metrics["ablation"] = fit["ablation"]
     training = {"members": runs, "ensemble_method": fit["chosen"], "ensemble_selected_by": fit["metric"],
                 **dict(training_extra or {})}
-    return write_bundle(out, members, fit["ensemble"], name=name, version=version, interim=interim,
-                        alignment_template=alignment_template, training=training, metrics=metrics,
-                        parity_images=crops, temperature=float(fit["temperature"]))
+    kw = {} if parity_tol is None else {"parity_tol": float(parity_tol)}
+    folder = write_bundle(out, members, fit["ensemble"], name=name, version=version, interim=interim,
+                          alignment_template=alignment_template, training=training, metrics=metrics,
+                          parity_images=crops, temperature=float(fit["temperature"]), **kw)
+    if crops is not None:
+        parity = end_to_end_parity(folder, checkpoints, crops, fit)
+        from rtfer.bundle import BUNDLE_FILE, write_bundle_json
+
+        meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
+        meta["metrics"]["end_to_end_parity"] = parity
+        write_bundle_json(folder, meta)
+    return folder
+
+
+def end_to_end_parity(folder: str | Path, checkpoints: list[str | Path], crops: np.ndarray, fit: dict,
+                      max_prob_diff: float = 1e-2, min_agreement: float = 0.99) -> dict:
+    """Bundle (onnxruntime) vs checkpoints (torch) + ensemble on real crops; raises BundleError when they differ."""
+    import rtfer
+    from rtfer.ensemble import make_ensemble
+    from rtfer.errors import BundleError
+
+    got = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu").predict(crops)
+    want = make_ensemble(fit["ensemble"], len(checkpoints), fit["temperature"])(
+        torch_member_probs(checkpoints, crops, fit["member_temperatures"]))
+    result = {"n": int(len(crops)), "max_prob_diff": float(np.abs(got - want).max()),
+              "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean())}
+    log.info("bundle vs training checkpoints on %d real crops: max |p diff| %.2e, top-1 agreement %.3f",
+             result["n"], result["max_prob_diff"], result["top1_agreement"])
+    if result["max_prob_diff"] > max_prob_diff or result["top1_agreement"] < min_agreement:
+        raise BundleError(f"bundle {folder} does not reproduce its checkpoints on real images: {result}")
+    return result
 
 
 def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
