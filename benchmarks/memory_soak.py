@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import os
 import tempfile
@@ -89,8 +90,15 @@ def main() -> None:
     p.add_argument("--bundle", default="default")
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--sample", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=100, help="frames before the growth is measured")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args()
-    r = soak(args.video, AnalyzeOptions(bundle=args.bundle, every=args.every), args.loops, args.sample)
+    r = soak(args.video, AnalyzeOptions(bundle=args.bundle, backend=args.backend, every=args.every), args.loops,
+             args.sample, args.warmup)
+    if args.json:
+        print(json.dumps(r))
+        return
     for i, m in itertools.islice(r["samples"], 0, None, max(1, len(r["samples"]) // 20)):
         print(f"frame {i:>7}: RSS {m:8.1f} MiB")
     print(f"{r['frames']} frames in {r['seconds']:.0f} s; RSS growth after warm-up {r['growth_mib']:+.1f} MiB, "
