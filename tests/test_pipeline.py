@@ -127,3 +127,14 @@ def test_options_validation():
         AnalyzeOptions(every=0)
     with pytest.raises(ValueError):
         AnalyzeOptions(smoothing="kalman")
+
+
+def test_auto_backend_on_cpu_does_not_import_torch(tiny_bundle):
+    import os
+
+    if os.path.exists("/proc/driver/nvidia/version"):
+        pytest.skip("an NVIDIA driver is present: torch is rightly consulted")
+    code = (f"import sys, rtfer; b = rtfer.load_bundle({str(tiny_bundle)!r}); "
+            "print(b.backend_name, b.device, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["onnxruntime", "cpu", "False"]
