@@ -98,8 +98,11 @@ def gradcam_grid(model: torch.nn.Module, data: Packed, out: str | Path, *, per_c
     xb = torch.from_numpy(np.ascontiguousarray(data.images[idx])).permute(0, 3, 1, 2).to(device)
     x = to_float(xb, size, mean, std, gray)
     cams, logits = gradcam(model, x, layer)
-    shown = (x[:, 0] * std[0] + mean[0]).clamp(0, 1).cpu().numpy() if gray or xb.shape[1] == 1 else \
-        (x.permute(0, 2, 3, 1) * torch.tensor(std, device=device) + torch.tensor(mean, device=device)).clamp(0, 1).cpu().numpy()
+    if gray or xb.shape[1] == 1:
+        shown = (x[:, 0] * std[0] + mean[0]).clamp(0, 1).cpu().numpy()
+    else:  # un-normalise for display
+        m, s = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+        shown = (x.permute(0, 2, 3, 1) * s + m).clamp(0, 1).cpu().numpy()
     classes_present = sorted(set(data.labels[idx].tolist()))
     cols = max(int((data.labels[idx] == c).sum()) for c in classes_present)
     fig, axes = plt.subplots(len(classes_present), cols, figsize=(1.9 * cols, 2.1 * len(classes_present)),

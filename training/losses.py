@@ -5,8 +5,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtfer.labels import NUM_CLASSES
-
 
 def class_weights(counts: np.ndarray, mode: str = "balanced") -> np.ndarray:
     """Per-class loss weights from training counts: 'balanced' (n / (k * count)), 'sqrt', or 'none' (ones)."""
@@ -55,4 +53,4 @@ def attention_diversity_loss(heads: list[torch.Tensor], eps: float = 1e-8) -> to
     return count / (total + eps)
 
 
-__all__ = ["NUM_CLASSES", "attention_diversity_loss", "class_weights", "classification_loss"]
+__all__ = ["attention_diversity_loss", "class_weights", "classification_loss"]

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtfer.ensemble import softmax
 from rtfer.errors import InputError
 from training.augment import BatchAugment
 from training.config import TrainConfig, save_config
@@ -259,11 +258,3 @@ def finish(cfg: TrainConfig, out: Path, best_path: Path, best_epoch: int, best_s
              val_summary["accuracy"], val_summary["mean_class_accuracy"], seconds)
     return RunResult(out, best_epoch, best_score, val_summary, test, seconds)
 
-
-def member_val_probs(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A run's validation softmax outputs (n, 7) and labels, from ``val_logits.npz`` (for the stacker)."""
-    path = Path(run_dir) / "val_logits.npz"
-    if not path.is_file():
-        raise InputError(f"{path} does not exist (train the member first)")
-    with np.load(path) as z:
-        return softmax(z["logits"]), z["labels"].astype(np.int64)
