@@ -32,7 +32,8 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="fall back to CPU when the requested GPU/provider is missing instead of failing")
     g.add_argument("--detector", default="auto", choices=["auto", "centerface", "scrfd"],
                    help="face detector (auto: SCRFD when its model file is present, else CenterFace)")
-    g.add_argument("--every", type=int, default=1, metavar="N", help="detect every N frames, track in between")
+    g.add_argument("--every", type=int, default=3, metavar="N",
+                   help="detect every N frames, track faces with optical flow in between (default 3; 1 = every frame)")
     g.add_argument("--max-faces", type=int, default=50, metavar="N", help="keep at most N faces per frame (default 50)")
     g.add_argument("--det-width", type=int, default=640, metavar="PX",
                    help="downscale frames to this width for detection (default 640)")

@@ -34,7 +34,7 @@ class AnalyzeOptions:
     backend: str = "auto"
     device: str = "auto"
     detector: str = "auto"
-    every: int = 1  # run the detector every N frames, track in between
+    every: int = 3  # run the detector every N frames, track faces with optical flow in between
     max_faces: int = 50
     det_width: int = 640  # frames are downscaled to this width for detection (never upscaled)
     min_face: int = 20  # minimum face box side in frame pixels

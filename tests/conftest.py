@@ -82,21 +82,12 @@ def tiny_bundle(request) -> Path:
     return folder
 
 
-def pan_frames(photo, n: int, width: int = 640, out_width: int = 320, step: int = 8, start: int = 0):
-    """Frames panning across ``photo`` (real faces moving slowly), downscaled to ``out_width``."""
-    import cv2
-
-    h, w = photo.shape[:2]
-    out_h = int(round(h * out_width / width)) // 2 * 2
-    for i in range(n):
-        x = min(w - width, start + i * step)
-        yield cv2.resize(photo[:, x:x + width], (out_width, out_h), interpolation=cv2.INTER_AREA)
-
-
 @pytest.fixture(scope="session")
 def group_video(tmp_path_factory, group_photo) -> Path:
     """A 24-frame, 12 fps video panning across the six-face group photo."""
     from rtfer.capture import write_test_video
+
+    from media_helpers import pan_frames
 
     path = tmp_path_factory.mktemp("video") / "group.mp4"
     write_test_video(path, pan_frames(group_photo, 24, out_width=480), fps=12)

@@ -18,7 +18,7 @@ from rtfer.errors import InputError
 from rtfer.sinks import CSV_COLUMNS
 from rtfer.types import Frame
 
-from conftest import pan_frames
+from media_helpers import pan_frames
 
 
 def run_cli(args, capsys):

@@ -38,7 +38,7 @@ class AppSettings:
     backend: str = "auto"
     device: str = "auto"
     detector: str = "auto"
-    every: int = 1
+    every: int = 3
     smoothing: str = "hmm"
     smoothing_strength: float = 0.5
     max_faces: int = 50

@@ -11,7 +11,6 @@ import abc
 import dataclasses
 import difflib
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -36,8 +35,8 @@ class DetectorOptions:
     - ``max_faces``: keep at most this many faces, the highest-scoring ones.
     - ``nms_iou``: candidates overlapping a higher-scoring one with IoU >= this are suppressed.
     - ``device``: "cpu" or "cuda" ("cuda" raises BackendError when unavailable unless ``allow_fallback``).
-    - ``threads``: intra-op threads for the CPU provider (0 = $RTFER_ORT_THREADS if set, which batch workers set so
-      that N processes share the cores, else onnxruntime's default).
+    - ``threads``: intra-op threads for the CPU provider (0 = rtfer.backends.onnxruntime.default_threads():
+      $RTFER_ORT_THREADS, which batch workers set so that N processes share the cores, else half the cores).
     """
 
     det_width: int = 640
@@ -50,8 +49,6 @@ class DetectorOptions:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if not self.threads:
-            self.threads = int(os.environ.get("RTFER_ORT_THREADS", "0") or 0)
         if int(self.det_width) < 32:
             raise ValueError(f"det_width must be >= 32, got {self.det_width}")
         if not 0.0 <= float(self.score_threshold) <= 1.0:

@@ -86,13 +86,12 @@ class CenterFace(Detector):
     def _load(self) -> None:
         import onnxruntime as ort
 
+        from rtfer.backends.onnxruntime import session_options
+
         path = Path(self.options.model_path) if self.options.model_path else default_model_path()
         if not path.is_file():
             raise BackendError(f"CenterFace model not found at {path}")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # the file lists BN bookkeeping initializers that ORT warns about
-        if self.options.threads:
-            so.intra_op_num_threads = int(self.options.threads)
+        so = session_options(self.options.threads)
         providers = ort_providers(self.options.device, self.options.allow_fallback)
         self.session = ort.InferenceSession(dynamic_model_bytes(str(path)), sess_options=so, providers=providers)
         self.providers = self.session.get_providers()

@@ -123,13 +123,12 @@ class SCRFD(Detector):
     def _load(self) -> None:
         import onnxruntime as ort
 
+        from rtfer.backends.onnxruntime import session_options
+
         path = find_model(self.options.model_path)
         if path is None:
             raise BackendError(HINT)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if self.options.threads:
-            so.intra_op_num_threads = int(self.options.threads)
+        so = session_options(self.options.threads)
         providers = ort_providers(self.options.device, self.options.allow_fallback)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)

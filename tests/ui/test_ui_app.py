@@ -106,7 +106,7 @@ def test_settings_persist_between_runs(qtbot, qsettings, fake_factory):
     assert win.settings == AppSettings()
     dialog = SettingsDialog(win.settings, {"backend": "onnxruntime", "device": "CPUExecutionProvider"}, win)
     assert "onnxruntime on CPUExecutionProvider" in dialog.active_label.text()
-    dialog.every.setValue(3)
+    dialog.every.setValue(5)
     dialog.smoothing.setCurrentText("ema")
     dialog.strength.setValue(0.25)
     dialog.max_faces.setValue(7)
@@ -119,13 +119,13 @@ def test_settings_persist_between_runs(qtbot, qsettings, fake_factory):
 
     again = MainWindow(qsettings, pipeline_factory=fake_factory, cameras=[0, 2])
     qtbot.addWidget(again)
-    expected = dataclasses.replace(AppSettings(), every=3, smoothing="ema", smoothing_strength=0.25, max_faces=7,
+    expected = dataclasses.replace(AppSettings(), every=5, smoothing="ema", smoothing_strength=0.25, max_faces=7,
                                    backend="onnxruntime", bundle="/tmp/my-bundle", scale="sentiment3",
                                    realtime=False)
     assert again.settings == expected
     assert again.scale_buttons["sentiment3"].isChecked() and again.mode_combo.currentIndex() == 1
     opts = again.settings.to_options()
-    assert (opts.every, opts.smoothing, opts.max_faces, opts.keep_images) == (3, "ema", 7, True)
+    assert (opts.every, opts.smoothing, opts.max_faces, opts.keep_images) == (5, "ema", 7, True)
     assert again.camera_combo.count() == 2 and again.camera_button.isEnabled()
 
 
