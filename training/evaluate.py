@@ -180,6 +180,7 @@ class EvalReport:
     temperature: float
     nll: float
     nll_calibrated: float
+    scales_calibrated: dict[str, ScaleResult] = field(default_factory=dict)  # with the temperature applied
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -197,12 +198,15 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, *, split: str = "val
     probs = softmax(logits)
     probs_t = softmax(logits, temperature)
     cls = ClassificationMetrics().update(probs, labels).compute()
-    scales = {s: ScaleAccuracy(s).update(probs, labels).compute() for s in ("sentiment3", "sentiment5", "seed5")}
+    names = ("sentiment3", "sentiment5", "seed5")
+    scales = {s: ScaleAccuracy(s).update(probs, labels).compute() for s in names}
+    # level sums depend on calibration (the runtime applies the member temperature), so report both
+    scales_t = {s: ScaleAccuracy(s).update(probs_t, labels).compute() for s in names}
     return EvalReport(split=split, classification=cls, scales=scales,
                       ece=CalibrationError().update(probs, labels).compute().ece,
                       ece_calibrated=CalibrationError().update(probs_t, labels).compute().ece,
                       temperature=float(temperature), nll=nll(logits, labels),
-                      nll_calibrated=nll(logits, labels, temperature))
+                      nll_calibrated=nll(logits, labels, temperature), scales_calibrated=scales_t)
 
 
 def plot_confusion(confusion: np.ndarray, path: str | Path, classes: tuple[str, ...] = CLASSES,
@@ -245,9 +249,12 @@ def report_markdown(report: EvalReport, title: str = "") -> str:
              "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for i, name in enumerate(c.classes):
         lines.append(f"| {name} | {c.precision[i]:.4f} | {c.recall[i]:.4f} | {c.f1[i]:.4f} | {c.support[i]} |")
-    lines += ["", "| scale | accuracy | mean-level accuracy |", "|---|---|---|"]
+    lines += ["", "| scale | accuracy | mean-level accuracy | accuracy (T applied) | mean-level (T applied) |",
+              "|---|---|---|---|---|"]
     for s in report.scales.values():
-        lines.append(f"| {s.scale} ({len(s.levels)} levels) | {s.accuracy:.4f} | {s.mean_level_accuracy:.4f} |")
+        t = report.scales_calibrated.get(s.scale, s)
+        lines.append(f"| {s.scale} ({len(s.levels)} levels) | {s.accuracy:.4f} | {s.mean_level_accuracy:.4f} | "
+                     f"{t.accuracy:.4f} | {t.mean_level_accuracy:.4f} |")
     lines += ["", "Confusion matrix (rows true, columns predicted):", "",
               "| | " + " | ".join(c.classes) + " |", "|---" * (len(c.classes) + 1) + "|"]
     for name, row in zip(c.classes, c.confusion):

@@ -75,6 +75,6 @@ def test_report_files(tmp_path):
     paths = write_report(report, tmp_path, "val", title="m")
     data = json.loads(paths["json"].read_text())
     assert data["classification"]["accuracy"] == pytest.approx(report.classification.accuracy)
-    assert set(data["scales"]) == {"sentiment3", "sentiment5", "seed5"}
+    assert set(data["scales"]) == set(data["scales_calibrated"]) == {"sentiment3", "sentiment5", "seed5"}
     assert report.ece_calibrated <= report.ece + 1e-9 or report.temperature == pytest.approx(1, abs=0.2)
     assert "mean-class accuracy" in paths["md"].read_text() and paths["png"].stat().st_size > 1000
