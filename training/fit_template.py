@@ -86,6 +86,15 @@ def _read(paths):
         yield image
 
 
+def symmetrize(template: np.ndarray) -> np.ndarray:
+    """Average a (5,2) template with its mirror image (x -> 1 - x, left/right points swapped), so that aligned
+    faces come out level and centred instead of inheriting the dataset's slight average tilt."""
+    t = np.asarray(template, dtype=np.float64)
+    mirrored = t[[1, 0, 2, 4, 3]].copy()
+    mirrored[:, 0] = 1.0 - mirrored[:, 0]
+    return (t + mirrored) / 2.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.fit_template", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder of face images (searched recursively)")
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detector", default="centerface", help="detector name (default centerface)")
     parser.add_argument("--upscale-to", type=int, default=192, help="upscale smaller images to this side first")
+    parser.add_argument("--symmetric", action="store_true",
+                        help="average the template with its mirror image (level, centred faces)")
     parser.add_argument("--out", required=True, help="output JSON file")
     args = parser.parse_args(argv)
 
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(lms) == 0:
         parser.error(f"no face found in any of the {seen} images under {args.data}")
     template = np.median(lms, axis=0)
+    if args.symmetric:
+        template = symmetrize(template)
     result = {
         "template": [[round(float(x), 5), round(float(y), 5)] for x, y in template],
         "order": ["left_eye", "right_eye", "nose", "left_mouth", "right_mouth"],
@@ -124,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "upscale_to": args.upscale_to,
         "data": str(args.data),
         "seed": args.seed,
+        "symmetric": bool(args.symmetric),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log.info("template from %d/%d images (%.1f%% detected) written to %s", len(lms), seen,
