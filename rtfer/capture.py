@@ -470,7 +470,7 @@ class CameraSource(Source):
         super().__init__(index, **kwargs)
         self.index = index
         self.name = f"camera{index}"
-        cap = cv2.VideoCapture(index)
+        cap = _quiet_opencv(cv2.VideoCapture, index)
         if cap is None or not cap.isOpened():
             if cap is not None:
                 cap.release()
@@ -516,6 +516,22 @@ class CameraSource(Source):
                 cap.release()
 
         return produce
+
+
+def _quiet_opencv(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn`` with OpenCV's own logging silenced: probing a missing camera makes it print multi-line warnings
+    and errors to stderr, and our one-line InputError says it better."""
+    import cv2
+
+    log_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log_api is None:
+        return fn(*args)
+    previous = log_api.getLogLevel()
+    log_api.setLogLevel(log_api.LOG_LEVEL_SILENT)
+    try:
+        return fn(*args)
+    finally:
+        log_api.setLogLevel(previous)
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:

@@ -60,15 +60,26 @@ def _options(args):
         raise RtferError(str(exc)) from None
 
 
+def _add_global_options(p: argparse.ArgumentParser, default) -> None:
+    """-v/-q/--debug; on sub-commands their default is SUPPRESS so they never reset what was given earlier."""
+    p.add_argument("-v", "--verbose", action="count", default=0 if default is None else default,
+                   help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", default=False if default is None else default,
+                   help="only errors; no progress bar or summary")
+    p.add_argument("--debug", action="store_true", default=False if default is None else default,
+                   help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtfer", description="Real-time facial-emotion analytics.")
     parser.add_argument("--version", action="version", version=f"rtfer {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar or summary")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # the same flags are accepted after the command too (`rtfer analyze clip.mp4 -q`)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
 
-    a = sub.add_parser("analyze", help="analyse videos, images, folders, a webcam or a stream into a CSV timeline",
+    a = sub.add_parser("analyze", parents=[common], help="analyse videos, images, folders, a webcam or a stream into a CSV timeline",
                        description="Analyse INPUT (video file, image, image folder, webcam index such as 0, or a "
                                    "stream URL) into a per-face, per-frame CSV emotion timeline.")
     a.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -89,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray: GPUs per video task; a fraction such as 0.25 shares one GPU between 4 tasks")
     _add_runtime_options(a)
 
-    be = sub.add_parser("bench", help="per-stage timings and frames/s on a video")
+    be = sub.add_parser("bench", parents=[common], help="per-stage timings and frames/s on a video")
     be.add_argument("input", metavar="VIDEO")
     be.add_argument("--frames", type=int, default=300, help="analyse at most this many frames (default 300)")
     be.add_argument("--json", metavar="OUT.json", help="write the measurements as JSON")
     _add_runtime_options(be)
 
-    i = sub.add_parser("info", help="show the bundle, backends and devices")
+    i = sub.add_parser("info", parents=[common], help="show the bundle, backends and devices")
     i.add_argument("--bundle", default="default")
     i.add_argument("--backend", default="auto")
     i.add_argument("--device", default="auto")

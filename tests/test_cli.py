@@ -246,3 +246,10 @@ def test_batch_mode_through_the_cli(tmp_path, capsys, tiny_bundle, group_video):
     # resume: nothing to redo but the failed one
     code, stdout, err = run_cli(["analyze", str(src), "--out-dir", str(out), *_common(tiny_bundle)], capsys)
     assert code == 1 and "Traceback" not in err
+
+
+def test_global_flags_after_the_command(tmp_path, capsys, tiny_bundle, group_video):
+    out = tmp_path / "o.csv"
+    code, stdout, err = run_cli(["analyze", str(group_video), "-o", str(out), "-q", *_common(tiny_bundle)], capsys)
+    assert code == 0, err
+    assert stdout == "" and out.is_file()
