@@ -209,7 +209,7 @@ def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
     from rtfer.capture import write_test_video
 
     video = tmp_path / "long.mp4"
-    frames = [f for k in range(8) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]
+    frames = [f for k in range(16) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]
     write_test_video(video, frames, fps=25)
     out = tmp_path / "o.csv"
     proc = subprocess.Popen([sys.executable, "-m", "rtfer.cli", "analyze", str(video), "-o", str(out),
