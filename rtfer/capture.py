@@ -518,6 +518,18 @@ class CameraSource(Source):
         return produce
 
 
+def is_live_spec(spec: Any) -> bool:
+    """True for a webcam index (``0``, ``"0"``) or a stream URL: sources that must drop frames, not lag."""
+    if isinstance(spec, bool):
+        return False
+    if isinstance(spec, int):
+        return True
+    text = str(spec).strip()
+    if text.isdigit() and not Path(text).exists():
+        return True
+    return text.lower().startswith(STREAM_SCHEMES)
+
+
 def _quiet_opencv(fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn`` with OpenCV's own logging silenced: probing a missing camera makes it print multi-line warnings
     and errors to stderr, and our one-line InputError says it better."""

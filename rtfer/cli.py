@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rtfer import __version__
+from rtfer.capture import is_live_spec
 from rtfer.errors import RtferError
 
 log = logging.getLogger("rtfer.cli")
@@ -196,15 +197,11 @@ def _cmd_analyze(args) -> int:
             d = pipeline.describe()
             log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"], d["detector"])
         stats = process_file(spec, output, options, pipeline=pipeline, raw=args.raw,
-                             progress=not (args.no_progress or args.quiet) and not _is_live(spec),
+                             progress=not (args.no_progress or args.quiet) and not is_live_spec(spec),
                              jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary)
         if not args.quiet:
             _print_run(stats, pipeline.describe(), args)
     return 0
-
-
-def _is_live(spec: str) -> bool:
-    return spec.isdigit() or "://" in spec
 
 
 def _has_videos(folder: Path) -> bool:
@@ -214,7 +211,7 @@ def _has_videos(folder: Path) -> bool:
 
 
 def _default_output(spec: str) -> str:
-    if _is_live(spec):
+    if is_live_spec(spec):
         name = "camera" + spec if spec.isdigit() else "stream"
     else:
         name = Path(spec).stem or "output"

@@ -99,17 +99,19 @@ class Pipeline:
                 "detector": type(self.detector).__name__}
 
     # ----------------------------------------------------------------------------------------------------------
-    def run(self, source, cancel: threading.Event | None = None) -> Iterator[FrameResult]:
+    def run(self, source, cancel: threading.Event | None = None, *,
+            keep_images: bool | None = None) -> Iterator[FrameResult]:
         """Yield one FrameResult per frame of ``source`` (a spec for :func:`rtfer.capture.open_source` or an
-        open Source). Stops early when ``cancel`` is set; closing the generator stops every thread."""
-        from rtfer.capture import open_source
+        open Source). Stops early when ``cancel`` is set; closing the generator stops every thread.
+        ``keep_images`` overrides ``options.keep_images`` for this run only."""
+        from rtfer.capture import is_live_spec, open_source
 
         o = self.options
         src = source if hasattr(source, "__next__") and hasattr(source, "kind") else None
         if src is None:
             realtime = o.realtime
             if realtime is None:
-                realtime = _is_live_spec(source)
+                realtime = is_live_spec(source)
             src = open_source(source, prefetch=o.prefetch, drop_frames=bool(realtime))
         self.source = src
         live = src.kind in ("camera", "stream")
@@ -121,6 +123,7 @@ class Pipeline:
         from rtfer.smoothing import make_smoother
 
         smoother = make_smoother(o.smoothing, o.smoothing_strength)
+        keep = o.keep_images if keep_images is None else keep_images
         try:
             done = False
             while not done:
@@ -139,10 +142,10 @@ class Pipeline:
                         done = True
                         break
                     if isinstance(nxt, BaseException):
-                        yield from self._finish(batch, smoother)
+                        yield from self._finish(batch, smoother, keep)
                         raise nxt
                     batch.append(nxt)
-                yield from self._finish(batch, smoother)
+                yield from self._finish(batch, smoother, keep)
         finally:
             stop.set()
             _drain(q)
@@ -158,6 +161,7 @@ class Pipeline:
         tracker = Tracker()
         template = self.bundle.alignment_template
         every = self.options.every
+        independent = src.kind in ("image", "folder")
         try:
             it = iter(src)
             n = 0
@@ -168,7 +172,6 @@ class Pipeline:
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
-                independent = src.kind in ("image", "folder")
                 timings = {"decode": (t1 - t0) * 1e3}
                 if independent or n % every == 0:
                     faces = self.detector.detect(frame.image)
@@ -194,7 +197,7 @@ class Pipeline:
             return
         _put(q, _END, stop)
 
-    def _finish(self, batch: list[_Prepared], smoother) -> Iterator[FrameResult]:
+    def _finish(self, batch: list[_Prepared], smoother, keep_images: bool) -> Iterator[FrameResult]:
         """One inference call per member for all faces of ``batch``, then stack and smooth per frame."""
         counts = [len(p.faces) for p in batch]
         total = sum(counts)
@@ -221,12 +224,7 @@ class Pipeline:
             f = p.frame
             yield FrameResult(index=f.index, time_s=f.time_s, source=f.source, faces=p.faces,
                               raw=EmotionScores(raw), smoothed=EmotionScores(smoothed), timings_ms=timings,
-                              image=f.image if self.options.keep_images else None, width=f.width, height=f.height)
-
-
-def _is_live_spec(spec) -> bool:
-    s = str(spec)
-    return s.isdigit() or "://" in s
+                              image=f.image if keep_images else None, width=f.width, height=f.height)
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -309,18 +307,13 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
     fast) and closed — finalised — however the run ends, Ctrl-C included."""
     from contextlib import ExitStack
 
-    from rtfer.capture import open_source
+    from rtfer.capture import is_live_spec, open_source
     from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink
 
     options = options or (pipeline.options if pipeline else AnalyzeOptions())
-    needs_images = annotated is not None
-    if needs_images and not options.keep_images:
-        options = options.replace(keep_images=True)
     pipe = pipeline or Pipeline(options)
-    if pipeline is not None and needs_images and not pipe.options.keep_images:
-        pipe.options = pipe.options.replace(keep_images=True)
-    src = open_source(input_path, prefetch=options.prefetch,
-                      drop_frames=bool(options.realtime if options.realtime is not None else _is_live_spec(input_path)))
+    live = options.realtime if options.realtime is not None else is_live_spec(input_path)
+    src = open_source(input_path, prefetch=options.prefetch, drop_frames=bool(live))
     stats = RunStats(input=str(input_path), output=str(output_csv or ""))
     timer = StageTimer()
     t_start = time.perf_counter()
@@ -342,7 +335,7 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
             bar = stack.enter_context(tqdm(total=src.frame_count, unit="frame", desc=Path(str(input_path)).name,
                                            leave=False, dynamic_ncols=True))
         try:
-            for result in pipe.run(src, cancel=cancel):
+            for result in pipe.run(src, cancel=cancel, keep_images=options.keep_images or annotated is not None):
                 t0 = time.perf_counter()
                 for sink in sinks:
                     sink.append(result)

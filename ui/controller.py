@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtfer.capture import is_live_spec
 from rtfer.errors import OutputError, RtferError
 from rtfer.types import Frame, FrameResult
 from ui.timeline_model import TimelineBuffer
@@ -75,20 +76,6 @@ def list_cameras(max_index: int = 6) -> list[int]:
                 cap.release()
     log.info("cameras found: %s", found)
     return found
-
-
-def is_live_spec(spec: Any) -> bool:
-    """True for a webcam index (``0``, ``"0"``) or a stream URL: sources that must drop frames, not lag."""
-    from rtfer.capture import STREAM_SCHEMES
-
-    if isinstance(spec, bool):
-        return False
-    if isinstance(spec, int):
-        return True
-    text = str(spec).strip()
-    if text.isdigit() and not Path(text).exists():
-        return True
-    return text.lower().startswith(STREAM_SCHEMES)
 
 
 class PacedSource:

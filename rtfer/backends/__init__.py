@@ -69,8 +69,7 @@ def resolve(backend: str, device: str) -> tuple[str, str]:
         return backend, device
     order = AUTO_ORDER_CUDA if device.startswith("cuda") else AUTO_ORDER_CPU
     for name in order:
-        sdk = {"tensorrt": "tensorrt", "torch": "torch", "onnxruntime": "onnxruntime"}[name]
-        if _has(sdk):
+        if _has(name):  # each backend is named after its SDK
             if name == "onnxruntime" and device.startswith("cuda"):
                 import onnxruntime as ort
 
