@@ -51,6 +51,21 @@ def group_photo(group_photo_path):
     return cv2.imread(str(group_photo_path))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for torch and onnxruntime: on a small shared CPU, thread spinning makes tiny models many
+    times slower. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RTFER_ORT_THREADS", "1")
+    yield
+    mp.undo()
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(request) -> Path:
     """A two-member bundle with random weights (ddamfn_tiny + convnextv2_test), written by the real exporter.

@@ -19,16 +19,7 @@ GROUP_PHOTO_FACES = ((60, 269, 168, 394), (746, 345, 847, 480), (1135, 270, 1226
                      (274, 155, 371, 268), (903, 61, 1010, 204))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, thread spinning makes these tiny models many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RTFER_ORT_THREADS", "1")
-    yield
-    mp.undo()
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,7 @@ from rtfer.errors import BackendError  # noqa: E402
 from rtfer.models import create_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, thread spinning makes these tiny models many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RTFER_ORT_THREADS", "1")
-    yield
-    mp.undo()
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- bucketing (pure functions) ------------------------------------------------------------------------------------

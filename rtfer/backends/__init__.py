@@ -1,11 +1,11 @@
 """Backend registry: name -> "module:Class". SDKs are imported inside the backend modules only."""
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 
 from rtfer.backends.base import Backend
+from rtfer._registry import resolve_entry
 from rtfer.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -21,12 +21,7 @@ AUTO_ORDER_CPU = ("onnxruntime", "torch")
 
 
 def backend_class(name: str) -> type[Backend]:
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise BackendError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}") from None
-    module_name, cls_name = target.split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return resolve_entry(BACKENDS, name, "backend")
 
 
 def _has(module: str) -> bool:

@@ -4,11 +4,10 @@ Importing this package is light: onnxruntime, onnx and cv2 are imported when a d
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 from rtfer.detection.base import Detector, DetectorOptions
-from rtfer.errors import BackendError
+from rtfer._registry import resolve_entry
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +20,7 @@ __all__ = ["DETECTORS", "Detector", "DetectorOptions", "create_detector", "detec
 
 
 def detector_class(name: str) -> type[Detector]:
-    try:
-        target = DETECTORS[name]
-    except KeyError:
-        raise BackendError(f"unknown detector {name!r}; choose from auto, {', '.join(DETECTORS)}") from None
-    module_name, cls_name = target.split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return resolve_entry(DETECTORS, name, "detector")
 
 
 def create_detector(name: str = "auto", **options) -> Detector:
