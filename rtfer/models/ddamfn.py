@@ -92,27 +92,37 @@ class LinearBlock(nn.Module):
         return self.bn(self.conv(x))
 
 
+def _add_gate(module: nn.Module, channels: int, reduction: int) -> None:
+    """The coordinate-attention gate layers shared by the backbone and head blocks (reference names and order)."""
+    mip = max(8, channels // reduction)
+    module.conv1 = nn.Conv2d(channels, mip, 1)
+    module.bn1 = nn.BatchNorm2d(mip)
+    module.conv2 = nn.Conv2d(mip, channels, 1)
+    module.conv3 = nn.Conv2d(mip, channels, 1)
+    module.act = nn.Hardswish()
+
+
+def _gate(module: nn.Module, x_h: torch.Tensor, x_w: torch.Tensor) -> torch.Tensor:
+    """(n, c, h, 1) and (n, c, w, 1) descriptors -> the (n, c, h, w) attention map, broadcast from its two factors."""
+    h, w = x_h.shape[2], x_w.shape[2]
+    y = module.act(module.bn1(module.conv1(torch.cat([x_h, x_w], dim=2))))
+    y_h, y_w = torch.split(y, [h, w], dim=2)
+    a_h = module.conv2(y_h).sigmoid()                            # (n, c, h, 1)
+    a_w = module.conv3(y_w.transpose(2, 3)).sigmoid()            # (n, c, 1, w)
+    return a_w * a_h
+
+
 class CoordAtt(nn.Module):
     """Coordinate attention (Hou et al. 2021) inside the backbone blocks: pooled along H and W, gates the input."""
 
     def __init__(self, channels: int, reduction: int = 32):
         super().__init__()
-        mip = max(8, channels // reduction)
-        self.conv1 = nn.Conv2d(channels, mip, 1)
-        self.bn1 = nn.BatchNorm2d(mip)
-        self.conv2 = nn.Conv2d(mip, channels, 1)
-        self.conv3 = nn.Conv2d(mip, channels, 1)
-        self.act = nn.Hardswish()
+        _add_gate(self, channels, reduction)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
         x_h = x.mean(dim=3, keepdim=True)                       # (n, c, h, 1)
         x_w = x.mean(dim=2, keepdim=True).transpose(2, 3)       # (n, c, w, 1)
-        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
-        y_h, y_w = torch.split(y, [h, w], dim=2)
-        a_h = self.conv2(y_h).sigmoid()                          # (n, c, h, 1)
-        a_w = self.conv3(y_w.transpose(2, 3)).sigmoid()          # (n, c, 1, w)
-        return x * a_w * a_h
+        return x * _gate(self, x_h, x_w)
 
 
 class MDConv(nn.Module):
@@ -195,24 +205,12 @@ class HeadCoordAtt(nn.Module):
         super().__init__()
         self.Linear_h = LinearBlock(channels, channels, kernel=(1, feat), groups=channels)
         self.Linear_w = LinearBlock(channels, channels, kernel=(feat, 1), groups=channels)
-        mip = max(8, channels // reduction)
-        self.conv1 = nn.Conv2d(channels, mip, 1)
-        self.bn1 = nn.BatchNorm2d(mip)
-        self.conv2 = nn.Conv2d(mip, channels, 1)
-        self.conv3 = nn.Conv2d(mip, channels, 1)
-        self.act = nn.Hardswish()
+        _add_gate(self, channels, reduction)
         # Present in the reference checkpoints, unused by its forward.
         self.Linear = LinearBlock(channels, channels, kernel=(feat, feat), groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        x_h = self.Linear_h(x)                                   # (n, c, h, 1)
-        x_w = self.Linear_w(x).transpose(2, 3)                   # (n, c, w, 1)
-        y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
-        y_h, y_w = torch.split(y, [h, w], dim=2)
-        a_h = self.conv2(y_h).sigmoid()
-        a_w = self.conv3(y_w.transpose(2, 3)).sigmoid()
-        return a_w * a_h                                         # broadcasts to (n, c, h, w)
+        return _gate(self, self.Linear_h(x), self.Linear_w(x).transpose(2, 3))
 
 
 class CoordAttHead(nn.Module):
