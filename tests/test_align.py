@@ -107,3 +107,28 @@ def test_gray_input_and_empty_landmarks():
     assert crops.shape == (0, 112, 112, 3) and mats.shape == (0, 2, 3)
     crops, _ = align_faces(gray, (np.asarray(ARCFACE_TEMPLATE) * 40 + 5)[None], 48)
     assert crops.shape == (1, 48, 48, 3) and (crops == 128).all()
+
+
+def test_large_faces_are_area_averaged_not_aliased():
+    # a 1-pixel checkerboard seen through a 4x downscale: a bilinear warp samples it (aliasing: strong pattern),
+    # area averaging gives the flat mid grey that a downscaled photo would show
+    img = ((np.indices((600, 600)).sum(0) % 2) * 255).astype(np.uint8)
+    img = np.repeat(img[..., None], 3, axis=-1)
+    dst = np.asarray(ARCFACE_TEMPLATE) * 48
+    src = transform_points(dst, _similarity(0, 3.7, 100.3, 100.6))
+    smooth, mats = align_faces(img, src[None], 48)
+    aliased, mats_raw = align_faces(img, src[None], 48, antialias=False)
+    np.testing.assert_allclose(mats, mats_raw)  # same geometry either way
+    assert aliased[0].astype(np.float32).std() > 25
+    assert smooth[0].astype(np.float32).std() < 3 and abs(float(smooth[0].mean()) - 127.5) < 3
+
+
+def test_antialiased_crop_keeps_the_geometry_of_the_plain_warp(group_photo):
+    # on a real photo, the two paths differ only by the blur of the downscale, not by a shift
+    big = cv2.resize(group_photo, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    smooth, _ = align_faces(big, (FACE_LANDMARKS * 3)[None], 48)
+    plain, _ = align_faces(cv2.GaussianBlur(big, (0, 0), 2.0), (FACE_LANDMARKS * 3)[None], 48, antialias=False)
+    diff = np.abs(smooth[0].astype(np.float32) - plain[0].astype(np.float32))
+    assert diff.mean() < 6.0, diff.mean()
+    shifted, _ = align_faces(big, (FACE_LANDMARKS * 3 + [12, 0])[None], 48)
+    assert np.abs(shifted[0].astype(np.float32) - plain[0].astype(np.float32)).mean() > diff.mean() + 3

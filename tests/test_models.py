@@ -46,7 +46,8 @@ def test_registry_round_trip():
     names = list_models()
     for name in ("ddamfn", "ddamfn_tiny", "convnextv2_test", "convnextv2_tiny", "convnextv2_atto"):
         assert name in names
-    assert list_models("ddamfn*") == ["ddamfn", "ddamfn_tiny"]
+    assert list_models("ddamfn*") == ["ddamfn", "ddamfn_fer", "ddamfn_tiny"]
+    assert "convnextv2_fer" in names
 
     @register_model
     def _test_linear_net(num_classes: int = 7, width: int = 4):
@@ -91,6 +92,31 @@ def test_ddamfn_forward_train_exposes_head_maps():
     assert all(float(a.min()) >= 0 and float(a.max()) <= 1 for a in out["attention"])  # product of sigmoids
     with pytest.raises(ValueError, match="multiple of 16"):
         create_model("ddamfn_tiny", input_size=100)
+
+
+def test_fer_members_keep_a_real_map_at_48px():
+    """The CPU members: DDAMFN's head sees a 6x6 map at 48 px (not the stock 3x3), ConvNeXt-V2 ends at 3x3."""
+    d = create_model("ddamfn_fer").eval()
+    assert d.default_cfg["input_size"] == 48
+    with torch.no_grad():
+        out = d.forward_train(torch.randn(2, 3, 48, 48))
+    assert out["features"].shape[-2:] == (6, 6) and all(a.shape[-2:] == (6, 6) for a in out["attention"])
+    assert d.Linear.conv.weight.shape[-2:] == (6, 6)
+    assert sum(p.numel() for p in d.parameters()) < 1.5e6
+    c = create_model("convnextv2_fer").eval()
+    assert [type(m).__name__ for m in c.stem][:3] == ["Conv2d", "GELU", "Conv2d"]  # overlapping conv stem
+    assert c.stem[0].kernel_size == (3, 3) and c.stem[0].stride == (2, 2)
+    with torch.no_grad():
+        assert c.forward_features(torch.randn(2, 3, 48, 48)).shape[-2:] == (3, 3)
+        assert c(torch.randn(2, 3, 48, 48)).shape == (2, 7)
+    assert any(type(m).__name__ == "GlobalResponseNorm" for m in c.modules())  # a ConvNeXt-V2 block
+    for name in ("ddamfn_fer", "convnextv2_fer"):
+        with pytest.raises(RuntimeError, match="no pretrained"):
+            create_model(name, pretrained=True)
+    with pytest.raises(ValueError, match="strides"):
+        create_model("ddamfn_fer", strides=(2, 3, 2, 2))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        create_model("ddamfn_fer", input_size=44)
 
 
 def test_ddamfn_parameter_count_and_reference_keys():

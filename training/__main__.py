@@ -25,6 +25,8 @@ def _add_pack(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output .npz (RAF-DB with --val-fraction: a prefix)")
     p.add_argument("--split", default="train", help="train / test (RAF-DB), train / val (FER+), subfolder (folder)")
     p.add_argument("--votes", default="", help="FER+ votes CSV (kind ferplus)")
+    p.add_argument("--min-votes", type=int, default=2,
+                   help="FER+: votes a class needs to enter the soft target (default 2 drops single-vote outliers)")
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="carve a stratified validation split from this split (RAF-DB protocol: 0.1)")
     p.add_argument("--seed", type=int, default=0)
@@ -67,9 +69,10 @@ def _add_stacker(sub) -> None:
     p = sub.add_parser("fit-stacker", help="fit soft-vote weights and logistic stacking on validation outputs")
     p.add_argument("runs", nargs="+", help="member run folders (each with val_logits.npz and val.json)")
     p.add_argument("-o", "--out", required=True, help="output folder (ensemble.json, ablation.md/json)")
-    p.add_argument("--choose", choices=["auto", "soft_vote", "logistic"], default="auto",
-                   help="auto: best validation mean-class accuracy (cross-validated)")
-    p.add_argument("--metric", choices=["mean_class_accuracy", "accuracy"], default="mean_class_accuracy")
+    p.add_argument("--choose", choices=["auto", "soft_vote", "logistic", "logistic_balanced"], default="auto",
+                   help="auto: soft vote or logistic stacking, whichever has the best cross-validated --metric; "
+                        "logistic_balanced (class-balanced) trades overall for mean-class accuracy")
+    p.add_argument("--metric", choices=["accuracy", "mean_class_accuracy"], default="accuracy")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
 
@@ -111,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_pack(a) -> int:
     from training.data import DataSpec, pack, read_spec, stratified_split
 
-    spec = DataSpec(kind=a.kind, root=a.root, split=a.split, votes=a.votes)
+    spec = DataSpec(kind=a.kind, root=a.root, split=a.split, votes=a.votes, min_votes=a.min_votes)
     if a.kind == "ferplus" and not a.votes:
         raise RtferError("pack ferplus needs --votes fer2013_ferplus_votes.csv")
     if a.kind == "folder":

@@ -27,6 +27,9 @@ class AugmentConfig:
     contrast: float = 0.2
     erase_p: float = 0.25
     erase_scale: tuple[float, float] = (0.02, 0.2)
+    mixup: float = 0.0  # Beta(alpha, alpha) for mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 = off (both on: one of the two per batch, evenly)
+    mix_prob: float = 1.0  # share of batches that are mixed when mixup or cutmix is on
     enabled: bool = True
 
 
@@ -111,6 +114,33 @@ class BatchAugment:
             x = self._erase(x)
         return x
 
+    @property
+    def mixing(self) -> bool:
+        return self.cfg.enabled and (self.cfg.mixup > 0 or self.cfg.cutmix > 0)
+
+    def mix(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup or cutmix of a normalised batch with its reversed order; ``target`` (n, k) distributions are mixed
+        with the same weight (for cutmix: the pasted area's share). Returns the inputs unchanged when off."""
+        c = self.cfg
+        if not self.mixing or float(torch.rand(1, generator=self.generator)) >= c.mix_prob:
+            return x, target
+        use_cutmix = c.cutmix > 0 and (c.mixup <= 0 or float(torch.rand(1, generator=self.generator)) < 0.5)
+        alpha = c.cutmix if use_cutmix else c.mixup
+        lam = _beta(self.generator, alpha)
+        flipped_x, flipped_t = x.flip(0), target.flip(0)
+        if not use_cutmix:
+            return x * lam + flipped_x * (1 - lam), target * lam + flipped_t * (1 - lam)
+        _, _, h, w = x.shape
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = int(round(h * cut)), int(round(w * cut))
+        cy, cx = (int(torch.randint(0, n, (1,), generator=self.generator)) for n in (h, w))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + (ch + 1) // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + (cw + 1) // 2, w)
+        out = x.clone()
+        out[:, :, y0:y1, x0:x1] = flipped_x[:, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+        return out, target * lam + flipped_t * (1 - lam)
+
     def _erase(self, x: torch.Tensor) -> torch.Tensor:
         """Random erasing: a rectangle per selected image is set to zero (the normalised mean)."""
         c = self.cfg
@@ -131,3 +161,10 @@ class BatchAugment:
         mask = (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1)) & \
                (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1)) & apply.view(n, 1, 1)
         return x.masked_fill(mask.unsqueeze(1), 0.0)
+
+
+def _beta(generator: torch.Generator, alpha: float) -> float:
+    """A Beta(alpha, alpha) draw through its inverse CDF, from a uniform of ``generator`` (so seeds reproduce it)."""
+    from scipy.special import betaincinv
+
+    return float(betaincinv(alpha, alpha, float(torch.rand(1, generator=generator))))

@@ -163,12 +163,14 @@ _FERPLUS_VALID = [c for c in FERPLUS_COLUMNS if c in FERPLUS_TO_CLASS]
 _FERPLUS_TO_INDEX = np.array([CLASSES.index(FERPLUS_TO_CLASS[c]) for c in _FERPLUS_VALID])
 
 
-def ferplus_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ferplus_targets(votes: np.ndarray, min_votes: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FER+ vote rows (n, 10) in FERPLUS_COLUMNS order -> (keep mask, canonical labels, soft targets (n, 7)).
 
     The label is the class with the most votes; rows are dropped when that maximum is shared by several columns
     (ambiguous) or falls on contempt / unknown / not-a-face. Soft targets are the vote distribution over the 7
-    canonical classes (contempt / unknown / NF votes ignored).
+    canonical classes (contempt / unknown / NF votes ignored), after dropping outlier votes: a class with fewer than
+    ``min_votes`` votes gets none (the FER+ paper's outlier removal; 1 keeps every vote). The majority class always
+    keeps its votes.
     """
     votes = np.asarray(votes, dtype=np.float64)
     if votes.ndim != 2 or votes.shape[1] != len(FERPLUS_COLUMNS):
@@ -184,12 +186,15 @@ def ferplus_targets(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     labels = np.where(keep, col_to_index[arg], -1)
     soft = np.zeros((len(votes), NUM_CLASSES), np.float32)
     soft[:, _FERPLUS_TO_INDEX] = votes[:, valid_cols]
+    if min_votes > 1:
+        majority = soft.max(axis=1, keepdims=True)
+        soft = np.where((soft < min_votes) & (soft < majority), 0.0, soft).astype(np.float32)
     total = soft.sum(axis=1, keepdims=True)
     soft = np.divide(soft, total, out=np.zeros_like(soft), where=total > 0)
     return keep, labels, soft
 
 
-def read_ferplus(csv_path: str | Path, images_root: str | Path, split: str = "train") -> SampleIndex:
+def read_ferplus(csv_path: str | Path, images_root: str | Path, split: str = "train", min_votes: int = 2) -> SampleIndex:
     """FER+ labels for ``images_root/<split>/<class>/<file>`` from the votes CSV (majority label + soft targets)."""
     csv_path, images_root = Path(csv_path), Path(images_root)
     if not csv_path.is_file():
@@ -211,7 +216,7 @@ def read_ferplus(csv_path: str | Path, images_root: str | Path, split: str = "tr
             votes.append([float(row[c]) for c in FERPLUS_COLUMNS])
     if not paths:
         raise InputError(f"no rows with split {split!r} in {csv_path}")
-    keep, labels, soft = ferplus_targets(np.array(votes))
+    keep, labels, soft = ferplus_targets(np.array(votes), min_votes)
     idx = np.flatnonzero(keep)
     missing_files = [paths[i] for i in idx[:50] if not paths[i].is_file()]
     if missing_files:
@@ -245,6 +250,7 @@ class DataSpec:
     root: str
     split: str = "train"
     votes: str = ""
+    min_votes: int = 2  # ferplus: a class needs this many votes to enter the soft target
     val_fraction: float = 0.0  # RAF-DB: carve a stratified validation split from train
     part: str = "all"  # all | train | val (which side of the carved split)
     seed: int = 0
@@ -257,7 +263,7 @@ def read_spec(spec: DataSpec) -> SampleIndex:
     elif spec.kind == "rafdb":
         index = read_rafdb(spec.root, spec.split)
     elif spec.kind == "ferplus":
-        index = read_ferplus(spec.votes, spec.root, spec.split)
+        index = read_ferplus(spec.votes, spec.root, spec.split, spec.min_votes)
     else:
         raise InputError(f"unknown dataset kind {spec.kind!r} (expected folder, rafdb or ferplus)")
     if spec.part != "all":

@@ -39,9 +39,17 @@ class StepOptions:
 
 
 def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bfloat16 autocast on CUDA, and on CPU when asked (``run.cpu_bf16``: pays for dense convs on AVX-512 BF16)."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        raise ValueError(f"{type(model).__name__} has no num_classes; cannot one-hot targets for mixup/cutmix")
+    return int(n)
 
 
 def forward_train(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -53,9 +61,10 @@ def forward_train(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return out["logits"], list(out.get("attention") or [])
 
 
-def compute_loss(model, x, y, soft, opt: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_loss(model, x, y, soft, opt: StepOptions, *, mixed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``soft`` is the target distribution when ``opt.soft_targets`` or when the batch was mixed (mixup/cutmix)."""
     logits, maps = forward_train(model, x)
-    loss = classification_loss(logits, y, soft if opt.soft_targets else None,
+    loss = classification_loss(logits, y, soft if (opt.soft_targets or mixed) else None,
                                label_smoothing=opt.label_smoothing, weights=opt.class_weights)
     if opt.attention_weight and len(maps) > 1:
         loss = loss + opt.attention_weight * attention_diversity_loss(maps)
@@ -98,10 +107,15 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, augment: BatchA
         if steps >= n_steps:
             break
         x = augment(xb)
+        mixed = augment.mixing
+        if mixed:
+            target = sb if opt.soft_targets and sb is not None else \
+                torch.nn.functional.one_hot(yb, num_classes=_num_classes(model)).float()
+            x, sb = augment.mix(x, target.float())
         if opt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, opt.amp):
-            loss, logits = compute_loss(model, x, yb, sb, opt)
+            loss, logits = compute_loss(model, x, yb, sb, opt, mixed=mixed)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {steps}")
         if sam:
@@ -109,7 +123,7 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, augment: BatchA
             optimizer.first_step(zero_grad=True)
             bn_update(model, False)
             with autocast(device, opt.amp):
-                loss2, _ = compute_loss(model, x, yb, sb, opt)
+                loss2, _ = compute_loss(model, x, yb, sb, opt, mixed=mixed)
             loss2.backward()
             bn_update(model, True)
             if opt.grad_clip:

@@ -19,7 +19,7 @@ import numpy as np
 from rtfer.ensemble import LogisticStacker, SoftVote, softmax
 from rtfer.errors import InputError
 from rtfer.labels import NUM_CLASSES
-from training.evaluate import ClassificationMetrics, fit_temperature
+from training.evaluate import CalibrationError, ClassificationMetrics, fit_temperature
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ CANDIDATES = {
     "logistic": (fit_logistic, {"balanced": False}),
     "logistic_balanced": (fit_logistic, {"balanced": True}),
 }
+#: What ``choose="auto"`` picks from. The class-balanced stacker trades overall accuracy for mean-class accuracy; a
+#: user's video is mostly neutral and happy faces, so it is offered (``choose="logistic_balanced"``), not defaulted.
+AUTO_CANDIDATES = ("soft_vote", "logistic")
 
 
 def _fit(name: str, member_probs, labels, metric: str, seed: int):
@@ -120,7 +123,7 @@ class StackerFit:
 
 
 def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list[str], *, choose: str = "auto",
-                 metric: str = "mean_class_accuracy", folds: int = 5, seed: int = 0,
+                 metric: str = "accuracy", folds: int = 5, seed: int = 0,
                  member_temperatures: list[float] | None = None) -> StackerFit:
     """Ablation (each member, equal soft vote, fitted combiners cross-validated) and the chosen final combiner."""
     labels = np.asarray(labels, np.int64)
@@ -131,8 +134,9 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
     rows = [{"method": f"member:{n}", "fitted": False, **score(p, labels)} for n, p in zip(names, member_probs)]
     rows.append({"method": "soft_vote_equal", "fitted": False,
                  **score(SoftVote(np.ones(len(member_probs)))(member_probs), labels)})
+    oofs = {}
     for name in CANDIDATES:
-        oof = cross_validated(name, member_probs, labels, folds=folds, metric=metric, seed=seed)
+        oof = oofs[name] = cross_validated(name, member_probs, labels, folds=folds, metric=metric, seed=seed)
         final = _fit(name, member_probs, labels, metric, seed)
         in_sample = score(final(member_probs), labels)
         row = {"method": name, "fitted": True, **score(oof, labels),
@@ -143,24 +147,31 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
         rows.append(row)
     fitted = {r["method"]: r for r in rows if r["fitted"]}
     if choose == "auto":
-        chosen = max(fitted, key=lambda k: (fitted[k][metric], fitted[k]["accuracy"]))
-    elif choose in ("soft_vote", "logistic", "logistic_balanced"):
+        chosen = max(AUTO_CANDIDATES, key=lambda k: (fitted[k][metric], fitted[k]["accuracy"]))
+    elif choose in CANDIDATES:
         chosen = choose
     else:
         raise ValueError(f"choose must be auto, soft_vote, logistic or logistic_balanced, got {choose!r}")
     final = _fit(chosen, member_probs, labels, metric, seed)
-    temperature = 1.0
-    if isinstance(final, SoftVote):  # calibrate the vote's log-probabilities (accuracy unchanged)
-        temperature = fit_temperature(np.log(np.clip(final(member_probs), 1e-12, None)), labels)
+    # Temperature on the out-of-fold log-probabilities (softmax(log p / T) rescales the combiner's logits), so it
+    # is fitted on predictions the combiner did not see; accuracy is unchanged.
+    oof_logp = np.log(np.clip(oofs[chosen], 1e-12, None))
+    temperature = fit_temperature(oof_logp, labels)
+    ece = {"before": _ece(oofs[chosen], labels), "after": _ece(softmax(oof_logp, temperature), labels)}
     metrics = {"split": "validation",
                "members": {n: score(p, labels) for n, p in zip(names, member_probs)},
                "ensemble": {"method": chosen, "cross_validated": True, "folds": folds,
                             "accuracy": fitted[chosen]["accuracy"],
-                            "mean_class_accuracy": fitted[chosen]["mean_class_accuracy"]},
+                            "mean_class_accuracy": fitted[chosen]["mean_class_accuracy"],
+                            "ece": ece["before"], "ece_tempered": ece["after"], "temperature": float(temperature)},
                "count": int(len(labels))}
     return StackerFit(chosen=chosen, ensemble=final.to_dict(), temperature=float(temperature), member_names=list(names),
                       member_temperatures=list(member_temperatures or [1.0] * len(names)), ablation=rows,
                       metric=metric, folds=folds, metrics=metrics)
+
+
+def _ece(probs: np.ndarray, labels: np.ndarray) -> float:
+    return CalibrationError().update(probs, labels).compute().ece
 
 
 def ablation_markdown(fit: StackerFit) -> str:
@@ -173,6 +184,10 @@ def ablation_markdown(fit: StackerFit) -> str:
         ins = (f"{r['in_sample_accuracy']:.4f} | {r['in_sample_mean_class_accuracy']:.4f}" if r["fitted"]
                else "- | -")
         lines.append(f"| {r['method']} | {r['accuracy']:.4f} | {r['mean_class_accuracy']:.4f} | {ins} |")
+    ens = fit.metrics.get("ensemble", {})
+    if "ece" in ens:
+        lines += ["", f"Chosen combiner's calibration (out-of-fold): ECE {ens['ece']:.4f}, "
+                      f"{ens['ece_tempered']:.4f} after temperature {ens['temperature']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +212,7 @@ def load_member_outputs(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, fl
 
 
 def fit_ensemble_from_runs(runs: list[str | Path], out: str | Path, *, choose: str = "auto",
-                           metric: str = "mean_class_accuracy", folds: int = 5, seed: int = 0) -> StackerFit:
+                           metric: str = "accuracy", folds: int = 5, seed: int = 0) -> StackerFit:
     """Fit on the members' saved validation outputs; write ensemble.json, ablation.md and ablation.json."""
     outputs = [load_member_outputs(r) for r in runs]
     labels = outputs[0][1]

@@ -109,6 +109,54 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
     return model.eval(), ckpt
 
 
+def init_weights(model: torch.nn.Module, source: str | Path) -> None:
+    """Start from another run's checkpoint (``best.pt`` / ``last.pt``) or from a shipped bundle member's ONNX file.
+
+    The ONNX route lets training continue from the packaged default bundle when the run folders of an earlier
+    session are gone: its initializers are the member's inference weights under state_dict names (FP16 -> FP32).
+    """
+    from rtfer.models import inference_state_keys
+
+    source = Path(source)
+    arch = getattr(model, "architecture", "?")
+    if not source.is_file():
+        raise InputError(f"run.init_from {source} does not exist")
+    if source.suffix == ".onnx":
+        from rtfer.backends.torch import read_onnx_weights
+
+        member = _bundle_member(source)
+        if member is not None and member.get("architecture") != arch:
+            raise InputError(f"run.init_from {source} is a {member.get('architecture')!r} member, not {arch!r}")
+        weights = read_onnx_weights(source)
+        own = model.state_dict()
+        needed = inference_state_keys(model)
+        bad = [k for k in needed if k not in weights or tuple(weights[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise InputError(f"run.init_from {source} does not fit {arch}: weight {bad[0]} is missing or has another "
+                             f"shape ({len(bad)} such)")
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(weights[k])) for k in needed}, strict=False)
+        log.info("initialised %s from the ONNX member %s (%d tensors)", arch, source, len(needed))
+        return
+    init = torch.load(source, map_location="cpu", weights_only=False)
+    if init.get("architecture") != arch:
+        raise InputError(f"run.init_from {source} holds a {init.get('architecture')!r} model, not {arch!r}")
+    model.load_state_dict(init["model"])
+    log.info("initialised from %s (epoch %s)", source, init.get("epoch"))
+
+
+def _bundle_member(onnx_path: Path) -> dict | None:
+    """The bundle.json entry of an ONNX file inside a bundle folder (None when it is a loose file)."""
+    import json
+
+    meta = onnx_path.parent / "bundle.json"
+    if not meta.is_file():
+        return None
+    for m in json.loads(meta.read_text(encoding="utf-8")).get("members", []):
+        if m.get("file") == onnx_path.name:
+            return m
+    return None
+
+
 def _save(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -130,7 +178,8 @@ def fit(cfg: TrainConfig) -> RunResult:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     on_cuda = device.type == "cuda"
-    amp, channels_last = cfg.run.amp and on_cuda, cfg.run.channels_last and on_cuda
+    amp = cfg.run.amp and on_cuda or cfg.run.cpu_bf16 and not on_cuda
+    channels_last = cfg.run.channels_last
     if not cfg.data.train or not cfg.data.val:
         raise InputError("data.train and data.val are required (packed .npz files or image-class folders)")
     seed_everything(cfg.run.seed)
@@ -138,12 +187,7 @@ def fit(cfg: TrainConfig) -> RunResult:
 
     model = build_model(cfg)
     if cfg.run.init_from:
-        init = torch.load(cfg.run.init_from, map_location="cpu", weights_only=False)
-        if init.get("architecture") != getattr(model, "architecture", cfg.model.name):
-            raise InputError(f"run.init_from {cfg.run.init_from} holds a {init.get('architecture')!r} model, "
-                             f"not {cfg.model.name!r}")
-        model.load_state_dict(init["model"])
-        log.info("initialised from %s (epoch %s)", cfg.run.init_from, init.get("epoch"))
+        init_weights(model, cfg.run.init_from)
     size, mean, std, gray = preprocessing(model)
     train, val = load_split(cfg.data.train, None), load_split(cfg.data.val, None)
     if cfg.data.soft_targets and train.soft is None:

@@ -60,12 +60,16 @@ def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def align_faces(image_bgr: np.ndarray, landmarks: np.ndarray, size: int,
-                template=ARCFACE_TEMPLATE) -> tuple[np.ndarray, np.ndarray]:
+                template=ARCFACE_TEMPLATE, antialias: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Warp each face so that its 5 landmarks land on ``template * size``.
 
     image_bgr: HxWx3 uint8 BGR (HxW gray is accepted); landmarks: (n, 5, 2) frame pixels; template: (5, 2) crop
     units. Returns crops (n, size, size, 3) uint8 **RGB** and the frame->crop matrices (n, 2, 3) float64. Pixels
     outside the frame replicate the border (no black wedges for faces at the frame edge).
+
+    With ``antialias`` a face that shrinks by more than 2x (a 200 px face into a 48 px crop) is warped at an integer
+    multiple of ``size`` first and then area-averaged down, as photos are downscaled; a bilinear warp straight to
+    the small size would alias (sample every fourth pixel), which is not what the training images look like.
     """
     import cv2
 
@@ -84,7 +88,17 @@ def align_faces(image_bgr: np.ndarray, landmarks: np.ndarray, size: int,
     matrices = np.empty((len(landmarks), 2, 3), np.float64)
     for i, lm in enumerate(landmarks):
         m = estimate_similarity(lm, dst)
-        warped = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        factor = min(int(np.floor(1.0 / scale)), 8) if antialias and scale > 0 else 1
+        if factor >= 2:
+            big = m.copy()
+            big[:, :] *= factor
+            big[:, 2] += (factor - 1) / 2.0  # pixel centres: crop pixel j covers big pixels j*f .. j*f+f-1
+            warped = cv2.warpAffine(image, big, (size * factor, size * factor), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+            warped = cv2.resize(warped, (size, size), interpolation=cv2.INTER_AREA)
+        else:
+            warped = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         crops[i] = warped[:, :, ::-1]
         matrices[i] = m
     return crops, matrices

@@ -1,4 +1,9 @@
-"""ConvNeXt-V2 through timm: every timm ``convnextv2_*`` variant plus ``convnextv2_test`` (tiny, for tests).
+"""ConvNeXt-V2 through timm: every timm ``convnextv2_*`` variant, ``convnextv2_fer`` (the CPU/FER2013 member) and
+``convnextv2_test`` (tiny, for tests).
+
+``convnextv2_fer`` keeps ConvNeXt-V2's blocks (7x7 depthwise, LayerNorm, GRN MLP) at atto widths, but replaces the
+4x4 patchify stem with overlapping 3x3 stride-2 convolutions (a convolutional stem learns much faster from scratch on
+small grey faces) and keeps the last stage at stride 16 (dilated) so 48 px inputs are not pooled to a 1x1 map.
 
 kwargs: ``input_size`` (default 224; a multiple of 16), ``drop_rate`` (head dropout; the reference recipe uses
 0.3), ``drop_path_rate``, ``pretrained`` (timm hub weights; needs internet) and ``pretrained_path`` (a local
@@ -84,3 +89,20 @@ def convnextv2_test(num_classes: int = 7, input_size: int = 64, drop_rate: float
     model = ConvNeXt(num_classes=num_classes, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), use_grn=True,
                      ls_init_value=None, conv_mlp=True, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
     return _set_cfg(model, _check_size(input_size))
+
+
+@register_model
+def convnextv2_fer(num_classes: int = 7, input_size: int = 48, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                   dims: tuple = (40, 80, 160, 320), depths: tuple = (2, 2, 6, 2), pretrained: bool = False,
+                   pretrained_path: str | Path | None = None) -> nn.Module:
+    """ConvNeXt-V2 (atto widths by default) with an overlapping conv stem and output stride 16, for 48 px faces."""
+    from timm.models.convnext import ConvNeXt
+
+    if pretrained or pretrained_path:
+        raise RuntimeError("convnextv2_fer has no pretrained weights (its stem differs from the hub models)")
+    if int(input_size) % 16 or int(input_size) < 32:
+        raise ValueError(f"convnextv2_fer input_size must be a multiple of 16 and at least 32, got {input_size}")
+    model = ConvNeXt(num_classes=num_classes, depths=tuple(depths), dims=tuple(dims), use_grn=True,
+                     ls_init_value=None, conv_mlp=False, stem_type="overlap_act", output_stride=16,
+                     drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    return _set_cfg(model, int(input_size))

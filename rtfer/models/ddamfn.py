@@ -7,8 +7,12 @@ MixedFeatureNet (``conv1.*`` ... ``conv_6_sep.*``) load. The reference also carr
 pass never calls (the BN/PReLU inside each mixed depthwise conv, the ``Linear`` block inside each attention head, the
 final BatchNorm1d); they are kept so the checkpoints load strictly, and are simply not part of an ONNX export.
 
-The input size is configurable: the backbone downsamples by 16, and the head's depthwise "GDC" kernels take the
-whole feature map (7x7 at 112 px, 4x4 at 64 px).
+The input size is configurable: the backbone downsamples by 16 (8 with ``stem_stride=1``), and the head's depthwise
+"GDC" kernels take the whole feature map (7x7 at 112 px, 4x4 at 64 px, 6x6 for ``ddamfn_fer`` at 48 px).
+
+``ddamfn_fer`` is the CPU/FER2013 member: the same MixedFeatureNet blocks and dual-direction attention head, but total
+stride 8 (the first mixed block keeps its resolution) so 48 px faces reach the head as a 6x6 map (the stock backbone would leave a degenerate 3x3), and
+narrower, shallower stages so that it trains on two CPU cores and runs in a few milliseconds per face.
 """
 from __future__ import annotations
 
@@ -52,6 +56,18 @@ MFN_SPEC = MixedFeatureNetSpec(
     down45=(256, 1024, (3, 5, 7, 9), (256, 256, 256, 256)),
     stage5=(6, 512, (3, 5, 7), (172, 170, 170)),
     out_channels=512,
+)
+
+#: The FER2013/CPU member (``ddamfn_fer``): about a fifth of the reference's blocks, narrower stages.
+MFN_FER_SPEC = MixedFeatureNetSpec(
+    stem=32,
+    down23=(48, 96, (3, 5, 7), (32, 32, 32)),
+    stage3=(2, 96, (3, 5), (64, 32)),
+    down34=(96, 192, (3, 5, 7), (64, 64, 64)),
+    stage4=(4, 192, (3, 5), (128, 64)),
+    down45=(160, 480, (3, 5, 7), (160, 160, 160)),
+    stage5=(2, 320, (3, 5, 7), (128, 96, 96)),
+    out_channels=320,
 )
 
 #: A tiny variant for tests: same code path (multi- and single-kernel mixed convs, residual stages, two heads).
@@ -181,17 +197,19 @@ MFN_FEATURE_NAMES = ("conv1", "conv2_dw", "conv_23", "conv_3", "conv_34", "conv_
                      "conv_6_sep")
 
 
-def mixed_feature_net(spec: MixedFeatureNetSpec = MFN_SPEC) -> nn.Sequential:
-    """The MixedFeatureNet trunk (input /16, ``spec.out_channels`` maps), as DDAMFN's ``features``."""
-    s = spec
+def mixed_feature_net(spec: MixedFeatureNetSpec = MFN_SPEC, strides: tuple = (2, 2, 2, 2)) -> nn.Sequential:
+    """The MixedFeatureNet trunk, as DDAMFN's ``features``: ``spec.out_channels`` maps at input / prod(strides).
+
+    ``strides``: of the stem conv and the three mixed downsampling blocks (the reference: all 2, input / 16)."""
+    s, (s1, s2, s3, s4) = spec, strides
     return nn.Sequential(
-        ConvBlock(3, s.stem, kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+        ConvBlock(3, s.stem, kernel=(3, 3), stride=(s1, s1), padding=(1, 1)),
         ConvBlock(s.stem, s.stem, kernel=(3, 3), padding=(1, 1), groups=s.stem),
-        MixDepthWise(s.stem, s.down23[0], s.down23[1], s.down23[2], s.down23[3], stride=2),
+        MixDepthWise(s.stem, s.down23[0], s.down23[1], s.down23[2], s.down23[3], stride=s2),
         MixResidual(s.down23[0], *s.stage3),
-        MixDepthWise(s.down23[0], s.down34[0], s.down34[1], s.down34[2], s.down34[3], stride=2),
+        MixDepthWise(s.down23[0], s.down34[0], s.down34[1], s.down34[2], s.down34[3], stride=s3),
         MixResidual(s.down34[0], *s.stage4),
-        MixDepthWise(s.down34[0], s.down45[0], s.down45[1], s.down45[2], s.down45[3], stride=2),
+        MixDepthWise(s.down34[0], s.down45[0], s.down45[1], s.down45[2], s.down45[3], stride=s4),
         MixResidual(s.down45[0], *s.stage5),
         ConvBlock(s.down45[0], s.out_channels),
     )
@@ -224,18 +242,23 @@ class CoordAttHead(nn.Module):
 
 class DDAMFN(nn.Module):
     """MixedFeatureNet features -> ``num_head`` attention maps combined by element-wise max -> gated features ->
-    7x7 (input/16) depthwise linear GDC -> 512-d -> fc logits."""
+    7x7 (input/16) depthwise linear GDC -> 512-d -> fc logits. ``strides`` (stem and the three downsampling blocks)
+    set the trunk's total stride; one of them at 1 halves it (input/8)."""
 
     def __init__(self, num_classes: int = 7, num_head: int = 2, input_size: int = 112,
-                 spec: MixedFeatureNetSpec = MFN_SPEC):
+                 spec: MixedFeatureNetSpec = MFN_SPEC, strides: tuple = (2, 2, 2, 2)):
         super().__init__()
-        if input_size % 16 or input_size < 16:
-            raise ValueError(f"DDAMFN input_size must be a multiple of 16, got {input_size}")
+        strides = tuple(int(v) for v in strides)
+        if len(strides) != 4 or any(v not in (1, 2) for v in strides):
+            raise ValueError(f"strides must be four values of 1 or 2, got {strides}")
+        stride = 2 ** sum(v == 2 for v in strides)
+        if input_size % stride or input_size < stride:
+            raise ValueError(f"DDAMFN input_size must be a multiple of {stride}, got {input_size}")
         if num_head < 1:
             raise ValueError(f"num_head must be >= 1, got {num_head}")
-        feat = input_size // 16
+        feat = input_size // stride
         c = spec.out_channels
-        self.features = mixed_feature_net(spec)
+        self.features = mixed_feature_net(spec, strides)
         self.num_head = int(num_head)
         for i in range(self.num_head):
             setattr(self, f"cat_head{i}", CoordAttHead(c, feat))
@@ -352,8 +375,8 @@ def strip_prefixes(state: dict) -> dict:
 
 
 def _build(num_classes: int, spec: MixedFeatureNetSpec, num_head: int, input_size: int, pretrained: bool,
-           pretrained_path: str | Path | None) -> DDAMFN:
-    model = DDAMFN(num_classes=num_classes, num_head=num_head, input_size=input_size, spec=spec)
+           pretrained_path: str | Path | None, strides: tuple = (2, 2, 2, 2)) -> DDAMFN:
+    model = DDAMFN(num_classes=num_classes, num_head=num_head, input_size=input_size, spec=spec, strides=strides)
     if pretrained_path:
         missing, _ = load_mfn_backbone(model, pretrained_path)
         if missing:
@@ -376,3 +399,12 @@ def ddamfn_tiny(num_classes: int = 7, num_head: int = 2, input_size: int = 112, 
                 pretrained_path: str | Path | None = None) -> DDAMFN:
     """A few-ten-thousand-parameter DDAMFN for tests (same code path, narrow widths, one block per stage)."""
     return _build(num_classes, MFN_TINY_SPEC, num_head, input_size, pretrained, pretrained_path)
+
+
+@register_model
+def ddamfn_fer(num_classes: int = 7, num_head: int = 2, input_size: int = 48, strides: tuple = (2, 1, 2, 2),
+               pretrained: bool = False, pretrained_path: str | Path | None = None) -> DDAMFN:
+    """DDAMFN for 48 px FER data on CPU: total stride 8 (a 6x6 map at the head), ``MFN_FER_SPEC`` widths."""
+    if pretrained or pretrained_path:
+        raise RuntimeError("ddamfn_fer has no pretrained backbone (MFN_msceleb.pth fits the reference 'ddamfn' only)")
+    return _build(num_classes, MFN_FER_SPEC, num_head, input_size, False, None, strides=tuple(strides))

@@ -96,6 +96,20 @@ def test_ferplus_targets_majority_soft_and_drops():
     assert np.allclose(soft[keep].sum(1), 1.0)
 
 
+def test_ferplus_single_vote_outliers_are_dropped_from_soft_targets():
+    cols = list(FERPLUS_COLUMNS)
+    votes = np.zeros((2, len(cols)))
+    for c, v in {"happiness": 7, "neutral": 2, "surprise": 1}.items():
+        votes[0, cols.index(c)] = v
+    votes[1, cols.index("sadness")], votes[1, cols.index("fear")] = 1, 0  # a lone vote that is the majority stays
+    _, _, soft = ferplus_targets(votes)
+    assert soft[0, CLASSES.index("surprise")] == 0
+    assert soft[0, CLASSES.index("happiness")] == pytest.approx(7 / 9)
+    assert soft[1, CLASSES.index("sadness")] == pytest.approx(1.0)
+    _, _, every_vote = ferplus_targets(votes, min_votes=1)
+    assert every_vote[0, CLASSES.index("surprise")] == pytest.approx(0.1)
+
+
 def test_read_ferplus_csv(fer_folder, tmp_path):
     path = tmp_path / "votes.csv"
     header = ["split", "class", "file", "usage", "ferplus_image", *FERPLUS_COLUMNS]

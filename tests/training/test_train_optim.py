@@ -119,3 +119,32 @@ def test_sam_step_on_tiny_models(name, size):
 def test_sam_rejects_negative_rho():
     with pytest.raises(ValueError):
         SAM([torch.nn.Parameter(torch.zeros(1))], torch.optim.Adam, rho=-1)
+
+
+def test_mixup_and_cutmix_mix_inputs_and_targets_alike():
+    x = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])
+    t = torch.eye(7)[[0, 1]]
+    for kind in ("mixup", "cutmix"):
+        aug = BatchAugment(AugmentConfig(**{kind: 1.0}), 8, (0, 0, 0), (1, 1, 1), seed=3)
+        assert aug.mixing
+        xm, tm = aug.mix(x, t)
+        assert torch.allclose(tm.sum(1), torch.ones(2))
+        # image 0 is zeros, image 1 ones: the share of image 1's pixels in image 0 is the weight of its target
+        assert float(xm[0].mean()) == pytest.approx(float(tm[0, 1]), abs=1e-5)
+        assert 0 < float(tm[0, 1]) < 1
+        if kind == "cutmix":
+            assert set(torch.unique(xm).tolist()) <= {0.0, 1.0}  # pasted pixels, not blended
+    off = BatchAugment(AugmentConfig(), 8, (0, 0, 0), (1, 1, 1))
+    assert not off.mixing and off.mix(x, t)[0] is x
+
+
+def test_mixed_hard_label_batch_trains_on_the_mixed_distribution():
+    model = create_model("convnextv2_test", input_size=32)
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    soft = torch.full((4, 7), 1 / 7)
+    hard, _ = compute_loss(model, x, y, soft, StepOptions(soft_targets=False))
+    mixed, _ = compute_loss(model, x, y, soft, StepOptions(soft_targets=False), mixed=True)
+    logits = model(x)
+    assert float(mixed) == pytest.approx(float(-(soft * logits.log_softmax(-1)).sum(-1).mean()), rel=1e-5)
+    assert float(hard) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)

@@ -89,3 +89,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.pt"), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("python -m training: error:") for line in err)
+
+
+def test_init_from_a_bundle_member_onnx(tiny_packed, tiny_bundle, tmp_path):
+    """A later session without the run folders continues from the shipped bundle's ONNX member."""
+    import pytest
+
+    from rtfer.backends.torch import read_onnx_weights
+    from rtfer.errors import InputError
+
+    train, val = tiny_packed
+    onnx_path = tiny_bundle / "convnext.onnx"
+    common = ("model.name=convnextv2_test", "model.input_size=64", "optim.sam=false", "run.epochs=1", "optim.lr=0",
+              "run.ema=false")
+    fit(_cfg(train, val, tmp_path / "b", *common, f"run.init_from={onnx_path}"))
+    got = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    want = read_onnx_weights(onnx_path)
+    assert want and all(np.array_equal(got[k].numpy(), want[k]) for k in want if "running" not in k)
+    with pytest.raises(InputError, match="is a 'ddamfn_tiny' member, not 'convnextv2_test'"):
+        fit(_cfg(train, val, tmp_path / "c", *common, f"run.init_from={tiny_bundle / 'ddamfn.onnx'}"))
