@@ -262,6 +262,44 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _pct(v) -> str:
+    return f"{100 * float(v):.1f}%" if isinstance(v, (int, float)) else "?"
+
+
+def _metrics_lines(spec) -> list[str]:
+    """The bundle's measured figures (bundle.json ``metrics``) as readable lines; nothing for a bundle without."""
+    m = spec.raw.get("metrics") or {}
+    if not m:
+        return []
+    note = (spec.raw.get("training") or {}).get("data") or m.get("split", "validation")
+    lines = [f"  trained on: {note}"] if note != m.get("split", "validation") else []
+    lines.append(f"  validation figures ({m.get('count', '?')} images):")
+    archs = {x.name: f"{x.architecture} {x.input_size}px" for x in spec.members}
+    for name, r in (m.get("members") or {}).items():
+        lines.append(f"    member {name} ({archs.get(name, '?')}): accuracy {_pct(r.get('accuracy'))}, "
+                     f"mean-class {_pct(r.get('mean_class_accuracy'))}")
+    e = m.get("ensemble") or {}
+    if e:
+        cv = f", {e['folds']}-fold cross-validated" if e.get("cross_validated") else ""
+        ece = (f", ECE {e['ece']:.3f} -> {e['ece_tempered']:.3f} at T={e['temperature']:.2f}"
+               if {"ece", "ece_tempered", "temperature"} <= e.keys() else "")
+        lines.append(f"    ensemble {e.get('method', '?')}{cv}: accuracy {_pct(e.get('accuracy'))}, "
+                     f"mean-class {_pct(e.get('mean_class_accuracy'))}{ece}")
+        if e.get("recall"):
+            lines.append("    ensemble recall per class: " +
+                         ", ".join(f"{c} {_pct(v)}" for c, v in e["recall"].items()))
+    rows = [r for r in (m.get("ablation") or []) if not str(r.get("method", "")).startswith("member:")]
+    if rows:
+        lines.append("    ablation (accuracy / mean-class): " + ", ".join(
+            f"{r['method']} {_pct(r.get('accuracy'))} / {_pct(r.get('mean_class_accuracy'))}" for r in rows))
+    cost = m.get("cost_ms_per_face")
+    if cost:
+        lines.append("    cost per face (onnxruntime, 1 thread): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cost.items()))
+    if m.get("confusion_png") and (spec.path / m["confusion_png"]).is_file():
+        lines.append(f"    confusion matrix: {spec.path / m['confusion_png']}")
+    return lines
+
+
 def _cmd_info(args) -> int:
     import importlib.util
 
@@ -273,9 +311,8 @@ def _cmd_info(args) -> int:
     for m in spec.members:
         print(f"  member {m.name}: {m.architecture} {m.input_size}px {m.color} ({m.file})")
     print(f"  ensemble: {spec.ensemble.get('method')}")
-    metrics = spec.raw.get("metrics", {})
-    if metrics:
-        print(f"  validation metrics: {json.dumps(metrics)[:400]}")
+    for line in _metrics_lines(spec):
+        print(line)
     for name in ("onnxruntime", "torch", "tensorrt"):
         print(f"sdk {name}: {'installed' if importlib.util.find_spec(name) else 'not installed'}")
     if importlib.util.find_spec("onnxruntime"):

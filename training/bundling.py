@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +86,16 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
     folder = write_bundle(out, members, fit["ensemble"], name=name, version=version, interim=interim,
                           alignment_template=alignment_template, training=training, metrics=metrics,
                           parity_images=crops, temperature=float(fit["temperature"]), **kw)
-    if crops is not None:
-        parity = end_to_end_parity(folder, checkpoints, crops, fit)
-        from rtfer.bundle import BUNDLE_FILE, write_bundle_json
+    from rtfer.bundle import BUNDLE_FILE, write_bundle_json
 
-        meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
-        meta["metrics"]["end_to_end_parity"] = parity
-        write_bundle_json(folder, meta)
+    meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
+    if crops is not None:
+        meta["metrics"]["end_to_end_parity"] = end_to_end_parity(folder, checkpoints, crops, fit)
+    confusion = ens_path.parent / "confusion.png"
+    if confusion.is_file():  # the ensemble's validation confusion matrix travels with the bundle (rtfer info)
+        shutil.copyfile(confusion, Path(folder) / "confusion.png")
+        meta["metrics"]["confusion_png"] = "confusion.png"
+    write_bundle_json(folder, meta)
     return folder
 
 

@@ -59,6 +59,9 @@ class LossConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced | sqrt
     attention_weight: float = 0.1  # DDAMFN attention-diversity loss (models with forward_train attention maps)
+    distill_from: str = ""  # teacher: a training checkpoint (best.pt) or a bundle member's .onnx file
+    distill_weight: float = 0.5  # loss = (1 - w) * target loss + w * T^2 * KL(teacher || student) at temperature T
+    distill_temperature: float = 2.0
 
 
 @dataclass

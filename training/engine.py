@@ -17,7 +17,7 @@ import torch
 
 from training.augment import BatchAugment, to_float
 from training.data import BatchLoader, Packed
-from training.losses import attention_diversity_loss, classification_loss
+from training.losses import attention_diversity_loss, classification_loss, distillation_loss
 from training.sam import SAM, bn_update
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class StepOptions:
     channels_last: bool = False
     max_steps: int = 0
     progress: bool = True
+    teacher: torch.nn.Module | None = None  # knowledge distillation (frozen, eval mode, same input tensor)
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -66,6 +69,11 @@ def compute_loss(model, x, y, soft, opt: StepOptions, *, mixed: bool = False) ->
     logits, maps = forward_train(model, x)
     loss = classification_loss(logits, y, soft if (opt.soft_targets or mixed) else None,
                                label_smoothing=opt.label_smoothing, weights=opt.class_weights)
+    if opt.teacher is not None and opt.distill_weight:
+        with torch.no_grad():
+            teacher_logits = opt.teacher(x)
+        loss = (1.0 - opt.distill_weight) * loss + opt.distill_weight * distillation_loss(
+            logits, teacher_logits, opt.distill_temperature)
     if opt.attention_weight and len(maps) > 1:
         loss = loss + opt.attention_weight * attention_diversity_loss(maps)
     return loss, logits

@@ -41,6 +41,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.
     return (per_sample * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean."""
+    t = float(temperature)
+    target = F.softmax(teacher.float() / t, dim=-1)
+    return F.kl_div(F.log_softmax(student.float() / t, dim=-1), target, reduction="batchmean") * t * t
+
+
 def attention_diversity_loss(heads: list[torch.Tensor], eps: float = 1e-8) -> torch.Tensor:
     """DDAMFN's attention loss: (number of head pairs) / (sum of pairwise MSEs). Pushes the heads apart."""
     if len(heads) < 2:
@@ -53,4 +60,4 @@ def attention_diversity_loss(heads: list[torch.Tensor], eps: float = 1e-8) -> to
     return count / (total + eps)
 
 
-__all__ = ["attention_diversity_loss", "class_weights", "classification_loss"]
+__all__ = ["attention_diversity_loss", "class_weights", "classification_loss", "distillation_loss"]

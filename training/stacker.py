@@ -18,8 +18,8 @@ import numpy as np
 
 from rtfer.ensemble import LogisticStacker, SoftVote, softmax
 from rtfer.errors import InputError
-from rtfer.labels import NUM_CLASSES
-from training.evaluate import CalibrationError, ClassificationMetrics, fit_temperature
+from rtfer.labels import CLASSES, NUM_CLASSES
+from training.evaluate import CalibrationError, ClassificationMetrics, fit_temperature, plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     r = ClassificationMetrics().update(probs, labels).compute()
     return {"accuracy": r.accuracy, "mean_class_accuracy": r.mean_class_accuracy}
+
+
+def recall_by_class(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    r = ClassificationMetrics().update(probs, labels).compute()
+    return {c: float(v) for c, v, n in zip(CLASSES, r.recall, r.support) if n}
 
 
 def weight_grid(num_members: int, step: float = 0.05) -> np.ndarray:
@@ -159,10 +164,13 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
     temperature = fit_temperature(oof_logp, labels)
     ece = {"before": _ece(oofs[chosen], labels), "after": _ece(softmax(oof_logp, temperature), labels)}
     metrics = {"split": "validation",
-               "members": {n: score(p, labels) for n, p in zip(names, member_probs)},
+               "members": {n: {**score(p, labels), "recall": recall_by_class(p, labels)}
+                           for n, p in zip(names, member_probs)},
                "ensemble": {"method": chosen, "cross_validated": True, "folds": folds,
                             "accuracy": fitted[chosen]["accuracy"],
                             "mean_class_accuracy": fitted[chosen]["mean_class_accuracy"],
+                            "recall": recall_by_class(oofs[chosen], labels),
+                            "confusion": ClassificationMetrics().update(oofs[chosen], labels).compute().confusion,
                             "ece": ece["before"], "ece_tempered": ece["after"], "temperature": float(temperature)},
                "count": int(len(labels))}
     return StackerFit(chosen=chosen, ensemble=final.to_dict(), temperature=float(temperature), member_names=list(names),
@@ -227,4 +235,8 @@ def fit_ensemble_from_runs(runs: list[str | Path], out: str | Path, *, choose: s
     (out / "ensemble.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     (out / "ablation.json").write_text(json.dumps(fit.ablation, indent=2) + "\n", encoding="utf-8")
     (out / "ablation.md").write_text(ablation_markdown(fit), encoding="utf-8")
+    ens = fit.metrics["ensemble"]
+    plot_confusion(np.asarray(ens["confusion"]), out / "confusion.png",
+                   title=f"ensemble ({fit.chosen}, {fit.folds}-fold out-of-fold): acc {ens['accuracy']:.3f}, "
+                         f"mean-class {ens['mean_class_accuracy']:.3f}")
     return fit

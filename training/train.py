@@ -144,6 +144,39 @@ def init_weights(model: torch.nn.Module, source: str | Path) -> None:
     log.info("initialised from %s (epoch %s)", source, init.get("epoch"))
 
 
+def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device,
+                 channels_last: bool) -> torch.nn.Module | None:
+    """The frozen distillation teacher of ``loss.distill_from``; it must take the student's input (size, colour,
+    normalisation), since both see the same augmented batch."""
+    src = cfg.loss.distill_from
+    if not src:
+        return None
+    from rtfer.models import create_model
+
+    path = Path(src)
+    if path.suffix == ".onnx":
+        member = _bundle_member(path) if path.is_file() else None
+        if member is None:
+            raise InputError(f"loss.distill_from {path} is not a member of a bundle folder (bundle.json beside it)")
+        teacher = create_model(member["architecture"], **member.get("arch_kwargs", {}))
+        init_weights(teacher, path)
+        teacher.default_cfg = {**teacher.default_cfg, "input_size": member["input_size"], "mean": member["mean"],
+                               "std": member["std"], "color": member["color"]}
+    else:
+        teacher, _ = load_checkpoint(path)
+    mine, theirs = preprocessing(student), preprocessing(teacher)
+    if mine != theirs:
+        raise InputError(f"distillation teacher {path} takes (size, mean, std, gray) {theirs}, the student {mine}")
+    teacher = teacher.to(device).eval()
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log.info("distilling from %s (weight %.2f, temperature %.1f)", path, cfg.loss.distill_weight,
+             cfg.loss.distill_temperature)
+    return teacher
+
+
 def _bundle_member(onnx_path: Path) -> dict | None:
     """The bundle.json entry of an ONNX file inside a bundle folder (None when it is a loose file)."""
     import json
@@ -210,7 +243,9 @@ def fit(cfg: TrainConfig) -> RunResult:
         min_lr_ratio=o.min_lr / o.lr if o.lr else 0.0))
     augment = BatchAugment(cfg.augment, size, mean, std, gray=gray, seed=cfg.run.seed)
     ema = ModelEma(model, cfg.run.ema_decay) if cfg.run.ema else None
-    step_opts = StepOptions(label_smoothing=cfg.loss.label_smoothing,
+    teacher = load_teacher(cfg, model, device, channels_last)
+    step_opts = StepOptions(label_smoothing=cfg.loss.label_smoothing, teacher=teacher,
+                            distill_weight=cfg.loss.distill_weight, distill_temperature=cfg.loss.distill_temperature,
                             class_weights=_class_weight_tensor(cfg, train, device),
                             attention_weight=cfg.loss.attention_weight, soft_targets=cfg.data.soft_targets,
                             grad_clip=o.grad_clip, amp=amp, channels_last=channels_last, max_steps=cfg.run.max_steps,

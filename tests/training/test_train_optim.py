@@ -148,3 +148,28 @@ def test_mixed_hard_label_batch_trains_on_the_mixed_distribution():
     logits = model(x)
     assert float(mixed) == pytest.approx(float(-(soft * logits.log_softmax(-1)).sum(-1).mean()), rel=1e-5)
     assert float(hard) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+
+
+def test_distillation_loss_by_hand():
+    from training.losses import distillation_loss
+
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0]])
+    p = torch.softmax(t / 2, -1)
+    q = torch.log_softmax(s / 2, -1)
+    want = float((p * (p.log() - q)).sum()) * 4
+    assert float(distillation_loss(s, t, 2.0)) == pytest.approx(want, rel=1e-6)
+    assert float(distillation_loss(t, t, 2.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_distillation_enters_the_step_loss():
+    torch.manual_seed(0)
+    student = create_model("convnextv2_test", input_size=32)
+    teacher = create_model("convnextv2_test", input_size=32).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    plain, _ = compute_loss(student, x, y, None, StepOptions())
+    both, _ = compute_loss(student, x, y, None, StepOptions(teacher=teacher, distill_weight=0.5))
+    from training.losses import distillation_loss
+
+    kd = distillation_loss(student(x), teacher(x), 2.0)
+    assert float(both) == pytest.approx(0.5 * float(plain) + 0.5 * float(kd), rel=1e-5)

@@ -108,3 +108,22 @@ def test_init_from_a_bundle_member_onnx(tiny_packed, tiny_bundle, tmp_path):
     assert want and all(np.array_equal(got[k].numpy(), want[k]) for k in want if "running" not in k)
     with pytest.raises(InputError, match="is a 'ddamfn_tiny' member, not 'convnextv2_test'"):
         fit(_cfg(train, val, tmp_path / "c", *common, f"run.init_from={tiny_bundle / 'ddamfn.onnx'}"))
+
+
+def test_distillation_from_a_checkpoint_and_mismatched_teacher(tiny_packed, tmp_path):
+    import pytest
+
+    from rtfer.errors import InputError
+
+    train, val = tiny_packed
+    common = ("model.input_size=32", "optim.sam=false", "run.epochs=1", "model.color=gray")
+    fit(_cfg(train, val, tmp_path / "teacher", "model.name=convnextv2_test", *common))
+    teacher = tmp_path / "teacher" / "best.pt"
+    result = fit(_cfg(train, val, tmp_path / "student", "model.name=ddamfn_tiny", *common,
+                      f"loss.distill_from={teacher}", "loss.distill_weight=0.7"))
+    assert result.best_epoch == 1
+    cfg = json.loads(json.dumps(load_config(tmp_path / "student" / "config.yaml").to_dict()))
+    assert cfg["loss"]["distill_from"] == str(teacher) and cfg["loss"]["distill_weight"] == 0.7
+    with pytest.raises(InputError, match="distillation teacher"):
+        fit(_cfg(train, val, tmp_path / "bad", "model.name=ddamfn_tiny", "model.input_size=48", "optim.sam=false",
+                 "run.epochs=1", "model.color=gray", f"loss.distill_from={teacher}"))
