@@ -7,6 +7,7 @@ member's input size (the network's cost does not depend on the content).
 
     python benchmarks/classifier_cost.py                     # the built-in default bundle
     python benchmarks/classifier_cost.py --bundle DIR --json out.json
+    python benchmarks/classifier_cost.py --record   # also store the batch-1 figures in bundle.json (rtfer info)
 
 Run it on an idle machine: a figure taken while training or tests run is not a figure.
 """
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,8", help="comma-separated faces per call (default 1,8)")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--json", default="", help="also write the figures as JSON here")
+    p.add_argument("--record", action="store_true",
+                   help="store the per-face figures at batch 1 in the bundle's bundle.json (metrics.cost_ms_per_face)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ["RTFER_ORT_THREADS"] = str(a.threads)  # read when the sessions are created
@@ -91,7 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
+    if a.record:
+        record(a.bundle, result)
     return 0
+
+
+def record(bundle_name: str, result: dict) -> None:
+    """Write the batch-1 per-face figures into bundle.json ``metrics.cost_ms_per_face`` (members by name)."""
+    from rtfer.bundle import BUNDLE_FILE, resolve_bundle_path, write_bundle_json
+
+    folder = resolve_bundle_path(bundle_name)
+    meta = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
+    first = min(r["batch"] for r in result["rows"])
+    cost = {r["what"].split(" ")[0]: round(r["ms_per_face"], 2) for r in result["rows"] if r["batch"] == first}
+    meta.setdefault("metrics", {})["cost_ms_per_face"] = cost
+    meta["metrics"]["cost_note"] = (f"benchmarks/classifier_cost.py: onnxruntime, {result['threads']} thread(s), "
+                                    f"batch {first}, median")
+    write_bundle_json(folder, meta)
+    log.warning("recorded %s in %s", cost, folder / BUNDLE_FILE)
 
 
 if __name__ == "__main__":

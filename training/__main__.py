@@ -1,4 +1,4 @@
-"""``python -m training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference}``."""
+"""``python -m training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves}``."""
 from __future__ import annotations
 
 import argparse
@@ -102,11 +102,26 @@ def _add_import(sub) -> None:
     p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
 
 
+def _add_curves(sub) -> None:
+    p = sub.add_parser("curves", help="plot the validation curves of several runs on one chart (PNG)")
+    p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p.add_argument("--title", default="")
+
+
+def cmd_curves(a) -> int:
+    from training.runlog import plot_runs
+
+    log.info("wrote %s", plot_runs(a.runs, a.out, a.title))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import):
+    for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
+                _add_curves):
         add(sub)
     return parser
 
@@ -219,7 +234,8 @@ def cmd_import_reference(a) -> int:
 
 
 COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
-            "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference}
+            "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
+            "curves": cmd_curves}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,3 +69,46 @@ class RunLog:
         fig.savefig(path)
         plt.close(fig)
         return path
+
+
+def plot_runs(runs: list[str | Path], path: str | Path, title: str = "") -> Path:
+    """Validation accuracy and mean-class accuracy per epoch of several runs on one chart (their metrics.jsonl),
+    with each run's cumulative wall time on a second axis, so a reader sees how far each member got and how fast."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from rtfer.errors import InputError
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for run in runs:
+        log_path = Path(run) / "metrics.jsonl"
+        if not log_path.is_file():
+            raise InputError(f"{log_path} does not exist (is {run} a training run folder?)")
+        rows = [json.loads(x) for x in log_path.read_text(encoding="utf-8").splitlines() if x]
+        ep = [r["epoch"] for r in rows]
+        name = Path(run).name
+        line, = a1.plot(ep, [100 * r["val_accuracy"] for r in rows], "o-", ms=3, label=f"{name} accuracy")
+        a1.plot(ep, [100 * r["val_mean_class_accuracy"] for r in rows], "s--", ms=3, color=line.get_color(),
+                alpha=0.6, label=f"{name} mean-class")
+        minutes, total = [], 0.0
+        for r in rows:
+            total += r.get("epoch_seconds", 0.0) / 60
+            minutes.append(total)
+        a2.plot(minutes, [100 * r["val_accuracy"] for r in rows], "o-", ms=3, color=line.get_color(), label=name)
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("validation %")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    a2.set_xlabel("wall minutes (2-core CPU, members trained side by side)")
+    a2.set_ylabel("validation accuracy %")
+    a2.grid(alpha=0.3)
+    a2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

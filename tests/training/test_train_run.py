@@ -127,3 +127,17 @@ def test_distillation_from_a_checkpoint_and_mismatched_teacher(tiny_packed, tmp_
     with pytest.raises(InputError, match="distillation teacher"):
         fit(_cfg(train, val, tmp_path / "bad", "model.name=ddamfn_tiny", "model.input_size=48", "optim.sam=false",
                  "run.epochs=1", "model.color=gray", f"loss.distill_from={teacher}"))
+
+
+def test_curves_command_plots_several_runs(tmp_path, capsys):
+    for name, accs in (("ddamfn", [0.5, 0.6, 0.7]), ("convnextv2", [0.55, 0.72])):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"epoch": i + 1, "val_accuracy": a, "val_mean_class_accuracy": a - 0.2, "epoch_seconds": 60.0}
+                for i, a in enumerate(accs)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curves.png"
+    assert main(["curves", str(tmp_path / "ddamfn"), str(tmp_path / "convnextv2"), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert main(["curves", str(tmp_path / "nothing"), "-o", str(out)]) == 2
+    assert "nothing/metrics.jsonl does not exist" in capsys.readouterr().err
