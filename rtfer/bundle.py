@@ -101,6 +101,16 @@ class BundleSpec:
             d = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{meta} is not valid JSON: {exc}") from None
+        try:
+            return cls._parse(folder, meta, d)
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BundleError(f"{meta} is damaged: {what}") from None
+
+    @classmethod
+    def _parse(cls, folder: Path, meta: Path, d) -> BundleSpec:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise BundleError(f"{meta} is not an rtfer bundle (format field is {d.get('format') if isinstance(d, dict) else None!r})")
         if int(d.get("format_version", 0)) > FORMAT_VERSION:

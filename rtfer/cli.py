@@ -173,6 +173,36 @@ def _check_output(path: str | None, what: str) -> None:
         raise OutputError(f"cannot write {what} {path}: folder {parent} does not exist")
 
 
+def _check_outputs(outputs: list[tuple[str, str]], inputs: list[str]) -> None:
+    """Refuse, before anything is opened for writing, an output that is one of the inputs or that another output of
+    the same run also writes (two inputs named clip.mp4 in different folders both default to clip.csv)."""
+    from rtfer.errors import OutputError
+
+    sources = {}
+    for spec in inputs:
+        if not is_live_spec(spec):
+            sources[Path(spec).expanduser().resolve()] = spec
+    seen: dict[Path, str] = {}
+    for path, what in outputs:
+        _check_output(path, what)
+        resolved = Path(path).expanduser().resolve()
+        if resolved in sources:
+            raise OutputError(f"the {what} output {path} is the input {sources[resolved]}: writing it would destroy "
+                              "the input; choose another output path")
+        if resolved in seen:
+            raise OutputError(f"the {what} output {path} would overwrite the {seen[resolved]} output of the same run; "
+                              "give each output its own path (several inputs: use --out-dir DIR)")
+        seen[resolved] = what
+
+
+def _check_summary_format(path: str) -> None:
+    from rtfer.errors import OutputError
+
+    allowed = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+    if Path(path).suffix.lower() not in allowed:
+        raise OutputError(f"summary plot {path}: the file name must end in {', '.join(allowed)}")
+
+
 def _cmd_analyze(args) -> int:
     options = _options(args)
     if args.out_dir or args.ray or args.workers > 1:
@@ -184,11 +214,18 @@ def _cmd_analyze(args) -> int:
         p = Path(spec)
         if p.is_dir() and _has_videos(p):
             raise InputError(f"{spec} is a folder of videos: use --out-dir DIR to write one CSV per video")
-    if len(args.inputs) > 1 and args.output:
-        raise InputError("several inputs need --out-dir DIR (one CSV each), or run them one at a time with -o")
-    for o, what in ((args.output, "CSV"), (args.jsonl, "JSON Lines"), (args.annotated, "annotated video"),
-                    (args.summary, "summary plot")):
-        _check_output(o, what)
+    if len(args.inputs) > 1:
+        shared = [flag for flag, value in (("-o", args.output), ("--jsonl", args.jsonl),
+                                           ("--annotated", args.annotated), ("--summary", args.summary)) if value]
+        if shared:
+            raise InputError(f"several inputs would all write to the one {'/'.join(shared)} path: use --out-dir DIR "
+                             "(outputs per input), or run the inputs one at a time")
+    outputs = [(args.output or _default_output(spec), "CSV") for spec in args.inputs]
+    outputs += [(o, what) for o, what in ((args.jsonl, "JSON Lines"), (args.annotated, "annotated video"),
+                                          (args.summary, "summary plot")) if o]
+    _check_outputs(outputs, args.inputs)
+    if args.summary:
+        _check_summary_format(args.summary)
     pipeline = None
     for spec in args.inputs:
         output = args.output or _default_output(spec)

@@ -56,6 +56,14 @@ class AnalyzeOptions:
             raise ValueError(f"smoothing must be none, ema or hmm, got {self.smoothing!r}")
         if self.batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {self.batch_frames}")
+        if not 0.0 <= self.smoothing_strength <= 1.0:
+            raise ValueError(f"smoothing strength must be between 0 and 1, got {self.smoothing_strength}")
+        if self.det_width < 64:
+            raise ValueError(f"detection width must be at least 64 pixels, got {self.det_width}")
+        if not 0.0 < self.det_threshold < 1.0:
+            raise ValueError(f"detector threshold must be between 0 and 1 (exclusive), got {self.det_threshold}")
+        if self.min_face < 0:
+            raise ValueError(f"minimum face size must be >= 0 pixels, got {self.min_face}")
 
     def replace(self, **changes) -> AnalyzeOptions:
         return AnalyzeOptions(**{**asdict(self), **changes})

@@ -253,3 +253,82 @@ def test_global_flags_after_the_command(tmp_path, capsys, tiny_bundle, group_vid
     code, stdout, err = run_cli(["analyze", str(group_video), "-o", str(out), "-q", *_common(tiny_bundle)], capsys)
     assert code == 0, err
     assert stdout == "" and out.is_file()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d["ensemble"].update(method="logistic", coef=[[1.0, 2.0]], intercept=[0.0]),  # wrong shape
+    lambda d: d["ensemble"].update(method="soft_vote", weights=[1.0, 2.0, 3.0]),  # 3 weights, 2 members
+    lambda d: d["ensemble"].update(method="magic"),
+    lambda d: d["members"][0].pop("input_size"),
+    lambda d: d["members"][0].update(input_size="big"),
+    lambda d: d.update(alignment={"template": [[0.1, 0.2]]}),
+    lambda d: d.update(members="ddamfn.onnx"),
+])
+def test_damaged_bundle_json_is_one_line_and_exit_2(tmp_path, capsys, tiny_bundle, group_video, damage):
+    import json
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    damage(meta)
+    (bad / "bundle.json").write_text(json.dumps(meta))
+    code, _, err = run_cli(["analyze", str(group_video), "-o", str(tmp_path / "o.csv"), "--bundle", str(bad),
+                            "--backend", "onnxruntime", "--device", "cpu", "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and "internal error" not in err, err
+    assert len([x for x in err.strip().splitlines() if x.startswith("rtfer: error")]) == 1, err
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("flag", ["-o", "--jsonl", "--annotated"])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys, tiny_bundle, group_video, flag):
+    import shutil
+
+    video = tmp_path / "s.mp4"
+    shutil.copyfile(group_video, video)
+    before = video.read_bytes()
+    args = ["analyze", str(video), *(["-o", str(tmp_path / "o.csv")] if flag != "-o" else []), flag, str(video)]
+    code, _, err = run_cli([*args, *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "would destroy the input")
+    assert video.read_bytes() == before
+
+
+def test_two_outputs_of_one_run_on_the_same_path_are_refused(tmp_path, capsys, tiny_bundle, group_video):
+    same = str(tmp_path / "x.out")
+    code, _, err = run_cli(["analyze", str(group_video), "-o", same, "--jsonl", same, *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "would overwrite")
+    assert not (tmp_path / "x.out").exists()
+
+
+def test_several_inputs_never_share_an_output(tmp_path, capsys, tiny_bundle, group_video, monkeypatch):
+    import shutil
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copyfile(group_video, tmp_path / sub / "clip.mp4")
+    monkeypatch.chdir(tmp_path)
+    a, b = str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4")
+    # both would default to clip.csv here
+    code, _, err = run_cli(["analyze", a, b, *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "would overwrite")
+    for flag, path in (("--summary", "s.png"), ("--jsonl", "j.jsonl"), ("--annotated", "v.mp4"), ("-o", "o.csv")):
+        code, _, err = run_cli(["analyze", a, b, flag, path, *_common(tiny_bundle)], capsys)
+        assert_one_line_error(code, err, "several inputs")
+    assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--smoothing-strength", "-1"], "smoothing strength"),
+    (["--smoothing-strength", "1.5"], "smoothing strength"),
+    (["--det-width", "10"], "detection width"),
+    (["--det-threshold", "2"], "detector threshold"),
+    (["--min-face", "-3"], "minimum face"),
+    (["--every", "0"], "every"),
+    (["--summary", "{tmp}/x.txt"], "must end in"),
+])
+def test_out_of_range_options_are_refused_before_any_work(tmp_path, capsys, tiny_bundle, group_video, args, needle):
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli(["analyze", str(group_video), "-o", str(out), *args, *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
