@@ -228,7 +228,16 @@ class Source:
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return redact_url(text[0]) if text else type(exc).__name__
+
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact_url(text: str) -> str:
+    """Hide the user-info (``user:password@``) of every URL in ``text``: ``rtsp://alice:pw@cam/1`` ->
+    ``rtsp://***@cam/1``. Used for every source name, message and log line that can carry a stream URL."""
+    return _USERINFO.sub(r"\1***@", str(text))
 
 
 # -- images and folders --------------------------------------------------------------------------------------------
@@ -416,10 +425,10 @@ class StreamSource(Source):
     kind = "stream"
 
     def __init__(self, url: str, container: Any, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self.name = url
+        super().__init__(redact_url(url), **kwargs)
+        self.name = redact_url(url)  # CSV source cells, messages: never the credentials
         self._container = container
-        stream = _video_stream(container, url)
+        stream = _video_stream(container, self.name)
         self._stream = stream
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
@@ -579,7 +588,7 @@ def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames
             container = av.open(text, timeout=STREAM_TIMEOUT_S,
                                 options={"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else None)
         except Exception as exc:  # noqa: BLE001 - any open failure is an input problem
-            raise InputError(f"cannot open stream {text}: {_one_line(exc)}") from None
+            raise InputError(f"cannot open stream {redact_url(text)}: {_one_line(exc)}") from None
         return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames)
     path = Path(text).expanduser()
     if not path.exists():
@@ -644,9 +653,14 @@ def _open_video(path: Path) -> Any | None:
             container.close()
             return None
         streams = container.streams.video
+        audio_only = not streams and bool(container.streams.audio)
         if not streams or not streams[0].codec_context or not streams[0].codec_context.width:
             container.close()
+            if audio_only:
+                raise InputError(f"{path} has no video stream (it holds only audio)")
             return None
+    except InputError:
+        raise
     except Exception:  # noqa: BLE001
         container.close()
         return None

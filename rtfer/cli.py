@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from rtfer import __version__
-from rtfer.capture import is_live_spec
+from rtfer.capture import is_live_spec, redact_url
 from rtfer.errors import RtferError
 
 log = logging.getLogger("rtfer.cli")
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     level = logging.ERROR if args.quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="rtfer: %(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the entry point owns the root handler: keep credentials out
+        handler.addFilter(_RedactFilter())
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if args.command == "analyze":
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except RtferError as exc:
         if args.debug:
             raise
-        print(f"rtfer: error: {exc}", file=sys.stderr)
+        print(f"rtfer: error: {redact_url(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ImportError as exc:
         if args.debug:
@@ -153,10 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback, unless --debug
         if args.debug:
             raise
-        print(f"rtfer: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+        print(f"rtfer: internal error: {type(exc).__name__}: {redact_url(str(exc))} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
     return 0
+
+
+class _RedactFilter(logging.Filter):
+    """Rewrites a log record's message with URL credentials hidden (FFmpeg and our own messages quote URLs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact_url(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def _raise_interrupt(signum, frame):
@@ -258,7 +271,7 @@ def _default_output(spec: str) -> str:
 def _print_run(stats, describe: dict, args) -> None:
     out = sys.stdout
     for w in stats.warnings:
-        print(f"rtfer: warning: {w}", file=sys.stderr)
+        print(f"rtfer: warning: {redact_url(w)}", file=sys.stderr)
     if stats.summary is not None and hasattr(stats.summary, "table"):
         print(stats.summary.table(), file=out)
     stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items() if v > 0)

@@ -332,3 +332,35 @@ def test_out_of_range_options_are_refused_before_any_work(tmp_path, capsys, tiny
     code, _, err = run_cli(["analyze", str(group_video), "-o", str(out), *args, *_common(tiny_bundle)], capsys)
     assert_one_line_error(code, err, needle)
     assert not out.exists()
+
+
+def test_audio_only_file_says_it_has_no_video(tmp_path, capsys, tiny_bundle):
+    import av
+
+    path = tmp_path / "voice.m4a"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    code, _, err = run_cli(["analyze", str(path), "-o", str(tmp_path / "o.csv"), *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "no video stream")
+    assert "damaged" not in err
+
+
+def test_stream_credentials_never_reach_messages_or_outputs(tmp_path, capsys, tiny_bundle, caplog):
+    from rtfer.capture import redact_url
+
+    assert redact_url("rtsp://alice:s3cr3t@10.0.0.1:554/cam") == "rtsp://***@10.0.0.1:554/cam"
+    assert redact_url("see http://u:p@h/x and https://h/y") == "see http://***@h/x and https://h/y"
+    assert redact_url("/videos/clip@2x.mp4") == "/videos/clip@2x.mp4"
+    # a stream that cannot be opened (nothing listens on this loopback port): the error names the URL without it
+    url = "rtsp://alice:s3cr3t@127.0.0.1:9/cam"
+    code, out, err = run_cli(["analyze", url, "-o", str(tmp_path / "o.csv"), *_common(tiny_bundle)], capsys)
+    assert code == 2 and "s3cr3t" not in err + out and "alice" not in err + out, err
+    assert "rtsp://***@127.0.0.1:9/cam" in err
