@@ -212,7 +212,12 @@ def test_mfn_pretrained_from_pickled_reference_module(tmp_path):
         torch.save(mfn, tmp_path / "MFN_msceleb.pth")
     finally:
         del sys.modules["networks"], sys.modules["networks.MixedFeatureNet"]
-    report = load_mfn_pretrained(target, tmp_path / "MFN_msceleb.pth")
+    # unpickling runs code from the file: refused unless the user says they trust it
+    with pytest.raises(ValueError, match="trust"):
+        load_mfn_pretrained(target, tmp_path / "MFN_msceleb.pth")
+    with pytest.raises(ValueError, match="trust"):
+        create_model("ddamfn_tiny", pretrained_path=tmp_path / "MFN_msceleb.pth")  # the runtime never unpickles
+    report = load_mfn_pretrained(target, tmp_path / "MFN_msceleb.pth", trust_pickle=True)
     assert report == {"missing": [], "unexpected": ["linear.weight"]}
     for k, v in source.features.state_dict().items():
         assert torch.equal(target.features.state_dict()[k], v), k
@@ -220,6 +225,15 @@ def test_mfn_pretrained_from_pickled_reference_module(tmp_path):
     torch.save({"conv1.conv.weight": torch.zeros(5, 3, 3, 3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="do not fit"):
         load_mfn_pretrained(wrong, tmp_path / "bad.pth")
+
+
+def test_runtime_model_code_never_unpickles():
+    """The unpickling fallback lives in training/ behind a trust flag; nothing under rtfer/ calls it."""
+    import rtfer
+
+    root = Path(rtfer.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "weights_only=False" in p.read_text()]
+    assert offenders == []
 
 
 def test_bundle_from_reference_checkpoint(tmp_path):

@@ -100,6 +100,8 @@ def _add_import(sub) -> None:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--name", default="ddamfn-reference")
     p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a checkpoint that needs full unpickling (runs code from the file: only files you trust)")
 
 
 def _add_curves(sub) -> None:
@@ -228,7 +230,8 @@ def cmd_import_reference(a) -> int:
 
     from training.bundling import parity_crops
 
-    folder = bundle_from_reference(a.checkpoint, a.out, name=a.name, parity_images=parity_crops(a.parity_images))
+    folder = bundle_from_reference(a.checkpoint, a.out, name=a.name, parity_images=parity_crops(a.parity_images),
+                                   trust_pickle=a.trust_pickle)
     log.info("bundle written to %s", folder)
     return 0
 

@@ -36,6 +36,7 @@ class ModelConfig:
     input_size: int = 0  # 0: the architecture's default
     kwargs: dict = field(default_factory=dict)  # extra create_model kwargs (drop_rate, num_head, pretrained_path...)
     color: str = ""  # "" = the model's default; "gray" converts inputs to grayscale (FER2013-style data)
+    trust_pickle: bool = False  # let kwargs.pretrained_path be a pickled module (MFN_msceleb.pth); runs its code
 
 
 @dataclass

@@ -16,12 +16,49 @@ from torch import nn
 
 from rtfer.labels import CLASSES, DDAMFN_REFERENCE_ORDER, permutation
 from rtfer.models import create_model
-from rtfer.models.ddamfn import load_mfn_backbone, read_state_dict, strip_prefixes
+from rtfer.models.ddamfn import load_mfn_backbone, read_state_dict, state_dict_of, strip_prefixes
 
 log = logging.getLogger(__name__)
 
 #: Per-class tensors of the reference head (fc rows and the unused BatchNorm1d over the logits).
 CLASS_ROW_KEYS = ("fc.weight", "fc.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+
+
+class _AnyModule(nn.Module):
+    """Stand-in for the reference's pickled module classes: unpickling restores their parameters and children."""
+
+    def forward(self, *args):  # pragma: no cover - never called
+        raise RuntimeError("placeholder module from a pickled reference checkpoint")
+
+
+def _reference_unpickler():
+    """A pickle module for torch.load that maps the reference repo's classes (networks.*) onto _AnyModule."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if module.split(".")[0] in ("networks", "MixedFeatureNet", "DDAM", "__main__"):
+                return _AnyModule
+            return super().find_class(module, name)
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="rtfer_reference_pickle")
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint. Plain tensor files load safely; a pickled module (the reference's MFN_msceleb.pth)
+    needs ``trust_pickle=True``, because unpickling runs code from the file: pass it only for files you trust."""
+    try:
+        return read_state_dict(path)
+    except ValueError:
+        if not trust_pickle:
+            raise
+    log.warning("unpickling %s with full pickle because trust_pickle is set: this runs code from the file", path)
+    obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_reference_unpickler())
+    state = state_dict_of(obj)
+    if state is None:
+        raise ValueError(f"{Path(path).name} holds no recognisable state dict (got {type(obj).__name__})")
+    return state
 
 
 def reorder_class_rows(state: dict, from_order=DDAMFN_REFERENCE_ORDER, to_order=CLASSES) -> dict:
@@ -37,11 +74,11 @@ def reorder_class_rows(state: dict, from_order=DDAMFN_REFERENCE_ORDER, to_order=
 
 
 def load_reference_ddamfn(ckpt_path: str | Path, *, num_head: int | None = None,
-                          architecture: str = "ddamfn") -> nn.Module:
+                          architecture: str = "ddamfn", trust_pickle: bool = False) -> nn.Module:
     """A reference DDAMFN checkpoint ({"model_state_dict": ...}, a plain state dict, "module." prefixes) as our
     ``ddamfn`` (112 px, canonical class order), in eval mode. ``architecture`` picks another registered DDAMFN
     variant with the same key layout (``ddamfn_tiny`` for tests)."""
-    state = strip_prefixes(read_state_dict(ckpt_path))
+    state = strip_prefixes(read_checkpoint(ckpt_path, trust_pickle))
     heads = num_head or len({k.split(".")[0] for k in state if k.startswith("cat_head")}) or 2
     if "fc.weight" not in state:
         raise ValueError(f"{Path(ckpt_path).name} is not a DDAMFN checkpoint (no fc.weight)")
@@ -60,13 +97,14 @@ def load_reference_ddamfn(ckpt_path: str | Path, *, num_head: int | None = None,
     return model.eval()
 
 
-def load_mfn_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Load the MS-Celeb MixedFeatureNet weights into ``model``'s backbone.
+def load_mfn_pretrained(model: nn.Module, path: str | Path, trust_pickle: bool = False) -> dict[str, list[str]]:
+    """Load the MS-Celeb MixedFeatureNet weights into ``model``'s backbone (MFN_msceleb.pth is a pickled module:
+    ``trust_pickle=True`` to read it).
 
     Returns {"missing": backbone keys not in the file, "unexpected": file keys not used (the embedding tail)},
     and logs both; a shape mismatch raises ValueError.
     """
-    missing, unexpected = load_mfn_backbone(model, path)
+    missing, unexpected = load_mfn_backbone(model, read_checkpoint(path, trust_pickle))
     if missing:
         log.warning("MixedFeatureNet weights: %d backbone tensors missing, e.g. %s", len(missing), missing[:3])
     if unexpected:
@@ -77,11 +115,12 @@ def load_mfn_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[st
 
 def bundle_from_reference(ckpt: str | Path, out_folder: str | Path, *, name: str = "ddamfn-reference",
                           version: str = "reference", parity_images: np.ndarray | None = None,
-                          metrics: dict | None = None, architecture: str = "ddamfn") -> Path:
+                          metrics: dict | None = None, architecture: str = "ddamfn",
+                          trust_pickle: bool = False) -> Path:
     """A single-member bundle (soft vote of one) from a reference DDAMFN checkpoint."""
     from training.export import write_bundle
 
-    model = load_reference_ddamfn(ckpt, architecture=architecture)
+    model = load_reference_ddamfn(ckpt, architecture=architecture, trust_pickle=trust_pickle)
     return write_bundle(out_folder, [{"model": model, "name": "ddamfn"}], {"method": "soft_vote", "weights": [1.0]},
                         name=name, version=version, interim=False,
                         training={"source": "SainingZhang/DDAMFN reference checkpoint", "checkpoint": Path(ckpt).name},

@@ -61,7 +61,16 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     kwargs = dict(cfg.model.kwargs)
     if cfg.model.input_size:
         kwargs["input_size"] = int(cfg.model.input_size)
+    backbone = None
+    if cfg.model.name.startswith("ddamfn") and kwargs.get("pretrained_path"):
+        backbone = kwargs.pop("pretrained_path")  # read here, where a pickled reference file may be trusted
     model = create_model(cfg.model.name, **kwargs)
+    if backbone:
+        from training.reference import load_mfn_pretrained
+
+        report = load_mfn_pretrained(model, backbone, trust_pickle=cfg.model.trust_pickle)
+        if report["missing"]:
+            raise InputError(f"{backbone} lacks {len(report['missing'])} backbone tensors, e.g. {report['missing'][0]}")
     model.default_cfg = dict(model.default_cfg)
     if cfg.model.color:
         model.default_cfg["color"] = cfg.model.color

@@ -319,38 +319,30 @@ def load_mfn_backbone(model: DDAMFN, source: str | Path | dict) -> tuple[list[st
     return missing, unexpected
 
 
-class _AnyModule(nn.Module):
-    """Stand-in for the reference's pickled module classes: unpickling restores their parameters and children."""
-
-    def forward(self, *args):  # pragma: no cover - never called
-        raise RuntimeError("placeholder module from a pickled reference checkpoint")
-
-
-def _reference_unpickler():
-    """A pickle module for torch.load that maps the reference repo's classes (networks.*) onto _AnyModule."""
-    import pickle
-    import types
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            if module.split(".")[0] in ("networks", "MixedFeatureNet", "DDAM", "__main__"):
-                return _AnyModule
-            return super().find_class(module, name)
-
-    mod = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="rtfer_reference_pickle")
-    return mod
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a checkpoint: a state dict, {"model_state_dict"|"state_dict"|"model": ...}, or a pickled
-    module (the reference's MFN_msceleb.pth), without needing the reference code on the path."""
+    """Read tensors from a checkpoint: a state dict or {"model_state_dict"|"state_dict"|"model": ...}.
+
+    Only ``torch.load(weights_only=True)``: the runtime never unpickles code. A pickled module (the reference's
+    MFN_msceleb.pth) is refused here; ``training.reference.read_checkpoint(..., trust_pickle=True)`` reads it when the
+    user vouches for the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # pickled modules need the full unpickler; map the reference classes to a stand-in
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_reference_unpickler())
+    except Exception as exc:  # a pickled module or other objects: only safe loading here
+        raise ValueError(f"{path.name} is not a plain tensor checkpoint: reading it would unpickle code from the "
+                         "file; if you trust its source, load it through `python -m training` with the trust-pickle "
+                         f"option ({type(exc).__name__})") from None
+    state = state_dict_of(obj)
+    if state is None:
+        raise ValueError(f"{path.name} holds no recognisable state dict (got {type(obj).__name__})")
+    return state
+
+
+def state_dict_of(obj) -> dict[str, torch.Tensor] | None:
+    """The tensors of a loaded checkpoint object (module, state dict, or a dict wrapping one), else None."""
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, dict):
@@ -360,7 +352,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 return inner.state_dict() if isinstance(inner, nn.Module) else dict(inner)
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
-    raise ValueError(f"{path.name} holds no recognisable state dict (got {type(obj).__name__})")
+    return None
 
 
 def strip_prefixes(state: dict) -> dict:
