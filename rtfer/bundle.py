@@ -134,6 +134,13 @@ class BundleSpec:
         make_ensemble(spec.ensemble, len(members), spec.temperature)  # validate early
         return spec
 
+    @property
+    def detector(self) -> str | None:
+        """The detector whose landmarks the alignment template was fitted to (bundle.json ``alignment.detector``);
+        None when the bundle does not tie itself to one (e.g. the generic ArcFace template)."""
+        name = (self.raw.get("alignment") or {}).get("detector")
+        return str(name) if name else None
+
     def verify(self) -> None:
         """Check every member's sha256 against bundle.json."""
         for m in self.members:

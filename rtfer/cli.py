@@ -276,7 +276,8 @@ def _print_run(stats, describe: dict, args) -> None:
         print(stats.summary.table(), file=out)
     stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items() if v > 0)
     print(f"{stats.frames} frames, {stats.faces} faces in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s) "
-          f"on {describe['backend']}/{describe['device']}; mean ms per frame: {stages}", file=out)
+          f"on {describe['backend']}/{describe['device']}, detector {describe['detector']}; "
+          f"mean ms per frame: {stages}", file=out)
     written = [("CSV", stats.output), ("JSON Lines", args.jsonl), ("annotated video", args.annotated),
                ("summary plot", args.summary)]
     for what, path in written:
@@ -361,6 +362,8 @@ def _cmd_info(args) -> int:
     for m in spec.members:
         print(f"  member {m.name}: {m.architecture} {m.input_size}px {m.color} ({m.file})")
     print(f"  ensemble: {spec.ensemble.get('method')}")
+    print(f"  detector: {spec.detector} (the alignment template was fitted to its landmarks; --detector auto uses it)"
+          if spec.detector else "  detector: any (generic alignment template; --detector auto picks one)")
     for line in _metrics_lines(spec):
         print(line)
     for name in ("onnxruntime", "torch", "tensorrt"):

@@ -69,6 +69,22 @@ class AnalyzeOptions:
         return AnalyzeOptions(**{**asdict(self), **changes})
 
 
+def resolve_detector(requested: str, spec) -> str:
+    """The detector to create: ``auto`` means the one the bundle's alignment template was fitted to (so accuracy
+    does not depend on which model packs happen to sit in the user's home folder); an explicit choice that differs
+    from the bundle's is honoured with a visible warning."""
+    bundle_detector = getattr(spec, "detector", None)
+    if requested == "auto":
+        if bundle_detector:
+            log.info("detector auto: %s (the detector bundle %s was aligned for)", bundle_detector, spec.name)
+            return bundle_detector
+        return "auto"
+    if bundle_detector and requested != bundle_detector:
+        log.warning("bundle %s was aligned with %s landmarks; --detector %s places landmarks differently, which may "
+                    "lower accuracy", spec.name, bundle_detector, requested)
+    return requested
+
+
 @dataclass
 class _Prepared:
     """A frame after the front stages: its faces and aligned crops per member input size."""
@@ -93,10 +109,10 @@ class Pipeline:
             o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback)
         # The detector runs on onnxruntime: on a GPU machine it uses CUDA when onnxruntime-gpu is installed and
         # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
-        det_device = "cuda" if self.bundle.device.startswith("cuda") else "cpu"
+        det_device = self.bundle.device if self.bundle.device.startswith("cuda") else "cpu"  # keeps cuda:N
         self.detector = detector if detector is not None else create_detector(
-            o.detector, det_width=o.det_width, score_threshold=o.det_threshold, min_face=o.min_face,
-            max_faces=o.max_faces, device=det_device, allow_fallback=True)
+            resolve_detector(o.detector, self.bundle.spec), det_width=o.det_width, score_threshold=o.det_threshold,
+            min_face=o.min_face, max_faces=o.max_faces, device=det_device, allow_fallback=True)
         self.source = None
         self.sizes = sorted(set(self.bundle.input_sizes))
 
@@ -104,7 +120,7 @@ class Pipeline:
         b = self.bundle
         return {"bundle": f"{b.spec.name} {b.spec.version}" + (" (interim)" if b.spec.interim else ""),
                 "backend": b.backend_name, "device": b.backends[0].active_device,
-                "detector": type(self.detector).__name__}
+                "detector": getattr(self.detector, "name", type(self.detector).__name__)}
 
     # ----------------------------------------------------------------------------------------------------------
     def run(self, source, cancel: threading.Event | None = None, *,

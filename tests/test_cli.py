@@ -364,3 +364,24 @@ def test_stream_credentials_never_reach_messages_or_outputs(tmp_path, capsys, ti
     code, out, err = run_cli(["analyze", url, "-o", str(tmp_path / "o.csv"), *_common(tiny_bundle)], capsys)
     assert code == 2 and "s3cr3t" not in err + out and "alice" not in err + out, err
     assert "rtsp://***@127.0.0.1:9/cam" in err
+
+
+def test_info_shows_the_default_bundles_measured_figures(capsys):
+    import json
+
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+
+    spec = BundleSpec.read(resolve_bundle_path("default"))
+    code, out, _ = run_cli(["info"], capsys)
+    assert code == 0
+    metrics = spec.raw["metrics"]
+    for m in spec.members:
+        assert f"member {m.name} ({m.architecture} {m.input_size}px): accuracy " in out
+    assert f"detector: {spec.detector}" in out and spec.detector == "centerface"
+    assert "ablation (accuracy / mean-class)" in out and "ensemble recall per class" in out
+    assert "confusion matrix: " in out and (spec.path / metrics["confusion_png"]).is_file()
+    # what the product claims: the shipped ensemble beats each of its members on validation (cross-validated)
+    ens = metrics["ensemble"]
+    assert ens["cross_validated"] and ens["method"] in ("soft_vote", "logistic")
+    assert all(ens["accuracy"] > r["accuracy"] for r in metrics["members"].values()), json.dumps(metrics["members"])
+    assert ens["ece_tempered"] <= ens["ece"]

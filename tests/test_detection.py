@@ -245,3 +245,35 @@ def test_fit_template_on_fer2013_images(centerface, fer2013_dir):
     assert template[:2, 1].max() < template[2, 1] < template[3:, 1].min()  # eyes above nose above mouth
     with pytest.raises(ValueError, match="no face"):
         fit_template([blank], centerface)
+
+
+def test_detector_follows_the_bundle_and_warns_on_a_mismatch(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from rtfer.pipeline import resolve_detector
+
+    tied = SimpleNamespace(name="b", detector="centerface")
+    free = SimpleNamespace(name="b", detector=None)
+    assert resolve_detector("auto", tied) == "centerface"  # not whatever model pack sits in ~/.insightface
+    assert resolve_detector("auto", free) == "auto"
+    with caplog.at_level(logging.WARNING, logger="rtfer.pipeline"):
+        assert resolve_detector("scrfd", tied) == "scrfd"
+        assert resolve_detector("centerface", tied) == "centerface"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "aligned with centerface landmarks" in warnings[0]
+
+
+def test_cuda_index_reaches_the_detector_session(monkeypatch):
+    import onnxruntime as ort
+
+    from rtfer.detection.base import ort_providers
+    from rtfer.errors import BackendError
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ort_providers("cuda:1", False) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert ort_providers("cuda", False)[0] == ("CUDAExecutionProvider", {"device_id": 0})
+    with pytest.raises(BackendError):
+        ort_providers("cuda:x", False)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert ort_providers("cuda:1", True) == ["CPUExecutionProvider"]

@@ -86,7 +86,10 @@ def _add_export(sub) -> None:
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--interim", action="store_true", help="mark the bundle as trained with a reduced recipe")
     p.add_argument("--template", default="",
-                   help="alignment template JSON ([[x, y] * 5] in crop units, or training.fit_template output)")
+                   help="alignment template JSON ([[x, y] * 5] in crop units, or training.fit_template output, "
+                        "whose detector is recorded too)")
+    p.add_argument("--detector", default="", help="the detector whose landmarks the template fits (bundle.json "
+                                                   "alignment.detector; --detector auto at run time uses it)")
     p.add_argument("--parity-images", default="", help="packed .npz / image folder for the ORT-vs-torch check")
     p.add_argument("--names", default="", help="comma-separated member names (default: the run folder names)")
     p.add_argument("--parity-tol", type=float, default=None,
@@ -213,12 +216,19 @@ def cmd_export(a) -> int:
     from training.bundling import export_bundle
 
     names = [n.strip() for n in a.names.split(",")] if a.names else None
-    template = None
+    template, alignment = None, {}
     if a.template:  # a [[x, y] * 5] list, or fit_template's JSON with a "template" entry
         template = json.loads(Path(a.template).read_text(encoding="utf-8"))
-        template = template["template"] if isinstance(template, dict) else template
+        if isinstance(template, dict):
+            alignment = {"detector": template.get("detector"), "landmarks": template.get("order"),
+                         "source": str(a.template)}
+            template = template["template"]
+    if a.detector:
+        alignment["detector"] = a.detector
+    alignment = {k: v for k, v in alignment.items() if v}
     folder = export_bundle(a.checkpoints, a.out, ensemble_json=a.ensemble, name=a.name, version=a.version,
-                           interim=a.interim, alignment_template=template, parity_images=a.parity_images or None,
+                           interim=a.interim, alignment_template=template, alignment=alignment,
+                           parity_images=a.parity_images or None,
                            member_names=names, training_extra={"data": a.data_note} if a.data_note else None,
                            parity_tol=a.parity_tol)
     log.info("bundle written to %s", folder)

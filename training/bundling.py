@@ -48,7 +48,7 @@ def _run_summary(run_dir: Path) -> dict:
 
 
 def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_json: str | Path, name: str = "default",
-                  version: str = "0.1.0", interim: bool = False, alignment_template=None,
+                  version: str = "0.1.0", interim: bool = False, alignment_template=None, alignment: dict | None = None,
                   parity_images: str | Path | np.ndarray | None = None, member_names: list[str] | None = None,
                   training_extra: dict | None = None, parity_tol: float | None = None) -> Path:
     """Write a bundle folder for the member checkpoints (``best.pt`` of each run) and the fitted ensemble.
@@ -84,7 +84,7 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
                 **dict(training_extra or {})}
     kw = {} if parity_tol is None else {"parity_tol": float(parity_tol)}
     folder = write_bundle(out, members, fit["ensemble"], name=name, version=version, interim=interim,
-                          alignment_template=alignment_template, training=training, metrics=metrics,
+                          alignment_template=alignment_template, alignment=alignment, training=training, metrics=metrics,
                           parity_images=crops, temperature=float(fit["temperature"]), **kw)
     from rtfer.bundle import BUNDLE_FILE, write_bundle_json
 

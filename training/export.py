@@ -239,7 +239,7 @@ def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray | N
 def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, name: str, version: str, interim: bool,
                  alignment_template=None, training: dict | None = None, metrics: dict | None = None,
                  parity_images: np.ndarray | None = None, temperature: float = 1.0, parity_tol: float = 2e-2,
-                 opset: int = DEFAULT_OPSET) -> Path:
+                 opset: int = DEFAULT_OPSET, alignment: dict | None = None) -> Path:
     """Export each member (FP16-stored weights), write bundle.json, and check the bundle loads and agrees on the
     onnxruntime and torch backends.
 
@@ -247,7 +247,9 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
     what create_model recorded on the module), ``temperature``, and ``onnx``: an FP32 file that export_onnx already
     wrote for this model (skips exporting again; the parity check still compares it with the model). ``parity_images``: real aligned crops (uint8
     (n, S, S, 3) RGB) for the ORT-vs-torch check; random input is always checked. A member whose FP16 export differs
-    from torch by more than ``parity_tol`` x max(1, logit scale) raises BundleError. Returns the folder.
+    from torch by more than ``parity_tol`` x max(1, logit scale) raises BundleError. ``alignment``: extra fields
+    for bundle.json's ``alignment`` object, above all ``detector``, the detector whose landmarks the template was
+    fitted to (the runtime's ``--detector auto`` then uses it). Returns the folder.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -281,7 +283,7 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
     template = np.asarray(ARCFACE_TEMPLATE if alignment_template is None else alignment_template, np.float64)
     meta = {"name": name, "version": str(version), "interim": bool(interim), "members": specs,
             "ensemble": dict(ensemble), "temperature": float(temperature),
-            "alignment": {"template": template.reshape(5, 2).tolist()},
+            "alignment": {"template": template.reshape(5, 2).tolist(), **dict(alignment or {})},
             "training": dict(training or {}), "metrics": {**dict(metrics or {}), "export_parity": parity}}
     write_bundle_json(folder, meta)
     check_bundle_roundtrip(folder, parity_images)

@@ -93,14 +93,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def ort_providers(device: str, allow_fallback: bool) -> list[str]:
-    """onnxruntime providers for ``device``; a requested GPU that is missing raises unless fallback was asked for."""
+def ort_providers(device: str, allow_fallback: bool) -> list:
+    """onnxruntime providers for ``device`` (``cuda:N`` selects GPU N); a requested GPU that is missing raises unless
+    fallback was asked for."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" in available:
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            index = device.partition(":")[2]
+            if index and not index.isdigit():
+                raise BackendError(f"unknown detector device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+            return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
         if not allow_fallback:
             raise BackendError(f"detector device {device!r} requested but onnxruntime has no CUDAExecutionProvider "
                                f"(available: {', '.join(available)})")
