@@ -209,7 +209,7 @@ class Bundle:
     def __init__(self, spec: BundleSpec, backend: str = "auto", device: str = "auto", *,
                  allow_fallback: bool = False, max_batch: int = 64) -> None:
         self.spec = spec
-        self.backend_name, self.device = backends.resolve(backend, device)
+        self.backend_name, self.device = backends.resolve(backend, device, allow_fallback)
         self.members = spec.members
         self.backends = [backends.create_backend(self.backend_name, spec.path / m.file, device=self.device,
                                                  member=m.to_dict(), allow_fallback=allow_fallback,

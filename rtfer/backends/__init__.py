@@ -55,10 +55,20 @@ def cuda_available() -> bool:
     return False
 
 
-def resolve(backend: str, device: str) -> tuple[str, str]:
-    """Turn ``auto`` backend/device into concrete choices, logging what was picked and why."""
+def resolve(backend: str, device: str, allow_fallback: bool = False) -> tuple[str, str]:
+    """Turn ``auto`` backend/device into concrete choices, logging what was picked and why.
+
+    A requested GPU that is missing is left for the backend to refuse, unless ``allow_fallback``: then the run moves
+    to the CPU here, once, with one warning, and ``auto`` picks the fastest CPU backend (onnxruntime), rather than
+    each member's backend falling back on its own (torch on CPU is many times slower than onnxruntime).
+    """
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
+    elif device.startswith("cuda") and allow_fallback and not cuda_available():
+        log.warning("%s requested but no CUDA device is usable: running on cpu instead (--allow-fallback)", device)
+        device = "cpu"
+        if backend == "tensorrt":
+            backend = "auto"  # TensorRT has no CPU mode: take the fastest CPU backend
     if backend != "auto":
         backend_class(backend)  # validates the name
         return backend, device

@@ -1,0 +1,40 @@
+"""Backend and device selection: ``auto`` choices and the GPU fallback (one warning, fastest CPU backend)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rtfer import backends
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+
+
+def test_auto_on_cpu_picks_onnxruntime(no_gpu):
+    assert backends.resolve("auto", "auto") == ("onnxruntime", "cpu")
+    assert backends.resolve("auto", "cpu") == ("onnxruntime", "cpu")
+
+
+def test_missing_gpu_with_fallback_lands_on_the_fastest_cpu_backend_with_one_warning(no_gpu, caplog):
+    with caplog.at_level(logging.WARNING, logger="rtfer.backends"):
+        assert backends.resolve("auto", "cuda", allow_fallback=True) == ("onnxruntime", "cpu")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert backends.resolve("tensorrt", "cuda:1", allow_fallback=True) == ("onnxruntime", "cpu")
+    # an explicit CPU-capable backend is kept, on the CPU
+    assert backends.resolve("torch", "cuda", allow_fallback=True) == ("torch", "cpu")
+
+
+def test_missing_gpu_without_fallback_is_left_for_the_backend_to_refuse(no_gpu):
+    assert backends.resolve("onnxruntime", "cuda:0") == ("onnxruntime", "cuda:0")
+
+
+def test_bundle_with_fallback_runs_on_onnxruntime_cpu(no_gpu, tiny_bundle, caplog):
+    import rtfer
+
+    with caplog.at_level(logging.WARNING):
+        bundle = rtfer.load_bundle(tiny_bundle, backend="auto", device="cuda", allow_fallback=True)
+    assert (bundle.backend_name, bundle.device) == ("onnxruntime", "cpu")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
