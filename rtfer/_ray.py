@@ -55,6 +55,10 @@ def connect(ray, address: str, num_cpus: float | None = None) -> bool:
         except ConnectionError as exc:
             from rtfer.errors import BackendError
 
+            if address == "auto":
+                raise BackendError("--ray auto found no running Ray cluster on this machine: start one with "
+                                   "`ray start --head` (or set RAY_ADDRESS), or use --ray local for a private "
+                                   "instance on this machine") from None
             raise BackendError(f"cannot connect to the Ray cluster at {address!r}: {' '.join(str(exc).split())}") \
                 from None
     res = ray.cluster_resources()

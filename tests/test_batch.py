@@ -432,3 +432,19 @@ def test_unwritable_out_dir_fails_before_loading_anything(tmp_path, monkeypatch)
     monkeypatch.setattr(batch, "get_pipeline", must_not_load)
     with pytest.raises(OutputError, match="cannot write the manifest"):
         run_batch([str(root)], tmp_path / "file" / "out", progress=False)
+
+
+def test_ray_auto_without_a_cluster_says_how_to_start_one():
+    from types import SimpleNamespace
+
+    from rtfer._ray import connect
+    from rtfer.errors import BackendError
+
+    def init(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
+
+    fake = SimpleNamespace(is_initialized=lambda: False, init=init)
+    with pytest.raises(BackendError, match=r"ray start --head.*--ray local"):
+        connect(fake, "auto")
+    with pytest.raises(BackendError, match="cannot connect to the Ray cluster at 'head:6379'"):
+        connect(fake, "head:6379")
