@@ -80,21 +80,37 @@ def compute_loss(model, x, y, soft, opt: StepOptions, *, mixed: bool = False) ->
 
 
 class ModelEma:
-    """Exponential moving average of a model's weights (floating tensors averaged, buffers like counters copied)."""
+    """Exponential moving average of a model's weights (floating tensors averaged, buffers like counters copied).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) over the first updates n, so the average does not keep a
+    large share of the random initial weights for epochs: with BatchNorm that mixture predicts a single class (seen:
+    0.999 without warm-up, two epochs in, 26% validation accuracy where the raw weights had 60%).
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = float(decay)
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        d = self.current_decay()
         for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
             if e.dtype.is_floating_point:
-                e.mul_(self.decay).add_(m.detach(), alpha=1.0 - self.decay)
+                e.mul_(d).add_(m.detach(), alpha=1.0 - d)
             else:
                 e.copy_(m)
+        self.updates += 1
+
+    def restart(self, model: torch.nn.Module) -> None:
+        """Start averaging afresh from ``model``'s current weights."""
+        self.module.load_state_dict(model.state_dict())
+        self.updates = 0
 
 
 def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, augment: BatchAugment,

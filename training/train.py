@@ -269,8 +269,12 @@ def fit(cfg: TrainConfig) -> RunResult:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
+        if ema is not None and state.get("ema") is not None and "ema_updates" in state:
             ema.module.load_state_dict(state["ema"])
+            ema.updates = int(state["ema_updates"])
+        elif ema is not None:  # a checkpoint from before the EMA warm-up (or without EMA): average afresh from here
+            ema.restart(model)
+            log.info("weight EMA restarted from the resumed weights")
         augment.generator.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
@@ -303,6 +307,7 @@ def fit(cfg: TrainConfig) -> RunResult:
         runlog.plot()
         _save(last_path, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "ema": ema.module.state_dict() if ema else None,
+                          "ema_updates": ema.updates if ema else 0,
                           "augment_rng": augment.generator.get_state(), "torch_rng": torch.get_rng_state(),
                           "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
         log.info("epoch %d/%d: loss %.4f, val acc %.4f, mean-class %.4f%s (%.0f s)", epoch, cfg.run.epochs,

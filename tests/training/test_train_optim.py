@@ -173,3 +173,21 @@ def test_distillation_enters_the_step_loss():
 
     kd = distillation_loss(student(x), teacher(x), 2.0)
     assert float(both) == pytest.approx(0.5 * float(plain) + 0.5 * float(kd), rel=1e-5)
+
+
+def test_weight_ema_warms_up_then_uses_its_decay():
+    from training.engine import ModelEma
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ModelEma(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay min(0.999, 1/10): the initial weights keep only a tenth
+    assert float(ema.module.weight) == pytest.approx(0.9)
+    ema.updates = 100_000
+    ema.update(model)
+    assert float(ema.module.weight) == pytest.approx(0.9 + 0.1 * 0.001)
+    ema.restart(model)
+    assert float(ema.module.weight) == 1.0 and ema.updates == 0
