@@ -155,6 +155,11 @@ class Source:
         self._closed = False
         self._finished = False
 
+    @property
+    def live(self) -> bool:
+        """A camera or a live stream: frames come at their own pace and are dropped rather than queued."""
+        return self.kind in ("camera", "stream")
+
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def _start(self) -> None:
         self._reader.start(self._produce_fn(), name=f"rtfer-capture-{self.kind}")
@@ -432,6 +437,10 @@ class StreamSource(Source):
         self._stream = stream
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
+        self.duration_s = recorded_duration(url, container)
+        if self.duration_s is not None:  # a recorded file served over http(s): every frame, with progress
+            self.kind = "remote_video"
+            self.frame_count = int(round(self.duration_s * self.fps)) if self.fps else None
         ctx = stream.codec_context
         self.width, self.height = int(ctx.width or 0) or None, int(ctx.height or 0) or None
         self._start()
@@ -465,6 +474,15 @@ class StreamSource(Source):
             self._container.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def recorded_duration(url: str, container: Any) -> float | None:
+    """The duration in seconds of an http(s) URL that serves a recorded file (the container knows its length), else
+    None: a live stream (rtsp, udp, HLS live...) has no known duration."""
+    if not url.lower().startswith(("http://", "https://")):
+        return None
+    duration = getattr(container, "duration", None)  # AV_TIME_BASE units (microseconds)
+    return float(duration) / 1e6 if duration and duration > 0 else None
 
 
 # -- webcams -------------------------------------------------------------------------------------------------------
@@ -569,15 +587,17 @@ def _bgr(image: np.ndarray) -> np.ndarray:
 
 
 # -- entry point ---------------------------------------------------------------------------------------------------
-def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames: bool = False) -> Source:
+def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames: bool | None = False) -> Source:
     """Open a video file, image, folder of images, webcam index (``0`` or ``"0"``) or stream URL.
 
-    Raises :class:`InputError` with a one-line message when the input cannot be read.
+    ``drop_frames=None`` decides by the source: cameras and live streams drop frames (latest frame wins), files,
+    including a recorded file served over http(s), deliver every frame. Raises :class:`InputError` with a one-line
+    message when the input cannot be read.
     """
     if isinstance(spec, bool):
         raise InputError(f"not an input: {spec!r}")
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit() and not Path(spec).exists()):
-        return CameraSource(int(spec), prefetch=prefetch, drop_frames=drop_frames)
+        return CameraSource(int(spec), prefetch=prefetch, drop_frames=True if drop_frames is None else drop_frames)
     text = os.fspath(spec)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -589,7 +609,13 @@ def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames
                                 options={"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else None)
         except Exception as exc:  # noqa: BLE001 - any open failure is an input problem
             raise InputError(f"cannot open stream {redact_url(text)}: {_one_line(exc)}") from None
+        if drop_frames is None:
+            drop_frames = recorded_duration(text, container) is None
         return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames)
+    return _open_path(text, prefetch, bool(drop_frames))
+
+
+def _open_path(text: str, prefetch: int, drop_frames: bool) -> Source:
     path = Path(text).expanduser()
     if not path.exists():
         raise InputError(f"input not found: {path}")

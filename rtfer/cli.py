@@ -247,7 +247,7 @@ def _cmd_analyze(args) -> int:
             d = pipeline.describe()
             log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"], d["detector"])
         stats = process_file(spec, output, options, pipeline=pipeline, raw=args.raw,
-                             progress=not (args.no_progress or args.quiet) and not is_live_spec(spec),
+                             progress=not (args.no_progress or args.quiet),
                              jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary)
         if not args.quiet:
             _print_run(stats, pipeline.describe(), args)

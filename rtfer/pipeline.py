@@ -128,17 +128,14 @@ class Pipeline:
         """Yield one FrameResult per frame of ``source`` (a spec for :func:`rtfer.capture.open_source` or an
         open Source). Stops early when ``cancel`` is set; closing the generator stops every thread.
         ``keep_images`` overrides ``options.keep_images`` for this run only."""
-        from rtfer.capture import is_live_spec, open_source
+        from rtfer.capture import open_source
 
         o = self.options
         src = source if hasattr(source, "__next__") and hasattr(source, "kind") else None
-        if src is None:
-            realtime = o.realtime
-            if realtime is None:
-                realtime = is_live_spec(source)
-            src = open_source(source, prefetch=o.prefetch, drop_frames=bool(realtime))
+        if src is None:  # realtime None: cameras and live streams drop frames, files (local or http) do not
+            src = open_source(source, prefetch=o.prefetch, drop_frames=o.realtime)
         self.source = src
-        live = src.kind in ("camera", "stream")
+        live = src.live
         batch_frames = 1 if live else o.batch_frames
         stop = cancel if cancel is not None else threading.Event()
         q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_frames))
@@ -331,13 +328,13 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
     fast) and closed — finalised — however the run ends, Ctrl-C included."""
     from contextlib import ExitStack
 
-    from rtfer.capture import is_live_spec, open_source
+    from rtfer.capture import open_source
+    from rtfer.errors import InputError
     from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink
 
     options = options or (pipeline.options if pipeline else AnalyzeOptions())
     pipe = pipeline or Pipeline(options)
-    live = options.realtime if options.realtime is not None else is_live_spec(input_path)
-    src = open_source(input_path, prefetch=options.prefetch, drop_frames=bool(live))
+    src = open_source(input_path, prefetch=options.prefetch, drop_frames=options.realtime)
     stats = RunStats(input=str(input_path), output=str(output_csv or ""))
     timer = StageTimer()
     t_start = time.perf_counter()
@@ -353,7 +350,7 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
         summary = stack.enter_context(SummarySink(summary_png))
         sinks.append(summary)
         bar = None
-        if progress:
+        if progress and not src.live:  # a file (local or served over http): frames to count
             from tqdm import tqdm
 
             bar = stack.enter_context(tqdm(total=src.frame_count, unit="frame", desc=Path(str(input_path)).name,
@@ -380,4 +377,6 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
             stats.summary = summary.summary() if hasattr(summary, "summary") else None
     if cancel is not None and cancel.is_set():
         stats.status = "partial"
+    elif stats.frames == 0 and src.kind in ("stream", "remote_video", "camera"):
+        raise InputError(f"{src.name} delivered no frame" + (f" ({stats.warnings[-1]})" if stats.warnings else ""))
     return stats

@@ -163,6 +163,7 @@ class _VanishingCamera:
     """A camera that delivers a few frames and is then unplugged."""
 
     kind, name, fps, frame_count, width, height, duration_s, dropped = "camera", "0", 30.0, None, 320, 222, None, 0
+    live = True
 
     def __init__(self, frames):
         self.frames, self.i, self.warnings = frames, 0, []
@@ -385,3 +386,66 @@ def test_info_shows_the_default_bundles_measured_figures(capsys):
     assert ens["cross_validated"] and ens["method"] in ("soft_vote", "logistic")
     assert all(ens["accuracy"] > r["accuracy"] for r in metrics["members"].values()), json.dumps(metrics["members"])
     assert ens["ece_tempered"] <= ens["ece"]
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A loopback HTTP server over tmp_path/www (bounded: torn down with the test)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_recorded_file_over_http_is_analysed_frame_by_frame(tmp_path, capsys, tiny_bundle, group_video,
+                                                              http_folder):
+    import shutil
+
+    import av
+
+    from rtfer.capture import open_source
+
+    root, base = http_folder
+    shutil.copyfile(group_video, root / "clip.mp4")
+    with av.open(str(group_video)) as c:
+        frames = c.streams.video[0].frames
+    url = f"{base}/clip.mp4"
+    with open_source(url, drop_frames=None) as src:
+        assert src.kind == "remote_video" and not src.live and not src.drop_frames and src.duration_s > 0
+    out = tmp_path / "o.csv"
+    code, _, err = run_cli(["analyze", url, "-o", str(out), *_common(tiny_bundle)], capsys)
+    assert code == 0, err
+    assert len({r["frame"] for r in _rows(out)}) == frames  # every frame, none dropped as for a live camera
+
+
+def test_a_stream_that_delivers_no_frame_is_an_error(tmp_path, capsys, tiny_bundle, monkeypatch):
+    import rtfer.capture as capture
+
+    class Silent(capture.Source):
+        kind = "stream"
+
+        def _produce_fn(self):
+            return lambda reader: None
+
+    def fake_open(spec, **kwargs):
+        src = Silent(spec)
+        src._start()
+        return src
+
+    monkeypatch.setattr(capture, "open_source", fake_open)
+    code, _, err = run_cli(["analyze", "rtsp://127.0.0.1:9/cam", "-o", str(tmp_path / "o.csv"),
+                            *_common(tiny_bundle)], capsys)
+    assert_one_line_error(code, err, "delivered no frame")

@@ -400,7 +400,9 @@ class Controller:
     def _open(self, run: _Run, spec: Any, realtime: bool, seek_s: float | None) -> Any:
         from rtfer.capture import open_source
 
-        source = open_source(spec, drop_frames=is_live_spec(spec))
+        # cameras and live streams drop frames; an http(s) URL is left to open_source (a recorded file does not)
+        source = open_source(spec, drop_frames=None if str(spec).lower().startswith(("http://", "https://"))
+                             else is_live_spec(spec))
         if seek_s is not None and source.kind == "video":
             source.seek(seek_s)
         if run is self._run:
