@@ -329,6 +329,20 @@ class FolderSource(Source):
 
 
 # -- videos and streams (PyAV) -------------------------------------------------------------------------------------
+def upright(frame: Any) -> np.ndarray:
+    """A decoded PyAV frame as BGR uint8, turned as players show it: phones store portrait clips sideways with a
+    display-matrix rotation (``frame.rotation``, degrees counter-clockwise), which FFmpeg's players apply."""
+    image = frame.to_ndarray(format="bgr24")
+    rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    if rotation == 0:
+        return image
+    import cv2
+
+    turn = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}.get(rotation)
+    return np.ascontiguousarray(cv2.rotate(image, turn)) if turn is not None else image
+
+
+
 def _video_stream(container: Any, label: str) -> Any:
     if not container.streams.video:
         container.close()
@@ -370,7 +384,7 @@ class VideoSource(Source):
         container, stream, name = self._container, self._stream, self.name
         start, fps, expected = self._start_time, self.fps, self.frame_count
         first_index, skip_until, warn = self._next_index, self._skip_until, self._reader.warn
-        label = self.name
+        label, source = self.name, self
 
         def produce(reader: _Reader) -> None:
             index = first_index
@@ -388,7 +402,9 @@ class VideoSource(Source):
                     if skip_until is not None and t < skip_until - 1e-6:
                         continue
                     last_t = t
-                    image = frame.to_ndarray(format="bgr24")
+                    image = upright(frame)
+                    if index == first_index:
+                        source.height, source.width = image.shape[:2]  # as displayed (rotation applied)
                     if not reader.put(Frame(index, t, image, name)):
                         return
                     index += 1
@@ -461,7 +477,7 @@ class StreamSource(Source):
                         t = float(frame.time) - first
                     else:
                         t = time.monotonic() - clock0
-                    if not reader.put(Frame(index, t, frame.to_ndarray(format="bgr24"), name)):
+                    if not reader.put(Frame(index, t, upright(frame), name)):
                         return
                     index += 1
             except Exception as exc:  # noqa: BLE001

@@ -246,3 +246,39 @@ def test_write_test_video_rejects_size_change(tmp_path, crops):
     with pytest.raises(ValueError, match="frame 1"):
         write_test_video(tmp_path / "bad.mp4", [crops[0], crops[0][:60]], fps=10)
     assert os.path.exists(tmp_path / "bad.mp4")
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_phone_rotation_is_applied_as_players_do(tmp_path, degrees):
+    """A clip stored sideways with a display rotation decodes upright, exactly as FFmpeg's player shows it."""
+    import subprocess
+
+    import av
+    import imageio_ffmpeg
+
+    from rtfer.capture import open_source
+
+    stored = np.zeros((48, 64, 3), np.uint8)
+    stored[:12, :20] = 255  # a mark in the stored top-left corner
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.set_display_rotation(degrees)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(stored, format="bgr24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    with open_source(path) as src:
+        image = next(src).image
+        assert (src.width, src.height) == (image.shape[1], image.shape[0])
+    shown = image.shape[:2] if degrees != 180 else (48, 64)
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", "1",
+                          "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
+    reference = np.frombuffer(raw, np.uint8).reshape(shown)
+    assert image.shape[:2] == reference.shape == ((64, 48) if degrees in (90, -90) else (48, 64))
+    ours = image.mean(axis=2)
+    assert np.abs(ours - reference).mean() < 8  # same orientation (a wrong turn moves the mark: mean diff > 30)
