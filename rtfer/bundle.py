@@ -53,6 +53,7 @@ class MemberSpec:
     sha256: str = ""
     arch_kwargs: dict = field(default_factory=dict)
     temperature: float = 1.0
+    tta_flip: bool = False  # average the logits of the crop and its mirror image (costs a second pass)
 
     @classmethod
     def from_dict(cls, d: dict) -> MemberSpec:
@@ -61,7 +62,7 @@ class MemberSpec:
                        input_size=int(d["input_size"]), mean=tuple(float(v) for v in d["mean"]),
                        std=tuple(float(v) for v in d["std"]), color=str(d.get("color", "rgb")),
                        sha256=str(d.get("sha256", "")), arch_kwargs=dict(d.get("arch_kwargs", {})),
-                       temperature=float(d.get("temperature", 1.0)))
+                       temperature=float(d.get("temperature", 1.0)), tta_flip=bool(d.get("tta_flip", False)))
         except KeyError as exc:
             raise BundleError(f"bundle member is missing the field {exc.args[0]!r}") from None
         if spec.color not in ("rgb", "gray"):
@@ -73,7 +74,8 @@ class MemberSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "file": self.file, "architecture": self.architecture,
                 "arch_kwargs": self.arch_kwargs, "input_size": self.input_size, "mean": list(self.mean),
-                "std": list(self.std), "color": self.color, "sha256": self.sha256, "temperature": self.temperature}
+                "std": list(self.std), "color": self.color, "sha256": self.sha256, "temperature": self.temperature,
+                **({"tta_flip": True} if self.tta_flip else {})}
 
 
 @dataclass
@@ -241,7 +243,10 @@ class Bundle:
         for m, b in zip(self.members, self.backends):
             crops = crops_by_size.get(m.input_size, next(iter(crops_by_size.values()))) \
                 if isinstance(crops_by_size, dict) else crops_by_size
-            logits = b.infer(preprocess(crops, m))
+            x = preprocess(crops, m)
+            logits = b.infer(x)
+            if m.tta_flip:  # the mirror image's logits, averaged (as in training's flip TTA)
+                logits = (logits + b.infer(np.ascontiguousarray(x[..., ::-1]))) / 2
             if logits.shape[1] != NUM_CLASSES:
                 raise BundleError(f"member {m.name} returns {logits.shape[1]} outputs, expected {NUM_CLASSES}")
             out.append(softmax(logits, m.temperature))

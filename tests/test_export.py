@@ -147,3 +147,30 @@ def test_bundle_round_trip_both_backends(models, exported, face_crops, tmp_path)
         p2 = softmax(models["convnextv2_test"](x64).numpy())
     expected = 0.6 * p1 + 0.4 * p2
     assert np.abs(probs["torch"] - expected).max() < 0.05  # resize differences (cv2 vs torch area) dominate
+
+
+def test_member_flip_tta_averages_the_mirror_images_logits(tmp_path, tiny_bundle):
+    import json
+    import shutil
+
+    import rtfer
+    from rtfer.bundle import preprocess
+    from rtfer.ensemble import softmax
+
+    folder = tmp_path / "tta"
+    shutil.copytree(tiny_bundle, folder)
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["members"][0]["tta_flip"] = True
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    bundle = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu")
+    assert bundle.members[0].tta_flip and not bundle.members[1].tta_flip
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    m, b = bundle.members[0], bundle.backends[0]
+    x = preprocess(crops, m)
+    want = softmax((b.infer(x) + b.infer(np.ascontiguousarray(x[..., ::-1]))) / 2, m.temperature)
+    calls = []
+    infer = b.infer
+    b.infer = lambda batch: calls.append(batch.copy()) or infer(batch)
+    got = bundle.member_probs(crops)[0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert len(calls) == 2 and np.array_equal(calls[1], x[..., ::-1])  # the second pass sees the mirror image

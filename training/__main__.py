@@ -95,6 +95,9 @@ def _add_export(sub) -> None:
     p.add_argument("--parity-tol", type=float, default=None,
                    help="per-member ONNX-vs-torch tolerance relative to the logit scale (export's default: 0.02)")
     p.add_argument("--data-note", default="", help="what the members were trained on (recorded in bundle.json)")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="members average each crop with its mirror image at run time (fit the stacker on flip-TTA "
+                        "validation logits: evaluate --tta-flip --out RUN_tta)")
 
 
 def _add_import(sub) -> None:
@@ -170,6 +173,8 @@ def cmd_train(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
+    import numpy as np
+
     from training.data import load_split
     from training.engine import predict_logits
     from training.evaluate import evaluate_logits, fit_temperature, write_report
@@ -187,7 +192,9 @@ def cmd_evaluate(a) -> int:
                                       val.labels)
     split = a.split or Path(a.data).stem
     report = evaluate_logits(logits, data.labels, split=split, temperature=temperature)
-    paths = write_report(report, a.out or Path(a.checkpoint).parent, split, title=Path(a.checkpoint).parent.name)
+    folder = Path(a.out or Path(a.checkpoint).parent)
+    paths = write_report(report, folder, split, title=Path(a.checkpoint).parent.name)
+    np.savez(folder / f"{split}_logits.npz", logits=logits, labels=data.labels)  # fit-stacker reads val_logits.npz
     log.info("%s: accuracy %.4f, mean-class %.4f -> %s", split, report.classification.accuracy,
              report.classification.mean_class_accuracy, paths["md"])
     return 0
@@ -230,7 +237,7 @@ def cmd_export(a) -> int:
                            interim=a.interim, alignment_template=template, alignment=alignment,
                            parity_images=a.parity_images or None,
                            member_names=names, training_extra={"data": a.data_note} if a.data_note else None,
-                           parity_tol=a.parity_tol)
+                           parity_tol=a.parity_tol, tta_flip=a.tta_flip)
     log.info("bundle written to %s", folder)
     return 0
 

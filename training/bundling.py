@@ -50,7 +50,7 @@ def _run_summary(run_dir: Path) -> dict:
 def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_json: str | Path, name: str = "default",
                   version: str = "0.1.0", interim: bool = False, alignment_template=None, alignment: dict | None = None,
                   parity_images: str | Path | np.ndarray | None = None, member_names: list[str] | None = None,
-                  training_extra: dict | None = None, parity_tol: float | None = None) -> Path:
+                  training_extra: dict | None = None, parity_tol: float | None = None, tta_flip: bool = False) -> Path:
     """Write a bundle folder for the member checkpoints (``best.pt`` of each run) and the fitted ensemble.
 
     ``parity_tol`` is passed to write_bundle (its per-member ONNX-vs-torch tolerance, relative to the logit scale,
@@ -73,7 +73,7 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
     for ckpt_path, mname, temp in zip(checkpoints, names, fit["member_temperatures"]):
         model, ckpt = load_checkpoint(ckpt_path)
         members.append({"model": model, "name": mname, "architecture": ckpt["architecture"],
-                        "arch_kwargs": ckpt.get("arch_kwargs", {}), "temperature": float(temp)})
+                        "arch_kwargs": ckpt.get("arch_kwargs", {}), "temperature": float(temp), "tta_flip": tta_flip})
         runs[mname] = {"architecture": ckpt["architecture"], "arch_kwargs": ckpt.get("arch_kwargs", {}),
                        "selected_epoch": ckpt.get("epoch"), **_run_summary(Path(ckpt_path).parent)}
     crops = parity_images if isinstance(parity_images, np.ndarray) else parity_crops(parity_images)
@@ -90,7 +90,7 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
 
     meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
     if crops is not None:
-        meta["metrics"]["end_to_end_parity"] = end_to_end_parity(folder, checkpoints, crops, fit)
+        meta["metrics"]["end_to_end_parity"] = end_to_end_parity(folder, checkpoints, crops, fit, tta_flip=tta_flip)
     confusion = ens_path.parent / "confusion.png"
     if confusion.is_file():  # the ensemble's validation confusion matrix travels with the bundle (rtfer info)
         shutil.copyfile(confusion, Path(folder) / "confusion.png")
@@ -100,7 +100,7 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
 
 
 def end_to_end_parity(folder: str | Path, checkpoints: list[str | Path], crops: np.ndarray, fit: dict,
-                      max_prob_diff: float = 1e-2, min_agreement: float = 0.99) -> dict:
+                      max_prob_diff: float = 1e-2, min_agreement: float = 0.99, tta_flip: bool = False) -> dict:
     """Bundle (onnxruntime) vs checkpoints (torch) + ensemble on real crops; raises BundleError when they differ."""
     import rtfer
     from rtfer.ensemble import make_ensemble
@@ -108,7 +108,7 @@ def end_to_end_parity(folder: str | Path, checkpoints: list[str | Path], crops: 
 
     got = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu").predict(crops)
     want = make_ensemble(fit["ensemble"], len(checkpoints), fit["temperature"])(
-        torch_member_probs(checkpoints, crops, fit["member_temperatures"]))
+        torch_member_probs(checkpoints, crops, fit["member_temperatures"], tta_flip=tta_flip))
     result = {"n": int(len(crops)), "max_prob_diff": float(np.abs(got - want).max()),
               "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean())}
     log.info("bundle vs training checkpoints on %d real crops: max |p diff| %.2e, top-1 agreement %.3f",
@@ -119,7 +119,7 @@ def end_to_end_parity(folder: str | Path, checkpoints: list[str | Path], crops: 
 
 
 def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
-                       temperatures: list[float] | None = None) -> list[np.ndarray]:
+                       temperatures: list[float] | None = None, tta_flip: bool = False) -> list[np.ndarray]:
     """Member probabilities computed in torch from the training checkpoints, with the runtime's preprocessing
     (uint8 RGB crops -> rtfer.bundle.preprocess): what an exported bundle must reproduce."""
     import torch
@@ -135,6 +135,9 @@ def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
         spec = MemberSpec(name="m", file="", architecture="", input_size=size, mean=mean, std=std,
                           color="gray" if gray else "rgb")
         with torch.no_grad():
-            logits = model(torch.from_numpy(preprocess(crops, spec))).numpy()
+            x = torch.from_numpy(preprocess(crops, spec))
+            logits = model(x).numpy()
+            if tta_flip:
+                logits = (logits + model(torch.flip(x, dims=[3])).numpy()) / 2
         out.append(softmax(logits, temperatures[i] if temperatures else 1.0))
     return out

@@ -279,7 +279,8 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
             specs.append(MemberSpec(name=mname, file=file, architecture=arch, input_size=size,
                                     mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
                                     color=cfg.get("color", "rgb"), arch_kwargs=arch_kwargs,
-                                    temperature=float(member.get("temperature", 1.0))).to_dict())
+                                    temperature=float(member.get("temperature", 1.0)),
+                                    tta_flip=bool(member.get("tta_flip", False))).to_dict())
     template = np.asarray(ARCFACE_TEMPLATE if alignment_template is None else alignment_template, np.float64)
     meta = {"name": name, "version": str(version), "interim": bool(interim), "members": specs,
             "ensemble": dict(ensemble), "temperature": float(temperature),
