@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,14 +259,6 @@ class Bundle:
     def predict(self, faces: np.ndarray | dict[int, np.ndarray]) -> np.ndarray:
         """Aligned face crops (n, H, W, 3) uint8 RGB, any H=W -> (n, 7) float32 probabilities."""
         return self.combine(self.member_probs(faces))
-
-    def predict_timed(self, faces) -> tuple[np.ndarray, dict[str, float]]:
-        t0 = time.perf_counter()
-        probs = self.member_probs(faces)
-        t1 = time.perf_counter()
-        out = self.combine(probs)
-        t2 = time.perf_counter()
-        return out, {"infer": (t1 - t0) * 1e3, "stack": (t2 - t1) * 1e3}
 
 
 def load_bundle(name_or_path: str | Path = "default", backend: str = "auto", device: str = "auto", *,

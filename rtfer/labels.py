@@ -4,6 +4,8 @@ The canonical order is RAF-DB's (label k -> index k-1). Other orders are convert
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 CLASSES: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
@@ -69,8 +71,9 @@ def scale_levels(scale: str) -> tuple[str, ...]:
         raise ValueError(f"unknown scale {scale!r}; choose from {sorted(SCALES)}") from None
 
 
+@functools.lru_cache(maxsize=None)
 def scale_matrix(scale: str) -> np.ndarray:
-    """(7, L) 0/1 matrix M so that ``probs @ M`` gives each level's probability."""
+    """(7, L) 0/1 matrix M so that ``probs @ M`` gives each level's probability (built once per scale; read-only)."""
     levels = SCALES[scale] if scale in SCALES else None
     if levels is None:
         scale_levels(scale)  # raises with a clear message
@@ -78,6 +81,7 @@ def scale_matrix(scale: str) -> np.ndarray:
     for j, members in enumerate(levels.values()):
         for name in members:
             m[CLASS_INDEX[name], j] = 1.0
+    m.flags.writeable = False
     return m
 
 
@@ -93,9 +97,6 @@ def scale_labels(probs: np.ndarray, scale: str) -> list[str]:
     return [names[i] for i in idx]
 
 
-def class_labels(probs: np.ndarray) -> list[str]:
-    """The argmax class name for each row of ``probs`` (n, 7)."""
-    return [CLASSES[i] for i in np.atleast_2d(probs).argmax(axis=-1)]
 
 
 def valence(probs: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +65,6 @@ class AnalyzeOptions:
         if self.min_face < 0:
             raise ValueError(f"minimum face size must be >= 0 pixels, got {self.min_face}")
 
-    def replace(self, **changes) -> AnalyzeOptions:
-        return AnalyzeOptions(**{**asdict(self), **changes})
-
 
 def resolve_detector(requested: str, spec) -> str:
     """The detector to create: ``auto`` means the one the bundle's alignment template was fitted to (so accuracy
@@ -113,7 +110,6 @@ class Pipeline:
         self.detector = detector if detector is not None else create_detector(
             resolve_detector(o.detector, self.bundle.spec), det_width=o.det_width, score_threshold=o.det_threshold,
             min_face=o.min_face, max_faces=o.max_faces, device=det_device, allow_fallback=True)
-        self.source = None
         self.sizes = sorted(set(self.bundle.input_sizes))
 
     def describe(self) -> dict:
@@ -134,7 +130,6 @@ class Pipeline:
         src = source if hasattr(source, "__next__") and hasattr(source, "kind") else None
         if src is None:  # realtime None: cameras and live streams drop frames, files (local or http) do not
             src = open_source(source, prefetch=o.prefetch, drop_frames=o.realtime)
-        self.source = src
         live = src.live
         batch_frames = 1 if live else o.batch_frames
         stop = cancel if cancel is not None else threading.Event()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -173,10 +173,6 @@ class _TextTimelineSink(Sink):
         self._buffered_rows += len(records)
         if self._buffered_rows >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
-
-    def extend(self, results: Iterable[FrameResult]) -> None:
-        for result in results:
-            self.append(result)
 
     def flush(self) -> None:
         """Write the buffered whole frames and flush them to the OS."""

