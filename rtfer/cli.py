@@ -119,9 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["app"]:
-        from ui.app import main as app_main
-
-        return app_main(argv[1:])
+        return _run_app(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -170,6 +168,22 @@ class _RedactFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+def _run_app(argv: list[str]) -> int:
+    """``rtfer app`` runs the ``rtfer-app`` entry point: the runtime never imports the UI package itself."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="console_scripts") if ep.name == "rtfer-app"]
+    if not found:
+        print("rtfer: error: the desktop app is not installed (pip install 'rtfer[ui]')", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        app_main = found[0].load()
+    except ImportError as exc:
+        print(f"rtfer: error: the desktop app needs the ui extra (pip install 'rtfer[ui]'): {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return app_main(argv)
 
 
 def _raise_interrupt(signum, frame):

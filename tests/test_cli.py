@@ -449,3 +449,24 @@ def test_a_stream_that_delivers_no_frame_is_an_error(tmp_path, capsys, tiny_bund
     code, _, err = run_cli(["analyze", "rtsp://127.0.0.1:9/cam", "-o", str(tmp_path / "o.csv"),
                             *_common(tiny_bundle)], capsys)
     assert_one_line_error(code, err, "delivered no frame")
+
+
+def test_rtfer_app_goes_through_the_entry_point_not_an_import(monkeypatch, capsys):
+    import importlib.metadata as md
+
+    import rtfer.cli as cli
+
+    assert "ui" not in cli.__dict__ and "from ui" not in open(cli.__file__).read()
+    called = []
+
+    class EP:
+        name = "rtfer-app"
+
+        def load(self):
+            return lambda argv: called.append(argv) or 0
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [EP()] if group == "console_scripts" else [])
+    assert main(["app", "--source", "x.mp4"]) == 0 and called == [["--source", "x.mp4"]]
+    monkeypatch.setattr(md, "entry_points", lambda group: [])
+    code, _, err = run_cli(["app"], capsys)
+    assert code == 2 and "not installed" in err
