@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from rtfer.models import register_model, register_pattern
+from rtfer.models.registry import register_model, register_pattern
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rtfer.models import register_model
+from rtfer.models.registry import register_model
 
 log = logging.getLogger(__name__)
 
