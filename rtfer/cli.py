@@ -26,12 +26,16 @@ EXIT_INTERRUPTED = 130
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and detection")
     g.add_argument("--bundle", default="default", help="model bundle: a built-in name or a folder (default: default)")
-    g.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"],
+    from rtfer.backends import BACKENDS
+    from rtfer.detection import DETECTORS
+    from rtfer.smoothing import METHODS
+
+    g.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                    help="inference backend (default: auto = fastest available; logged)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--allow-fallback", action="store_true",
                    help="fall back to CPU when the requested GPU/provider is missing instead of failing")
-    g.add_argument("--detector", default="auto", choices=["auto", "centerface", "scrfd"],
+    g.add_argument("--detector", default="auto", choices=["auto", *DETECTORS],
                    help="face detector (auto: SCRFD when its model file is present, else CenterFace)")
     g.add_argument("--every", type=int, default=3, metavar="N",
                    help="detect every N frames, track faces with optical flow in between (default 3; 1 = every frame)")
@@ -40,7 +44,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="downscale frames to this width for detection (default 640)")
     g.add_argument("--min-face", type=int, default=20, metavar="PX", help="drop faces smaller than this (default 20)")
     g.add_argument("--det-threshold", type=float, default=0.5, help="detector score threshold (default 0.5)")
-    g.add_argument("--smoothing", default="hmm", choices=["none", "ema", "hmm"],
+    g.add_argument("--smoothing", default="hmm", choices=list(METHODS),
                    help="temporal smoothing per tracked face (default hmm)")
     g.add_argument("--smoothing-strength", type=float, default=0.5, metavar="S",
                    help="0 (none) .. 1 (very sticky); default 0.5")

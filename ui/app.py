@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rtfer.backends import BACKENDS
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rtfer-app", description="rtfer desktop app: live facial-emotion analytics")
     p.add_argument("--source", help="start with this video, image, image folder or camera index")
     p.add_argument("--bundle", help="model bundle name or folder (this session only; Settings stores one)")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"),
+    p.add_argument("--backend", choices=("auto", *BACKENDS),
                    help="inference backend (this session only)")
     p.add_argument("--device", help="device for the backend: auto, cpu, cuda, cuda:0 (this session only)")
     p.add_argument("--fast", action="store_true",
