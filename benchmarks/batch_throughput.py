@@ -42,7 +42,7 @@ def make_source(work: Path, frames: int) -> Path:
 
     import cv2
 
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     spec = importlib.util.find_spec("insightface")
     if spec is None or not spec.submodule_search_locations:
@@ -57,7 +57,7 @@ def clip(source: Path, frames: int, work: Path) -> Path:
     """The first ``frames`` frames of ``source`` re-encoded (shorter copies keep a benchmark run short)."""
     import av
 
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     with av.open(str(source)) as c:
         stream = c.streams.video[0]
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "tests"))  # media_helpers: test-video writer (test code stays out of the package)
 
     from rtfer.pipeline import AnalyzeOptions
 

@@ -15,9 +15,10 @@ import queue
 import re
 import threading
 import time
+import weakref
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -384,7 +385,7 @@ class VideoSource(Source):
         container, stream, name = self._container, self._stream, self.name
         start, fps, expected = self._start_time, self.fps, self.frame_count
         first_index, skip_until, warn = self._next_index, self._skip_until, self._reader.warn
-        label, source = self.name, self
+        label, source = self.name, weakref.ref(self)  # no strong reference: a dropped source must still close
 
         def produce(reader: _Reader) -> None:
             index = first_index
@@ -403,8 +404,10 @@ class VideoSource(Source):
                         continue
                     last_t = t
                     image = upright(frame)
-                    if index == first_index:
-                        source.height, source.width = image.shape[:2]  # as displayed (rotation applied)
+                    owner = source() if index == first_index else None
+                    if owner is not None:
+                        owner.height, owner.width = image.shape[:2]  # as displayed (rotation applied)
+                    del owner
                     if not reader.put(Frame(index, t, image, name)):
                         return
                     index += 1
@@ -707,49 +710,3 @@ def _open_video(path: Path) -> Any | None:
         container.close()
         return None
     return container
-
-
-# -- test utility --------------------------------------------------------------------------------------------------
-def write_test_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0, *,
-                     codec: str = "mpeg4", times: Iterable[float] | None = None, faststart: bool = True) -> Path:
-    """Write BGR uint8 ``frames`` to a short video with PyAV (for tests and examples).
-
-    ``codec``: "mpeg4" (fast, everywhere) or "h264"/"libx264". ``times`` (seconds, increasing) sets each frame's
-    presentation time explicitly, which builds a variable-frame-rate file; otherwise frames are 1/fps apart.
-    Frame sizes are cropped to even width/height as yuv420p requires. ``faststart`` puts an MP4's index first,
-    so a truncated copy still decodes up to the cut (as a broken download or recording would).
-    """
-    import av
-
-    path = Path(path)
-    tb = Fraction(1, 1000)
-    time_iter = iter(times) if times is not None else None
-    n = 0
-    options = {"movflags": "faststart"} if faststart and path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = None
-        for image in frames:
-            image = np.asarray(image, dtype=np.uint8)
-            h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-            image = np.ascontiguousarray(image[:h, :w])
-            if stream is None:
-                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                if time_iter is not None:
-                    stream.time_base = tb
-                    stream.codec_context.time_base = tb
-                size = (w, h)
-            elif (w, h) != size:
-                raise ValueError(f"frame {n} is {w}x{h}, the video is {size[0]}x{size[1]}")
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            if time_iter is not None:
-                frame.pts = int(round(float(next(time_iter)) / tb))
-                frame.time_base = tb
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            n += 1
-        if stream is None:
-            raise ValueError("write_test_video needs at least one frame")
-        for packet in stream.encode():
-            container.mux(packet)
-    return path

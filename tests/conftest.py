@@ -100,7 +100,7 @@ def tiny_bundle(request) -> Path:
 @pytest.fixture(scope="session")
 def group_video(tmp_path_factory, group_photo) -> Path:
     """A 24-frame, 12 fps video panning across the six-face group photo."""
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     from media_helpers import pan_frames
 

@@ -348,7 +348,7 @@ def short_videos(tmp_path_factory, group_photo) -> Path:
     """Three 6-frame videos panning across the six-face group photo, one in a subfolder."""
     import cv2
 
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     root = tmp_path_factory.mktemp("videos")
     h, w = group_photo.shape[:2]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from rtfer import capture
-from rtfer.capture import open_source, write_test_video
+from rtfer.capture import open_source
+from media_helpers import write_test_video
 from rtfer.errors import InputError
 
 N = 24

@@ -107,7 +107,7 @@ def test_video_to_csv_with_summary_and_annotated(tmp_path, capsys, tiny_bundle, 
 
 
 def test_truncated_video_keeps_decodable_frames(tmp_path, capsys, tiny_bundle, group_photo):
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     full = tmp_path / "full.mp4"
     write_test_video(full, pan_frames(group_photo, 40, out_width=320), fps=10)
@@ -123,7 +123,7 @@ def test_truncated_video_keeps_decodable_frames(tmp_path, capsys, tiny_bundle, g
 
 
 def test_no_faces_gives_one_empty_row_per_frame(tmp_path, capsys, tiny_bundle):
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     video = tmp_path / "blank.mp4"
     write_test_video(video, [np.full((120, 160, 3), 90 + i, np.uint8) for i in range(8)], fps=8)
@@ -207,7 +207,7 @@ def test_folder_of_videos_needs_out_dir(tmp_path, capsys, tiny_bundle, group_vid
 
 
 def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     video = tmp_path / "long.mp4"
     frames = [f for k in range(16) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]

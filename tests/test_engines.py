@@ -1,6 +1,6 @@
 """engines/: cache keys, profiles, FP16 + FP32 pins, cache hits and repairs, CLI — against the fake tensorrt module.
 
-TensorRT itself cannot be installed here; ``engines.testing.make_fake_tensorrt`` records what the builder asks of it.
+TensorRT itself cannot be installed here; ``tests/fake_tensorrt.make_fake_tensorrt`` records what the builder asks of it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from engines import EngineBuildError, EngineCache, EngineSpec, GpuInfo, build_en
 from engines.__main__ import main as engines_main
 from engines.cache import default_cache_dir
 from engines.precision import Fp32Policy, mark_fp32_layers
-from engines.testing import ILayer, INetworkDefinition, ITensor, make_fake_tensorrt, write_test_onnx
+from fake_tensorrt import ILayer, INetworkDefinition, ITensor, make_fake_tensorrt, write_test_onnx
 
 GPU = GpuInfo("NVIDIA Fake 4090", (8, 9))
 
@@ -202,7 +202,7 @@ def test_errors_are_one_line(monkeypatch, onnx_path, tmp_path):
 
 
 def test_mark_fp32_layers_name_matching():
-    import engines.testing as fake
+    import fake_tensorrt as fake
 
     def layer(name, dtype=fake.DataType.FLOAT, type_=fake.LayerType.ELEMENTWISE):
         return ILayer(name, type_, [ITensor(name + ":0", dtype, (-1, 4))], "?")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rtfer.backends.tensorrt as trt_backend
-from engines.testing import make_fake_tensorrt, write_test_onnx
+from fake_tensorrt import make_fake_tensorrt, write_test_onnx
 from rtfer.backends import create_backend
 from rtfer.errors import BackendError
 

@@ -2,7 +2,7 @@
 buffers and ``execute_async_v3``.
 
 Not exercised by CI (TensorRT cannot be installed there); its logic is tested against the fake module in
-``engines.testing``. The engine's dynamic batch profile is 1..max_batch; larger batches are split.
+the fake module in ``tests/fake_tensorrt.py``. The engine's dynamic batch profile is 1..max_batch; larger batches are split.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ pytest.importorskip("PyQt6")
 @pytest.fixture(scope="session")
 def group_video(tmp_path_factory, group_photo) -> Path:
     """12 frames (10 fps, 640x442) of the six-face group photo panning slightly."""
-    from rtfer.capture import write_test_video
+    from media_helpers import write_test_video
 
     small = cv2.resize(group_photo, (640, 442), interpolation=cv2.INTER_AREA)
     frames = [np.roll(small, 2 * i, axis=1) for i in range(12)]
