@@ -174,3 +174,41 @@ def test_member_flip_tta_averages_the_mirror_images_logits(tmp_path, tiny_bundle
     got = bundle.member_probs(crops)[0]
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert len(calls) == 2 and np.array_equal(calls[1], x[..., ::-1])  # the second pass sees the mirror image
+
+
+@pytest.mark.parametrize("name,size,published", [("smallcnn", 64, 390e3), ("widercnn", 64, 764e3),
+                                                 ("resnet18_cbam_attn_fer", 48, None)])
+def test_earlier_systems_networks_train_export_and_run_in_a_bundle(tmp_path, face_crops, group_video, name, size,
+                                                                   published):
+    """System B's CNNs and system C's ResNet-18 + CBAM + attention: registry, one step, ONNX parity, a bundle that
+    `rtfer analyze` runs (no code path assumes DDAMFN or ConvNeXt)."""
+    import csv
+
+    from rtfer.cli import main
+
+    torch.manual_seed(0)
+    model = create_model(name, input_size=size)
+    n = sum(p.numel() for p in model.parameters())
+    if published:
+        assert abs(n - published) / published < 0.01, n
+    assert model.default_cfg["input_size"] == size
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    model.eval()
+    path = export_onnx(model, tmp_path / f"{name}.onnx")
+    parity = check_parity(model, path, face_crops)
+    assert parity["max_abs_diff"] < 1e-3 and parity["top1_agreement"] == 1.0
+    folder = write_bundle(tmp_path / "bundle", [{"model": model, "name": name, "onnx": path}],
+                          {"method": "soft_vote", "weights": [1.0]}, name="baseline", version="0", interim=True)
+    out = tmp_path / "o.csv"
+    assert main(["analyze", str(group_video), "-o", str(out), "--bundle", str(folder), "--backend", "onnxruntime",
+                 "--device", "cpu", "--no-progress", "-q"]) == 0
+    with open(out, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["emotion"]]
+    assert rows and all(abs(sum(float(r[c]) for c in ("surprise", "fear", "disgust", "happiness", "sadness",
+                                                          "anger", "neutral")) - 1) < 1e-3 for r in rows)

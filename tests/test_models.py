@@ -48,6 +48,8 @@ def test_registry_round_trip():
         assert name in names
     assert list_models("ddamfn*") == ["ddamfn", "ddamfn_fer", "ddamfn_tiny"]
     assert "convnextv2_fer" in names
+    for name in ("smallcnn", "widercnn", "resnet18_cbam_attn", "resnet18_cbam_attn_fer"):  # the earlier systems
+        assert name in names
 
     @register_model
     def _test_linear_net(num_classes: int = 7, width: int = 4):
@@ -117,6 +119,17 @@ def test_fer_members_keep_a_real_map_at_48px():
         create_model("ddamfn_fer", strides=(2, 3, 2, 2))
     with pytest.raises(ValueError, match="multiple of 8"):
         create_model("ddamfn_fer", input_size=44)
+
+
+def test_resnet18_cbam_attn_keeps_a_2x2_patch_grid():
+    for name, size, grid in (("resnet18_cbam_attn", 224, 4), ("resnet18_cbam_attn_fer", 48, 3)):
+        m = create_model(name).eval()
+        assert m.default_cfg["input_size"] == size
+        with torch.no_grad():
+            f = m.backbone(torch.randn(1, 3, size, size))
+            assert f.shape[1:] == (256, 14 if size == 224 else 12, 14 if size == 224 else 12)
+            assert m.patches(m.cbam(f)).shape[-1] == grid  # then pooled to the 2x2 grid of four tokens
+            assert m(torch.randn(2, 3, size, size)).shape == (2, 7)
 
 
 def test_ddamfn_parameter_count_and_reference_keys():
