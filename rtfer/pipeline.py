@@ -106,7 +106,9 @@ class Pipeline:
             o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback)
         # The detector runs on onnxruntime: on a GPU machine it uses CUDA when onnxruntime-gpu is installed and
         # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
-        det_device = self.bundle.device if self.bundle.device.startswith("cuda") else "cpu"  # keeps cuda:N
+        from rtfer.devices import parse_device
+
+        det_device = str(parse_device(self.bundle.device)) if parse_device(self.bundle.device).is_gpu else "cpu"
         self.detector = detector if detector is not None else create_detector(
             resolve_detector(o.detector, self.bundle.spec), det_width=o.det_width, score_threshold=o.det_threshold,
             min_face=o.min_face, max_faces=o.max_faces, device=det_device, allow_fallback=True)

@@ -38,3 +38,23 @@ def test_bundle_with_fallback_runs_on_onnxruntime_cpu(no_gpu, tiny_bundle, caplo
         bundle = rtfer.load_bundle(tiny_bundle, backend="auto", device="cuda", allow_fallback=True)
     assert (bundle.backend_name, bundle.device) == ("onnxruntime", "cpu")
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_one_device_parser():
+    from rtfer.backends.onnxruntime import select_providers
+    from rtfer.backends.tensorrt import parse_cuda_index
+    from rtfer.backends.torch import parse_device as torch_device
+    from rtfer.devices import Device, parse_device
+    from rtfer.errors import BackendError
+
+    assert parse_device("cuda:1") == Device("cuda", 1) and str(parse_device("gpu:2")) == "cuda:2"
+    assert parse_device("cpu") == Device("cpu") and not parse_device("CPU").is_gpu
+    assert parse_device("tensorrt") == Device("tensorrt", 0)
+    for bad in ("cuda:x", "cpu:0", "gpu2", "npu", ""):
+        with pytest.raises(BackendError, match="unknown device"):
+            parse_device(bad)
+    # every consumer reads the same value
+    assert torch_device("cuda:3") == ("cuda", 3) and parse_cuda_index("cuda:3") == 3 and parse_cuda_index("cpu") is None
+    assert select_providers("cuda:3", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    with pytest.raises(BackendError):
+        backends.resolve("auto", "cuda:x")

@@ -49,7 +49,8 @@ def test_parse_device():
     assert parse_device("cpu") == ("cpu", 0)
     assert parse_device("cuda") == ("cuda", 0)
     assert parse_device("cuda:1") == ("cuda", 1)
-    for bad in ("gpu", "cuda:x", "cpu:1"):
+    assert parse_device("gpu") == ("cuda", 0)  # the one device parser's alias
+    for bad in ("cuda:x", "cpu:1", "tensorrt"):
         with pytest.raises(BackendError, match="unknown device"):
             parse_device(bad)
 

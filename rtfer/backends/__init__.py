@@ -62,20 +62,23 @@ def resolve(backend: str, device: str, allow_fallback: bool = False) -> tuple[st
     to the CPU here, once, with one warning, and ``auto`` picks the fastest CPU backend (onnxruntime), rather than
     each member's backend falling back on its own (torch on CPU is many times slower than onnxruntime).
     """
+    from rtfer.devices import parse_device
+
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
-    elif device.startswith("cuda") and allow_fallback and not cuda_available():
+    parsed = parse_device(device)  # one line for a device that is none ("gpu2", "cuda:x")
+    if parsed.kind == "cuda" and allow_fallback and not cuda_available():
         log.warning("%s requested but no CUDA device is usable: running on cpu instead (--allow-fallback)", device)
-        device = "cpu"
+        device, parsed = "cpu", parse_device("cpu")
         if backend == "tensorrt":
             backend = "auto"  # TensorRT has no CPU mode: take the fastest CPU backend
     if backend != "auto":
         backend_class(backend)  # validates the name
         return backend, device
-    order = AUTO_ORDER_CUDA if device.startswith("cuda") else AUTO_ORDER_CPU
+    order = AUTO_ORDER_CUDA if parsed.kind == "cuda" else AUTO_ORDER_CPU
     for name in order:
         if _has(name):  # each backend is named after its SDK
-            if name == "onnxruntime" and device.startswith("cuda"):
+            if name == "onnxruntime" and parsed.kind == "cuda":
                 import onnxruntime as ort
 
                 if "CUDAExecutionProvider" not in ort.get_available_providers():

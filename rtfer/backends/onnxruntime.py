@@ -20,9 +20,13 @@ _PROVIDERS_FOR_DEVICE = {
 
 def select_providers(device: str, available: list[str], allow_fallback: bool = False) -> list[str]:
     """Intersect the providers a device asks for with the available ones; fail unless a fallback was asked for."""
-    kind = device.split(":")[0]
-    if kind not in _PROVIDERS_FOR_DEVICE:
-        raise BackendError(f"onnxruntime backend: unknown device {device!r} (use cpu, cuda[:N] or tensorrt[:N])")
+    from rtfer.devices import parse_device
+
+    try:
+        kind = parse_device(device).kind
+    except BackendError:
+        raise BackendError(f"onnxruntime backend: unknown device {device!r} (use cpu, cuda[:N] or tensorrt[:N])") \
+            from None
     wanted = _PROVIDERS_FOR_DEVICE[kind]
     chosen = [p for p in wanted if p in available]
     if wanted[0] not in available:
@@ -67,7 +71,9 @@ class OnnxRuntimeBackend(Backend):
         providers = select_providers(self.device, ort.get_available_providers(), self.allow_fallback)
         opts = session_options()
         provider_args: list = []
-        index = self.device.split(":")[1] if ":" in self.device else "0"
+        from rtfer.devices import parse_device
+
+        index = parse_device(self.device).index
         for p in providers:
             if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
                 provider_args.append((p, {"device_id": int(index)}))

@@ -30,13 +30,15 @@ def _import_tensorrt():
 
 def parse_cuda_index(device: str) -> int | None:
     """``cuda``/``cuda:N``/``tensorrt[:N]``/``gpu[:N]`` -> N (0 by default); ``cpu`` and others -> None."""
-    kind, _, index = device.partition(":")
-    if kind not in ("cuda", "tensorrt", "gpu"):
-        return None
+    from rtfer.devices import parse_device
+
     try:
-        return int(index) if index else 0
-    except ValueError:
-        raise BackendError(f"tensorrt backend: bad device {device!r} (use cuda or cuda:N)") from None
+        d = parse_device(device)
+    except BackendError:
+        if device.partition(":")[0] in ("cuda", "tensorrt", "gpu"):
+            raise BackendError(f"tensorrt backend: bad device {device!r} (use cuda or cuda:N)") from None
+        return None
+    return d.index if d.is_gpu else None
 
 
 class TorchCuda:

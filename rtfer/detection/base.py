@@ -98,19 +98,20 @@ def ort_providers(device: str, allow_fallback: bool) -> list:
     fallback was asked for."""
     import onnxruntime as ort
 
+    from rtfer.devices import parse_device
+
     available = ort.get_available_providers()
-    if device.startswith("cuda"):
+    try:
+        parsed = parse_device(device)
+    except BackendError:
+        raise BackendError(f"unknown detector device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.is_gpu:
         if "CUDAExecutionProvider" in available:
-            index = device.partition(":")[2]
-            if index and not index.isdigit():
-                raise BackendError(f"unknown detector device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
-            return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+            return [("CUDAExecutionProvider", {"device_id": parsed.index}), "CPUExecutionProvider"]
         if not allow_fallback:
             raise BackendError(f"detector device {device!r} requested but onnxruntime has no CUDAExecutionProvider "
                                f"(available: {', '.join(available)})")
         log.warning("CUDAExecutionProvider unavailable; detector falls back to CPU")
-    elif device != "cpu":
-        raise BackendError(f"unknown detector device {device!r}; use 'cpu' or 'cuda'")
     return ["CPUExecutionProvider"]
 
 
