@@ -30,6 +30,7 @@ class LoopedSource:
     """Plays a video file ``loops`` times with continuous frame indices and timestamps."""
 
     kind = "video"
+    live = False
 
     def __init__(self, path: str, loops: int) -> None:
         self.path, self.loops = path, loops

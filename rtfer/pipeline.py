@@ -132,7 +132,7 @@ class Pipeline:
         src = source if hasattr(source, "__next__") and hasattr(source, "kind") else None
         if src is None:  # realtime None: cameras and live streams drop frames, files (local or http) do not
             src = open_source(source, prefetch=o.prefetch, drop_frames=o.realtime)
-        live = src.live
+        live = getattr(src, "live", src.kind in ("camera", "stream"))  # duck-typed sources may lack .live
         batch_frames = 1 if live else o.batch_frames
         stop = cancel if cancel is not None else threading.Event()
         q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_frames))
