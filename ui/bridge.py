@@ -12,7 +12,7 @@ from typing import Any
 from PyQt6.QtCore import QObject, pyqtSignal
 
 from rtfer.types import FrameResult
-from ui.controller import Callbacks, RunStats
+from ui.controller import Callbacks, LiveStats
 
 
 class ControllerBridge(QObject):
@@ -28,14 +28,14 @@ class ControllerBridge(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._lock = threading.Lock()
-        self._latest: tuple[FrameResult, Any, RunStats] | None = None
+        self._latest: tuple[FrameResult, Any, LiveStats] | None = None
         self._pending = False
         self._last_progress = 0.0
         self.callbacks = Callbacks(on_result=self._on_result, on_error=self.error.emit,
                                    on_progress=self._on_progress, on_info=self.info.emit,
                                    on_state=self.state.emit, on_finished=self.finished.emit)
 
-    def _on_result(self, result: FrameResult, annotated: Any, stats: RunStats) -> None:
+    def _on_result(self, result: FrameResult, annotated: Any, stats: LiveStats) -> None:
         with self._lock:
             self._latest = (result, annotated, stats)
             if self._pending:
@@ -49,7 +49,7 @@ class ControllerBridge(QObject):
             self._last_progress = now
             self.progress.emit(position_s, duration_s)
 
-    def take_latest(self) -> tuple[FrameResult, Any, RunStats] | None:
+    def take_latest(self) -> tuple[FrameResult, Any, LiveStats] | None:
         """The newest (result, annotated image, stats), once; None when nothing new arrived."""
         with self._lock:
             latest, self._latest = self._latest, None

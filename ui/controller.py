@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RunStats:
+class LiveStats:
     """What the status bar shows: throughput, smoothed per-stage latency and dropped frames."""
 
     frames: int = 0
@@ -47,7 +47,7 @@ class RunStats:
 class Callbacks:
     """Functions the worker thread calls; each defaults to doing nothing."""
 
-    on_result: Callable[[FrameResult, Any, RunStats], None] = lambda result, annotated, stats: None
+    on_result: Callable[[FrameResult, Any, LiveStats], None] = lambda result, annotated, stats: None
     on_error: Callable[[str], None] = lambda message: None
     on_progress: Callable[[float, float | None], None] = lambda position_s, duration_s: None
     on_info: Callable[[dict], None] = lambda info: None
@@ -140,9 +140,9 @@ class _Stats:
     def __init__(self, window: int = 30, alpha: float = 0.2) -> None:
         self._arrivals: deque[float] = deque(maxlen=window)
         self._alpha = alpha
-        self.stats = RunStats()
+        self.stats = LiveStats()
 
-    def update(self, result: FrameResult, dropped: int, duration_s: float | None) -> RunStats:
+    def update(self, result: FrameResult, dropped: int, duration_s: float | None) -> LiveStats:
         now = time.monotonic()
         self._arrivals.append(now)
         s = self.stats

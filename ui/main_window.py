@@ -19,7 +19,7 @@ from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QH
 
 from rtfer.pipeline import STAGES
 from ui.bridge import ControllerBridge
-from ui.controller import Controller, RunStats, list_cameras
+from ui.controller import Controller, LiveStats, list_cameras
 from ui.settings import SCALES, AppSettings, SettingsDialog
 from ui.widgets import SCALE_TITLES, ProbabilityPanel, TimelineWidget, VideoView
 
@@ -55,7 +55,7 @@ class MainWindow(QMainWindow):
         self.controller.scale = self.settings.scale
         self.source_spec: Any = None
         self.last_error: str | None = None
-        self.last_stats = RunStats()
+        self.last_stats = LiveStats()
         self.results_shown = 0
         self._seeking = False
 
