@@ -628,7 +628,7 @@ def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames
                                 options={"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else None)
         except Exception as exc:  # noqa: BLE001 - any open failure is an input problem
             raise InputError(f"cannot open stream {redact_url(text)}: {_one_line(exc)}") from None
-        if drop_frames is None:
+        if drop_frames is None:  # a recorded file over http(s) (known duration) delivers every frame
             drop_frames = recorded_duration(text, container) is None
         return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames)
     return _open_path(text, prefetch, bool(drop_frames))

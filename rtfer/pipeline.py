@@ -108,7 +108,8 @@ class Pipeline:
         # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
         from rtfer.devices import parse_device
 
-        det_device = str(parse_device(self.bundle.device)) if parse_device(self.bundle.device).is_gpu else "cpu"
+        device = parse_device(self.bundle.device)
+        det_device = str(device) if device.is_gpu else "cpu"  # keeps cuda:N
         self.detector = detector if detector is not None else create_detector(
             resolve_detector(o.detector, self.bundle.spec), det_width=o.det_width, score_threshold=o.det_threshold,
             min_face=o.min_face, max_faces=o.max_faces, device=det_device, allow_fallback=True)

@@ -139,10 +139,10 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
     rows = [{"method": f"member:{n}", "fitted": False, **score(p, labels)} for n, p in zip(names, member_probs)]
     rows.append({"method": "soft_vote_equal", "fitted": False,
                  **score(SoftVote(np.ones(len(member_probs)))(member_probs), labels)})
-    oofs = {}
+    oofs, finals = {}, {}
     for name in CANDIDATES:
         oof = oofs[name] = cross_validated(name, member_probs, labels, folds=folds, metric=metric, seed=seed)
-        final = _fit(name, member_probs, labels, metric, seed)
+        final = finals[name] = _fit(name, member_probs, labels, metric, seed)
         in_sample = score(final(member_probs), labels)
         row = {"method": name, "fitted": True, **score(oof, labels),
                "in_sample_accuracy": in_sample["accuracy"],
@@ -157,7 +157,7 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
         chosen = choose
     else:
         raise ValueError(f"choose must be auto, soft_vote, logistic or logistic_balanced, got {choose!r}")
-    final = _fit(chosen, member_probs, labels, metric, seed)
+    final = finals[chosen]
     # Temperature on the out-of-fold log-probabilities (softmax(log p / T) rescales the combiner's logits), so it
     # is fitted on predictions the combiner did not see; accuracy is unchanged.
     oof_logp = np.log(np.clip(oofs[chosen], 1e-12, None))

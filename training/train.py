@@ -163,8 +163,10 @@ def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.devic
     from rtfer.models import create_model
 
     path = Path(src)
+    if not path.is_file():
+        raise InputError(f"loss.distill_from {path} does not exist")
     if path.suffix == ".onnx":
-        member = _bundle_member(path) if path.is_file() else None
+        member = _bundle_member(path)
         if member is None:
             raise InputError(f"loss.distill_from {path} is not a member of a bundle folder (bundle.json beside it)")
         teacher = create_model(member["architecture"], **member.get("arch_kwargs", {}))

@@ -76,7 +76,7 @@ class OnnxRuntimeBackend(Backend):
         index = parse_device(self.device).index
         for p in providers:
             if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-                provider_args.append((p, {"device_id": int(index)}))
+                provider_args.append((p, {"device_id": index}))
             else:
                 provider_args.append(p)
         try:

@@ -29,15 +29,13 @@ def _import_tensorrt():
 
 
 def parse_cuda_index(device: str) -> int | None:
-    """``cuda``/``cuda:N``/``tensorrt[:N]``/``gpu[:N]`` -> N (0 by default); ``cpu`` and others -> None."""
+    """``cuda``/``cuda:N``/``tensorrt[:N]``/``gpu[:N]`` -> N (0 by default); ``cpu`` -> None; not a device: error."""
     from rtfer.devices import parse_device
 
     try:
         d = parse_device(device)
     except BackendError:
-        if device.partition(":")[0] in ("cuda", "tensorrt", "gpu"):
-            raise BackendError(f"tensorrt backend: bad device {device!r} (use cuda or cuda:N)") from None
-        return None
+        raise BackendError(f"tensorrt backend: bad device {device!r} (use cuda or cuda:N)") from None
     return d.index if d.is_gpu else None
 
 

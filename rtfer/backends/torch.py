@@ -63,19 +63,15 @@ def plan_batches(n: int, max_batch: int) -> list[tuple[int, int, int]]:
 def parse_device(device: str) -> tuple[str, int]:
     """"cpu" -> ("cpu", 0); "cuda" / "cuda:N" -> ("cuda", N) (rtfer.devices parses). Anything else is a
     BackendError."""
-    d = _parse(device)
-    if d.kind == "tensorrt":
-        raise BackendError(f"torch backend: unknown device {device!r} (use cpu or cuda[:N])")
-    return d.kind, d.index
-
-
-def _parse(device: str):
     from rtfer.devices import parse_device as parse
 
     try:
-        return parse(device)
+        d = parse(device)
     except BackendError:
-        raise BackendError(f"torch backend: unknown device {device!r} (use cpu or cuda[:N])") from None
+        d = None
+    if d is None or d.kind == "tensorrt":
+        raise BackendError(f"torch backend: unknown device {device!r} (use cpu or cuda[:N])")
+    return d.kind, d.index
 
 
 def read_onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
