@@ -124,27 +124,22 @@ def init_weights(model: torch.nn.Module, source: str | Path) -> None:
     The ONNX route lets training continue from the packaged default bundle when the run folders of an earlier
     session are gone: its initializers are the member's inference weights under state_dict names (FP16 -> FP32).
     """
-    from rtfer.models import inference_state_keys
-
     source = Path(source)
     arch = getattr(model, "architecture", "?")
     if not source.is_file():
         raise InputError(f"run.init_from {source} does not exist")
     if source.suffix == ".onnx":
-        from rtfer.backends.torch import read_onnx_weights
+        from rtfer.backends.torch import load_onnx_weights
+        from rtfer.errors import BackendError
 
         member = _bundle_member(source)
-        if member is not None and member.get("architecture") != arch:
-            raise InputError(f"run.init_from {source} is a {member.get('architecture')!r} member, not {arch!r}")
-        weights = read_onnx_weights(source)
-        own = model.state_dict()
-        needed = inference_state_keys(model)
-        bad = [k for k in needed if k not in weights or tuple(weights[k].shape) != tuple(own[k].shape)]
-        if bad:
-            raise InputError(f"run.init_from {source} does not fit {arch}: weight {bad[0]} is missing or has another "
-                             f"shape ({len(bad)} such)")
-        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(weights[k])) for k in needed}, strict=False)
-        log.info("initialised %s from the ONNX member %s (%d tensors)", arch, source, len(needed))
+        if member is not None and member.architecture != arch:
+            raise InputError(f"run.init_from {source} is a {member.architecture!r} member, not {arch!r}")
+        try:
+            load_onnx_weights(model, source)
+        except BackendError as exc:
+            raise InputError(f"run.init_from {source} does not fit {arch}: {exc}") from None
+        log.info("initialised %s from the ONNX member %s", arch, source)
         return
     init = torch.load(source, map_location="cpu", weights_only=False)
     if init.get("architecture") != arch:
@@ -169,10 +164,10 @@ def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.devic
         member = _bundle_member(path)
         if member is None:
             raise InputError(f"loss.distill_from {path} is not a member of a bundle folder (bundle.json beside it)")
-        teacher = create_model(member["architecture"], **member.get("arch_kwargs", {}))
+        teacher = create_model(member.architecture, **member.arch_kwargs)
         init_weights(teacher, path)
-        teacher.default_cfg = {**teacher.default_cfg, "input_size": member["input_size"], "mean": member["mean"],
-                               "std": member["std"], "color": member["color"]}
+        teacher.default_cfg = {**teacher.default_cfg, "input_size": member.input_size, "mean": member.mean,
+                               "std": member.std, "color": member.color}
     else:
         teacher, _ = load_checkpoint(path)
     mine, theirs = preprocessing(student), preprocessing(teacher)
@@ -188,17 +183,13 @@ def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.devic
     return teacher
 
 
-def _bundle_member(onnx_path: Path) -> dict | None:
-    """The bundle.json entry of an ONNX file inside a bundle folder (None when it is a loose file)."""
-    import json
+def _bundle_member(onnx_path: Path):
+    """The MemberSpec of an ONNX file inside a bundle folder (None when it is a loose file)."""
+    from rtfer.bundle import BUNDLE_FILE, BundleSpec
 
-    meta = onnx_path.parent / "bundle.json"
-    if not meta.is_file():
+    if not (onnx_path.parent / BUNDLE_FILE).is_file():
         return None
-    for m in json.loads(meta.read_text(encoding="utf-8")).get("members", []):
-        if m.get("file") == onnx_path.name:
-            return m
-    return None
+    return next((m for m in BundleSpec.read(onnx_path.parent).members if m.file == onnx_path.name), None)
 
 
 def _save(path: Path, obj: dict) -> None:

@@ -90,6 +90,32 @@ def read_onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
     return out
 
 
+def load_onnx_weights(model, path: str | Path, input_size: int | None = None) -> None:
+    """Load an exported member's weights into ``model`` (built with the same architecture): the ONNX initializers
+    are exactly the weights its forward pass uses, under state_dict names. A missing, extra or mis-shaped weight is a
+    BackendError."""
+    import torch
+
+    from rtfer.models import inference_state_keys
+
+    path = Path(path)
+    arch = getattr(model, "architecture", type(model).__name__)
+    weights = read_onnx_weights(path)
+    expected = inference_state_keys(model, input_size)
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if missing:
+        raise BackendError(f"{path.name} lacks the weight {missing[0]} of {arch} ({len(missing)} missing)")
+    if extra:
+        raise BackendError(f"{path.name} has the weight {extra[0]} that {arch} does not use ({len(extra)} extra)")
+    own = model.state_dict()
+    for k in expected:
+        if tuple(own[k].shape) != tuple(weights[k].shape):
+            raise BackendError(f"{path.name}: {k} has shape {tuple(weights[k].shape)}, {arch} expects "
+                               f"{tuple(own[k].shape)}")
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(weights[k])) for k in expected}, strict=False)
+
+
 def onnx_num_outputs(path: str | Path) -> int | None:
     import onnx
 
@@ -108,7 +134,7 @@ class TorchBackend(Backend):
             from rtfer.errors import missing_extra
 
             raise missing_extra("torch", "train") from None
-        from rtfer.models import create_model, inference_state_keys, is_model
+        from rtfer.models import create_model, is_model
 
         self._torch = torch
         kind, index = parse_device(self.device)
@@ -133,23 +159,7 @@ class TorchBackend(Backend):
             model = create_model(arch, num_classes=num_classes, **kwargs)
         except (TypeError, ValueError) as exc:
             raise BackendError(f"torch backend: cannot build {arch} with {kwargs}: {exc}") from exc
-        weights = read_onnx_weights(self.model_path)
-        expected = inference_state_keys(model, self.input_size)
-        missing = [k for k in expected if k not in weights]
-        extra = [k for k in weights if k not in expected]
-        if missing:
-            raise BackendError(f"{self.model_path.name} lacks the weight {missing[0]} of {arch} "
-                               f"({len(missing)} missing)")
-        if extra:
-            raise BackendError(f"{self.model_path.name} has the weight {extra[0]} that {arch} does not use "
-                               f"({len(extra)} extra)")
-        own = model.state_dict()
-        for k in expected:
-            if tuple(own[k].shape) != tuple(weights[k].shape):
-                raise BackendError(f"{self.model_path.name}: {k} has shape {tuple(weights[k].shape)}, "
-                                   f"{arch} expects {tuple(own[k].shape)}")
-        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(weights[k])) for k in expected},
-                              strict=False)
+        load_onnx_weights(model, self.model_path, self.input_size)
         model.eval()
         if self.cuda:
             model = model.to(self.dev, memory_format=torch.channels_last)
