@@ -1,40 +1,26 @@
-"""Draw faces, track ids and labels onto a frame (annotated video, summary colours and the desktop UI)."""
+"""Draw faces, track ids and labels onto a frame (annotated video and the desktop UI).
+
+Colours come from :mod:`rtfer.colors` (one map for the video, the summary plot, the report and the app). Label tags
+are placed by :func:`place_tags` so that they never leave the frame and never overlap one another; a tag moved away
+from its face is joined to the face by a thin leader line.
+"""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
+from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX, color_bgr, color_rgb01  # noqa: F401 - re-exported
 from rtfer.labels import CLASSES, scale_levels, to_scale
 
 log = logging.getLogger(__name__)
 
-#: BGR colour per emotion (shared by the annotated video, the summary plot and the UI).
-EMOTION_COLORS_BGR: dict[str, tuple[int, int, int]] = {
-    "surprise": (0, 200, 255),    # amber
-    "fear": (180, 80, 150),       # purple
-    "disgust": (40, 140, 40),     # green
-    "happiness": (0, 220, 120),   # bright green-yellow
-    "sadness": (200, 110, 30),    # blue
-    "anger": (40, 40, 230),       # red
-    "neutral": (170, 170, 170),   # grey
-}
-#: BGR colour per sentiment level (red = negative ... green = positive).
-LEVEL_COLORS_BGR: dict[str, tuple[int, int, int]] = {
-    "very_negative": (30, 30, 200),
-    "negative": (60, 120, 240),
-    "neutral": (170, 170, 170),
-    "positive": (80, 200, 120),
-    "very_positive": (40, 200, 40),
-}
+#: BGR colour per emotion (derived from rtfer.colors; shared by the annotated video, the plots and the UI).
+EMOTION_COLORS_BGR: dict[str, tuple[int, int, int]] = {c: color_bgr(c) for c in EMOTION_COLORS_HEX}
+#: BGR colour per sentiment level (purple = negative ... green = positive).
+LEVEL_COLORS_BGR: dict[str, tuple[int, int, int]] = {c: color_bgr(c) for c in LEVEL_COLORS_HEX}
 UNTRACKED_COLOR_BGR = (255, 255, 255)
 SCALES = ("emotion", "sentiment5", "sentiment3")
-
-
-def color_rgb01(name: str) -> tuple[float, float, float]:
-    """Matplotlib colour (RGB in [0, 1]) for an emotion or sentiment level."""
-    b, g, r = EMOTION_COLORS_BGR.get(name) or LEVEL_COLORS_BGR.get(name) or UNTRACKED_COLOR_BGR
-    return r / 255.0, g / 255.0, b / 255.0
 
 
 def face_labels(probs: np.ndarray, scale: str = "emotion") -> tuple[list[str], np.ndarray]:
@@ -50,10 +36,65 @@ def face_labels(probs: np.ndarray, scale: str = "emotion") -> tuple[list[str], n
     return [names[i] for i in idx], (p[np.arange(len(p)), idx] if len(p) else np.zeros(0, np.float32))
 
 
+def _overlaps(rects: np.ndarray, placed: np.ndarray, pad: int) -> np.ndarray:
+    """(m,) bool: which of ``rects`` (m, 4: x1 y1 x2 y2) overlap any of ``placed`` (k, 4), ``pad`` pixels apart."""
+    if len(placed) == 0:
+        return np.zeros(len(rects), dtype=bool)
+    r, p = rects[:, None, :], placed[None, :, :]
+    hit = ((r[..., 0] < p[..., 2] + pad) & (p[..., 0] < r[..., 2] + pad)
+           & (r[..., 1] < p[..., 3] + pad) & (p[..., 1] < r[..., 3] + pad))
+    return hit.any(axis=1)
+
+
+def place_tags(boxes: np.ndarray, sizes: list[tuple[int, int]] | np.ndarray, width: int, height: int, *,
+               pad: int = 1, occupied=None) -> list[tuple[int, int, int, int] | None]:
+    """Tag rectangles ``(x1, y1, x2, y2)`` for face ``boxes`` (n, 4) and tag ``sizes`` (w, h) in a frame.
+
+    Every tag lies inside the frame and overlaps no other tag (``pad`` pixels apart). A tag goes above its box if it
+    can, else below, else inside the box's top; when all of those are taken, the free position nearest to the spot
+    above the box is searched on a grid. Faces are placed top to bottom. A tag that fits nowhere (the frame is full
+    of tags, or it is wider or taller than the frame) is None. ``occupied``: rectangles already taken (tags placed
+    earlier), which the new tags avoid as well.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out: list[tuple[int, int, int, int] | None] = [None] * len(boxes)
+    placed = np.asarray(occupied if occupied is not None and len(occupied) else np.zeros((0, 4)),
+                        dtype=np.int64).reshape(-1, 4)
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i, 1], boxes[i, 0]))
+    for i in order:
+        tw, th = (int(v) for v in sizes[i])
+        if tw > width or th > height:
+            continue
+        x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
+        max_x, max_y = width - tw, height - th
+        cands = [(x1, y1 - th - 1), (x1, y2 + 2), (x1, y1 + 1), (x2 - tw, y1 - th - 1), (x2 - tw, y2 + 2)]
+        rects = np.array([(min(max(x, 0), max_x), min(max(y, 0), max_y)) for x, y in cands], dtype=np.int64)
+        rects = np.concatenate([rects, rects + [tw, th]], axis=1)
+        free = ~_overlaps(rects, placed, pad)
+        if free.any():
+            chosen = rects[int(np.argmax(free))]
+        else:
+            xs = np.unique(np.clip(np.concatenate([np.arange(0, max_x + 1, max(1, tw // 4)), [max_x]]), 0, max_x))
+            ys = np.unique(np.clip(np.concatenate([np.arange(0, max_y + 1, max(1, th // 2)), [max_y]]), 0, max_y))
+            gx, gy = np.meshgrid(xs, ys)
+            grid = np.stack([gx.ravel(), gy.ravel(), gx.ravel() + tw, gy.ravel() + th], axis=1)
+            ok = ~_overlaps(grid, placed, pad)
+            if not ok.any():
+                continue
+            grid = grid[ok]
+            ax, ay = min(max(x1, 0), max_x), min(max(y1 - th - 1, 0), max_y)
+            chosen = grid[int(np.argmin(np.hypot(grid[:, 0] - ax, grid[:, 1] - ay)))]
+        out[i] = tuple(int(v) for v in chosen)
+        placed = np.concatenate([placed, chosen[None]], axis=0)
+    return out
+
+
 def annotate(image_bgr: np.ndarray, result, scale: str = "emotion", *, copy: bool = True) -> np.ndarray:
     """Draw each face of ``result`` (a FrameResult): box, ``#track`` id, label and confidence (smoothed scores).
 
-    Returns a new image unless ``copy=False``. Boxes are coloured by the label; untracked faces show no id.
+    Returns a new image unless ``copy=False``. Boxes are coloured by the label; untracked faces show no id. Tags
+    neither overlap nor leave the frame (:func:`place_tags`); when a crowded frame has no room for a full tag, the
+    tag shrinks to the face's id, and a face whose tag still fits nowhere keeps only its box.
     """
     import cv2
 
@@ -68,16 +109,44 @@ def annotate(image_bgr: np.ndarray, result, scale: str = "emotion", *, copy: boo
     thickness = max(1, int(round(min(h, w) / 360)))
     font_scale = max(0.35, min(h, w) / 900)
     font = cv2.FONT_HERSHEY_SIMPLEX
-    for (x1, y1, x2, y2), tid, label, conf in zip(faces.xyxy, faces.track_ids, labels, confs):
-        color = EMOTION_COLORS_BGR.get(label) or LEVEL_COLORS_BGR.get(label, UNTRACKED_COLOR_BGR)
-        p1 = (int(round(x1)), int(round(y1)))
-        p2 = (int(round(x2)), int(round(y2)))
-        cv2.rectangle(image, p1, p2, color, thickness, cv2.LINE_AA)
-        text = f"{'#%d ' % tid if tid >= 0 else ''}{label} {conf:.2f}"
+    colors = [EMOTION_COLORS_BGR.get(label) or LEVEL_COLORS_BGR.get(label, UNTRACKED_COLOR_BGR) for label in labels]
+    texts = [f"{'#%d ' % tid if tid >= 0 else ''}{label} {conf:.2f}"
+             for tid, label, conf in zip(faces.track_ids, labels, confs)]
+    shorts = [f"#{tid}" if tid >= 0 else label[:3] for tid, label in zip(faces.track_ids, labels)]
+
+    def measure(text: str) -> tuple[int, int, int]:
         (tw, th), base = cv2.getTextSize(text, font, font_scale, thickness)
-        ty = p1[1] - 4 if p1[1] - th - base - 4 >= 0 else p2[1] + th + base + 4
-        tx = min(max(p1[0], 0), max(0, w - tw - 2))
-        cv2.rectangle(image, (tx, ty - th - base), (tx + tw + 2, ty + base - 2), color, cv2.FILLED)
-        text_color = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
-        cv2.putText(image, text, (tx + 1, ty - 2), font, font_scale, text_color, thickness, cv2.LINE_AA)
+        return tw + 4, th + base + 3, base
+
+    metrics = [measure(t) for t in texts]
+    rects = place_tags(faces.xyxy, [(m[0], m[1]) for m in metrics], w, h)
+    missing = [i for i, r in enumerate(rects) if r is None]
+    if missing:  # crowded: those faces get just their id, placed around the tags already there
+        for i in missing:
+            texts[i] = shorts[i]
+            metrics[i] = measure(shorts[i])
+        taken = [r for r in rects if r is not None]
+        again = place_tags(np.asarray(faces.xyxy)[missing], [metrics[i][:2] for i in missing], w, h, occupied=taken)
+        for i, r in zip(missing, again):
+            rects[i] = r
+        if any(r is None for r in rects):
+            log.debug("%d of %d tags did not fit in the frame", sum(r is None for r in rects), len(rects))
+    for (x1, y1, x2, y2), color in zip(faces.xyxy, colors):
+        cv2.rectangle(image, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), color, thickness,
+                      cv2.LINE_AA)
+    for box, rect, text, color, (_, _, base) in zip(faces.xyxy, rects, texts, colors, metrics):
+        if rect is None:
+            continue
+        tx1, ty1, tx2, ty2 = rect
+        bx1, by1, bx2, by2 = (int(round(v)) for v in box)
+        near = tx1 <= bx2 + 2 and tx2 >= bx1 - 2 and ty1 <= by2 + 3 and ty2 >= by1 - 3
+        if not near:  # leader line from the tag to the top centre of its face
+            cx = (bx1 + bx2) // 2
+            anchor = (cx, by1) if ty2 <= by1 else (cx, by2)
+            tag_pt = (min(max(cx, tx1), tx2), ty2 if ty2 <= by1 else ty1)
+            cv2.line(image, tag_pt, anchor, color, 1, cv2.LINE_AA)
+        cv2.rectangle(image, (tx1, ty1), (tx2 - 1, ty2 - 1), color, cv2.FILLED)
+        r, g, b = color[2], color[1], color[0]
+        text_color = (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+        cv2.putText(image, text, (tx1 + 2, ty2 - base - 1), font, font_scale, text_color, thickness, cv2.LINE_AA)
     return image

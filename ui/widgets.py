@@ -12,15 +12,15 @@ from PyQt6.QtCore import QRectF, Qt, QTimer
 from PyQt6.QtGui import QColor, QFont, QImage, QPainter, QPixmap
 from PyQt6.QtWidgets import QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
+from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX
 from rtfer.labels import CLASSES, scale_levels, to_scale
 from rtfer.types import FrameResult
 from ui.timeline_model import TimelineBuffer, TrackSeries
 
 log = logging.getLogger(__name__)
 
-CLASS_COLORS = {"surprise": "#f2b705", "fear": "#8e44ad", "disgust": "#2e8b57", "happiness": "#27ae60",
-                "sadness": "#2f6db5", "anger": "#c0392b", "neutral": "#7f8c8d",
-                "very_negative": "#c0392b", "negative": "#e67e22", "positive": "#8bc34a", "very_positive": "#27ae60"}
+#: One colour map for the app, the annotated video, the summary PNG and the report (rtfer.colors).
+CLASS_COLORS = {**EMOTION_COLORS_HEX, **LEVEL_COLORS_HEX}
 SCALE_TITLES = {"emotion": "7 emotions", "sentiment5": "5 levels", "sentiment3": "3 levels"}
 
 
