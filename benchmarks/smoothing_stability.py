@@ -1,6 +1,12 @@
 """Label stability raw vs smoothed, per face, from CSV timelines written by ``rtfer analyze --raw``.
 
     python benchmarks/smoothing_stability.py timeline.csv [more.csv ...] [--resmooth] [--fps 30]
+    python benchmarks/smoothing_stability.py --fixtures [--bundle default]
+
+``--fixtures`` needs no CSV: it replays the fixture clips' cached per-frame classifications
+(``benchmarks/fixture_tracks.py``) through the default classification rate and smoothing, printing per face the
+switches per second raw vs smoothed and, on the labelled clips, mean confidence, accuracy and ECE raw vs smoothed
+(with and without the confidence temperature) plus the temperature fitted leave-one-clip-out.
 
 For every (source, face_id) with at least two rows it prints frames, seconds, label switches per second and the
 mean total variation of the raw (``raw_<class>``) and smoothed (``<class>``) probabilities. ``--resmooth`` also
@@ -119,12 +125,79 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fixture_rows(bundle: str = "default", *, smoothing: str = "hmm", strength: float = 0.5,
+                 rate: float | None = None, temperature: float | None = None) -> tuple[list[dict], list[dict]]:
+    """(per-face stability rows, calibration rows) on the fixture clips with the pipeline's defaults."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from classify_rate import expected_calibration_error, replay
+    from fixture_tracks import collect
+
+    from rtfer.pipeline import DEFAULT_CLASSIFY_RATE
+    from rtfer.smoothing import CONFIDENCE_TEMPERATURE, calibrate
+
+    rate = DEFAULT_CLASSIFY_RATE if rate is None else rate
+    temperature = CONFIDENCE_TEMPERATURE if temperature is None else temperature
+    clips = collect(bundle)
+    stab, labelled = [], []
+    for c in clips:
+        for tid, rows in c.tracks().items():
+            t = c.time_s[rows]
+            if len(rows) < 2 or t[-1] - t[0] < 1.0:
+                continue
+            out, cl = replay(t, c.raw[rows], rate, lambda: make_smoother(smoothing, strength))  # uncalibrated
+            stab.append({"clip": c.clip, "face": tid, "seconds": float(t[-1] - t[0]), "classified": float(cl.mean()),
+                         "raw_sw": label_switches_per_second(c.raw[rows], t),
+                         "smoothed_sw": label_switches_per_second(out, t),
+                         "raw_tv": mean_total_variation(c.raw[rows]), "smoothed_tv": mean_total_variation(out)})
+            if c.label is not None:
+                labelled.append((c.raw[rows], out, CLASSES.index(c.label)))
+
+    def cal(name: str, pairs: list[tuple[np.ndarray, int]], temp: float) -> dict:
+        conf = np.concatenate([calibrate(p, temp).max(1) for p, _ in pairs])
+        right = np.concatenate([(p.argmax(1) == y).astype(float) for p, y in pairs])
+        return {"output": name, "temperature": temp, "frames": len(conf), "mean_conf": float(conf.mean()),
+                "accuracy": float(right.mean()), "conf_minus_acc": float(conf.mean() - right.mean()),
+                "ece": expected_calibration_error(conf, right)}
+
+    raw = [(r, y) for r, _, y in labelled]
+    smooth = [(o, y) for _, o, y in labelled]
+    rows = [cal("raw", raw, 1.0), cal("smoothed", smooth, 1.0), cal("smoothed", smooth, temperature)]
+    if len(smooth) > 1:  # leave one clip out: fit T by NLL on the others, score the held-out clip at that T
+        grid = np.arange(1.0, 8.01, 0.25)
+
+        def nll(pairs, temp):
+            return float(np.mean(np.concatenate([-np.log(calibrate(p, temp)[:, y] + 1e-9) for p, y in pairs])))
+
+        held = []
+        for i in range(len(smooth)):
+            rest = smooth[:i] + smooth[i + 1:]
+            best = float(min(grid, key=lambda temp: nll(rest, temp)))
+            held.append((calibrate(smooth[i][0], best), smooth[i][1], best))
+        row = cal("smoothed, T fitted leave-one-clip-out", [(p, y) for p, y, _ in held], 1.0)
+        row["temperature"] = "/".join(f"{b:g}" for _, _, b in held)
+        rows.append(row)
+        fitted = float(min(grid, key=lambda temp: nll(smooth, temp)))
+        rows.append(dict(cal("smoothed, T fitted on all clips (NLL)", smooth, fitted)))
+    return stab, rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fixtures", action="store_true",
+                    help="replay the fixture clips (cached classifications) with the default rate and smoothing")
+    ap.add_argument("--bundle", default="default", help="with --fixtures: the bundle whose cache to use")
     ap.add_argument("csv", nargs="*", type=Path, help="timelines written by `rtfer analyze --raw`")
     ap.add_argument("--resmooth", action="store_true", help="also re-smooth raw columns with every method/strength")
     ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the synthetic step (default 30)")
     args = ap.parse_args(argv)
+    if args.fixtures:
+        stab, cal = fixture_rows(args.bundle)
+        print("# fixture clips: label switches per second raw vs smoothed (default rate and smoothing)")
+        print(format_table(stab))
+        print()
+        print("# labelled fixture frames: calibration raw vs smoothed")
+        print(format_table(cal))
+        print()
     for path in args.csv:
         print(f"# {path}")
         print(format_table(stability_rows(load_timelines(path), resmooth_all=args.resmooth)))

@@ -50,6 +50,25 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="0 (none) .. 1 (very sticky); default 0.5")
     g.add_argument("--batch-frames", type=int, default=8, metavar="N",
                    help="frames whose faces share one inference call on files (default 8)")
+    from rtfer.pipeline import DEFAULT_CLASSIFY_RATE
+    from rtfer.smoothing import CONFIDENCE_TEMPERATURE
+
+    g.add_argument("--classify-rate", type=_classify_rate, default=DEFAULT_CLASSIFY_RATE, metavar="K",
+                   help=f"classify each tracked face at most K times per second, smoothing carries the frames "
+                        f"between (default {DEFAULT_CLASSIFY_RATE:g}; 0 or 'all' = every frame)")
+    g.add_argument("--confidence-temperature", type=float, default=CONFIDENCE_TEMPERATURE, metavar="T",
+                   help=f"calibrate smoothed probabilities for video: divide log-probabilities by T "
+                        f"(default {CONFIDENCE_TEMPERATURE:g}; 1 = the model's own confidence)")
+
+
+def _classify_rate(text: str) -> float:
+    """``--classify-rate``: a number of classifications per second, or ``all`` (= 0, every frame)."""
+    if text.strip().lower() == "all":
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number per second or 'all', got {text!r}") from None
 
 
 def _options(args):
@@ -60,7 +79,8 @@ def _options(args):
                               every=args.every, max_faces=args.max_faces, det_width=args.det_width,
                               min_face=args.min_face, det_threshold=args.det_threshold, smoothing=args.smoothing,
                               smoothing_strength=args.smoothing_strength, batch_frames=args.batch_frames,
-                              allow_fallback=args.allow_fallback)
+                              allow_fallback=args.allow_fallback,
+                              classify_rate=args.classify_rate, confidence_temperature=args.confidence_temperature)
     except ValueError as exc:
         raise RtferError(str(exc)) from None
 

@@ -8,19 +8,29 @@ the previous update (a seek or a new source) clears every track.
 
 ``strength`` in [0, 1] maps to each method's parameter (0 = no smoothing for every method):
 
-* ``ema``: half-life ``h = strength * EMA_MAX_HALF_LIFE_S`` (0.6 s), so the default 0.5 gives 0.3 s. The weight on
+* ``ema``: half-life ``h = strength * EMA_MAX_HALF_LIFE_S`` (0.4 s), so the default 0.5 gives 0.2 s. The weight on
   a new observation after ``dt`` seconds is ``alpha = 1 - 0.5 ** (dt / h)`` (the same decay per second whatever
   the frame rate). A step between two confident classes is followed after about one half-life.
-* ``hmm``: forward filter over the 7 classes. The transition matrix per reference step (``ref_dt_s`` = 1/30 s) is
+* ``hmm``: a sticky forward filter over the 7 classes decides the *label*; the reported *probabilities* are a
+  calibrated estimate (below). The transition matrix per reference step (``ref_dt_s`` = 1/30 s) is
   ``T = lam * I + (1 - lam) * U`` (U: every entry 1/7): self-transition ``p_stay = lam + (1 - lam) / 7``, the rest
   spread uniformly. ``strength`` maps log-linearly to the stickiness: ``1 - lam = 10 ** (-4 * strength)``
   (0 -> lam 0, i.e. no memory; 0.25 -> 0.9; 0.5 -> 0.99; 0.75 -> 0.999; 1 -> 0.9999). After ``dt`` seconds the
   matrix is ``T ** (dt / ref_dt) = lam ** (dt / ref_dt) * I + (1 - lam ** (dt / ref_dt)) * U``: exact for this
   family, it is the stickiness ``lam`` that is raised to ``dt / ref_dt`` (raising ``p_stay`` itself would fall
-  below 1/7 for long gaps and make them anti-sticky). The model's probabilities are the likelihoods (divided by
-  the flat prior 1/7, which cancels on normalising): ``posterior ∝ p_model * (T_dt^T @ belief)``. The HMM
-  accumulates evidence, so ambiguous flicker is suppressed strongly while a confident change is followed within a
-  few frames (measured by :func:`rtfer.stability.step_lag_frames`).
+  below 1/7 for long gaps and make them anti-sticky). Emissions are *tempered*: ``belief ∝ (T_dt^T @ belief) *
+  p_model ** emission_power`` (``HMM_EMISSION_POWER`` = 0.5). Consecutive frames of one face are far from
+  independent evidence (a misread face is misread on every frame), so the untempered product piles up evidence
+  that is not there and the filtered belief sits at 0.99+ whatever the model's accuracy: the belief is a decision
+  about the state, not a class probability. So the HMM reports, per face, the time-aware EMA of the model's
+  probabilities (half-life ``ema_half_life(strength)``, which keeps the model's own confidence scale) as its
+  probabilities, with the HMM state as the label: where the two disagree (a near tie the filter holds through) the
+  state and the estimate's top class share their probability mass, the state 1e-4 ahead.
+
+Honest confidence: the classifier is overconfident on video (fixture clips: mean confidence 0.86 at 50% frame
+accuracy). ``confidence_temperature`` (``T`` >= 1, default 1 here, the pipeline passes
+``CONFIDENCE_TEMPERATURE`` = 3, the NLL-optimal temperature on the labelled fixture frames) divides the smoothed
+log-probabilities by ``T`` before they are reported; it changes no label. ``benchmarks/smoothing_stability.py --fixtures`` measures ECE raw vs smoothed and re-fits it.
 """
 from __future__ import annotations
 
@@ -35,16 +45,24 @@ from rtfer.labels import NUM_CLASSES
 log = logging.getLogger(__name__)
 
 METHODS = ("none", "ema", "hmm")
-#: EMA half-life at strength 1.
-EMA_MAX_HALF_LIFE_S = 0.6
+#: EMA half-life at strength 1 (the default 0.5 gives 0.2 s; measured: ``benchmarks/classify_rate.py``).
+EMA_MAX_HALF_LIFE_S = 0.4
 #: HMM: 1 - lam = 10 ** (-HMM_DECADES * strength).
 HMM_DECADES = 4.0
+#: HMM emission tempering: likelihood = p_model ** HMM_EMISSION_POWER (measured: smoothing_stability.py --fixtures).
+HMM_EMISSION_POWER = 0.5
+#: An observation after a gap counts as at most this many reference steps of evidence (a classification every
+#: 1/10 s at 30 fps stands for 3 frames; a face unseen for seconds is not trusted more than this).
+HMM_MAX_EVIDENCE_STEPS = 4.0
+#: Video calibration temperature the pipeline applies to smoothed probabilities (fitted on the labelled fixture
+#: clips, leave-one-clip-out: ``python benchmarks/smoothing_stability.py --fixtures``).
+CONFIDENCE_TEMPERATURE = 3.0
 #: Probability floor so that a class the model once called impossible can still take over later.
 _PROB_FLOOR = 1e-6
 
 
 def ema_half_life(strength: float) -> float:
-    """EMA half-life in seconds for ``strength`` in [0, 1] (linear: 0 -> 0 s, 0.5 -> 0.3 s, 1 -> 0.6 s)."""
+    """EMA half-life in seconds for ``strength`` in [0, 1] (linear: 0 -> 0 s, 0.5 -> 0.2 s, 1 -> 0.4 s)."""
     return float(_check_strength(strength)) * EMA_MAX_HALF_LIFE_S
 
 
@@ -76,24 +94,42 @@ def _normalise(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Track:
-    state: np.ndarray  # (7,) float64
-    last_time: float
+    state: np.ndarray  # the method's state: (7,) for ema, (2, 7) belief + estimate for hmm
+    last_time: float  # time of the last observation (the next step's dt counts from it)
+    output: np.ndarray  # (7,) the probabilities reported for the last observation (calibrated)
+    seen: float  # last time the track was observed or held (forgetting counts from it)
+
+
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scale probability rows: ``softmax(log(p) / T)``; T = 1 returns them (renormalised). Keeps the
+    argmax; T > 1 lowers the confidence."""
+    p = _normalise(probs)
+    if temperature == 1.0:
+        return p
+    logp = np.log(np.maximum(p, _PROB_FLOOR)) / temperature
+    logp -= logp.max(axis=-1, keepdims=True)
+    return _normalise(np.exp(logp))
 
 
 class Smoother:
-    """Base: per-track state, forgetting and the id -1 passthrough. Subclasses implement ``_step``.
+    """Base: per-track state, forgetting, the id -1 passthrough and output calibration. Subclasses implement
+    ``_init``/``_step`` on states and ``_output`` (state -> probabilities).
 
     Lives on one pipeline thread; not thread-safe by design (no locks needed, STYLE 8).
     """
 
     method = "none"
 
-    def __init__(self, strength: float = 0.5, *, max_age_s: float = 2.0, ref_dt_s: float = 1 / 30) -> None:
+    def __init__(self, strength: float = 0.5, *, max_age_s: float = 2.0, ref_dt_s: float = 1 / 30,
+                 confidence_temperature: float = 1.0) -> None:
         self.strength = _check_strength(strength)
         if max_age_s <= 0 or ref_dt_s <= 0:
             raise ValueError("max_age_s and ref_dt_s must be positive")
+        if not confidence_temperature >= 1.0 or confidence_temperature == float("inf"):
+            raise ValueError(f"confidence temperature must be a number >= 1, got {confidence_temperature}")
         self.max_age_s = float(max_age_s)
         self.ref_dt_s = float(ref_dt_s)
+        self.confidence_temperature = float(confidence_temperature)
         self._tracks: dict[int, _Track] = {}
         self._last_time: float | None = None
 
@@ -106,15 +142,9 @@ class Smoother:
             p = p.reshape(0, NUM_CLASSES)
         if p.ndim != 2 or p.shape[1] != NUM_CLASSES or len(p) != len(ids):
             raise ValueError(f"expected track_ids (n,) and probs (n, {NUM_CLASSES}); got {ids.shape} and {p.shape}")
-        t = float(time_s)
-        if self._last_time is not None and t < self._last_time:
-            log.debug("time went back from %.3f to %.3f s (seek or new source): smoother state cleared",
-                      self._last_time, t)
-            self._tracks.clear()
-        self._last_time = t
-        self._forget(t)
+        t = self._advance(time_s)
         p = _normalise(p)
-        out = p.copy()
+        out = calibrate(p, self.confidence_temperature) if self.method != "none" else p.copy()
         rows = np.flatnonzero(ids >= 0)
         if len(rows) == 0:
             return out.astype(np.float32)
@@ -122,16 +152,42 @@ class Smoother:
         # smoothed against the track's previous state twice; the last row's state is kept)
         known = [r for r in rows if int(ids[r]) in self._tracks]
         new = [r for r in rows if int(ids[r]) not in self._tracks]
+        states = np.zeros((len(p), *self._state_shape()))
         if known:
-            states = np.stack([self._tracks[int(ids[r])].state for r in known])
+            prev = np.stack([self._tracks[int(ids[r])].state for r in known])
             dt = np.array([t - self._tracks[int(ids[r])].last_time for r in known])[:, None]
             dt = np.where(dt > 0, dt, self.ref_dt_s)
-            out[known] = _normalise(self._step(states, p[known], dt))
+            states[known] = self._step(prev, p[known], dt)
         if new:
-            out[new] = _normalise(self._init(p[new]))
+            states[new] = self._init(p[new])
+        out[rows] = self._output(states[rows])
         for r in rows:
-            self._tracks[int(ids[r])] = _Track(out[r].copy(), t)
+            self._tracks[int(ids[r])] = _Track(states[r].copy(), t, out[r].copy(), t)
         return out.astype(np.float32)
+
+    def hold(self, track_ids: np.ndarray, time_s: float) -> np.ndarray:
+        """The last reported probabilities of tracks that were not classified on this frame (``--classify-rate``):
+        (n, 7) float32, no filter step; NaN rows for ids without state (check :meth:`has` first). Holding counts
+        as seeing the track (it is not forgotten), but the next observation's ``dt`` still counts from the last
+        observation, so the time-aware step accounts for the whole gap."""
+        ids = np.asarray(track_ids, dtype=np.int64).reshape(-1)
+        t = self._advance(time_s)
+        out = np.full((len(ids), NUM_CLASSES), np.nan)
+        for i, tid in enumerate(ids.tolist()):
+            tr = self._tracks.get(tid)
+            if tr is not None:
+                tr.seen = t
+                out[i] = tr.output
+        return out.astype(np.float32)
+
+    def has(self, track_id: int) -> bool:
+        """Whether ``track_id`` has live state (its probabilities can be held)."""
+        return int(track_id) in self._tracks
+
+    def drop(self, track_ids) -> None:
+        """Forget tracks the tracker ended (their faces are gone)."""
+        for tid in np.asarray(track_ids, dtype=np.int64).reshape(-1).tolist():
+            self._tracks.pop(tid, None)
 
     def apply(self, faces, scores, time_s: float):
         """Stage form: ``(Faces, EmotionScores, time) -> EmotionScores`` (smoothed)."""
@@ -153,26 +209,44 @@ class Smoother:
         return len(self._tracks)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(strength={self.strength}, max_age_s={self.max_age_s})"
+        return (f"{type(self).__name__}(strength={self.strength}, max_age_s={self.max_age_s}, "
+                f"confidence_temperature={self.confidence_temperature})")
 
     # -- internals -----------------------------------------------------------------------------------------------
-    def _forget(self, t: float) -> None:
-        stale = [tid for tid, tr in self._tracks.items() if t - tr.last_time > self.max_age_s]
+    def _advance(self, time_s: float) -> float:
+        t = float(time_s)
+        if self._last_time is not None and t < self._last_time:
+            log.debug("time went back from %.3f to %.3f s (seek or new source): smoother state cleared",
+                      self._last_time, t)
+            self._tracks.clear()
+        self._last_time = t
+        stale = [tid for tid, tr in self._tracks.items() if t - tr.seen > self.max_age_s]
         for tid in stale:
             del self._tracks[tid]
+        return t
+
+    def _state_shape(self) -> tuple[int, ...]:
+        return (NUM_CLASSES,)
 
     def _init(self, p: np.ndarray) -> np.ndarray:
         return p.copy()
 
     def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        """States (m, 7), observations (m, 7), elapsed seconds (m, 1) -> new states (m, 7)."""
+        """States (m, ...), observations (m, 7), elapsed seconds (m, 1) -> new states (m, ...)."""
         return p.copy()
+
+    def _output(self, state: np.ndarray) -> np.ndarray:
+        """States (m, ...) -> reported probabilities (m, 7), calibrated."""
+        return calibrate(state, self.confidence_temperature)
 
 
 class NoSmoother(Smoother):
-    """Passthrough (renormalised): ``--smoothing none``."""
+    """Passthrough (renormalised, never calibrated): ``--smoothing none``."""
 
     method = "none"
+
+    def _output(self, state: np.ndarray) -> np.ndarray:
+        return _normalise(state)
 
 
 class EMASmoother(Smoother):
@@ -186,46 +260,87 @@ class EMASmoother(Smoother):
 
     def alpha(self, dt):
         """Weight of a new observation ``dt`` seconds (a float or an array) after the previous one."""
-        if self.half_life_s <= 0:
-            return np.ones_like(np.asarray(dt, dtype=np.float64))
-        return 1.0 - 0.5 ** (np.asarray(dt, dtype=np.float64) / self.half_life_s)
+        return _ema_alpha(dt, self.half_life_s)
 
     def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
         a = self.alpha(dt)
         return (1.0 - a) * state + a * p
 
 
+def _ema_alpha(dt, half_life_s: float):
+    if half_life_s <= 0:
+        return np.ones_like(np.asarray(dt, dtype=np.float64))
+    return 1.0 - 0.5 ** (np.asarray(dt, dtype=np.float64) / half_life_s)
+
+
 class HMMSmoother(Smoother):
-    """Causal forward filter with a sticky, time-aware transition matrix (see the module docstring)."""
+    """Sticky forward filter with tempered emissions for the label; the EMA estimate for the probabilities (see the
+    module docstring). State per track: ``[belief, estimate]``."""
 
     method = "hmm"
 
-    def __init__(self, strength: float = 0.5, **kwargs) -> None:
+    def __init__(self, strength: float = 0.5, *, emission_power: float = HMM_EMISSION_POWER, **kwargs) -> None:
         super().__init__(strength, **kwargs)
+        if not 0.0 < emission_power <= 1.0:
+            raise ValueError(f"emission_power must be in (0, 1], got {emission_power}")
         self.lam = hmm_lambda(self.strength)
         self.p_stay = hmm_p_stay(self.strength)
+        self.emission_power = float(emission_power)
+        self.half_life_s = ema_half_life(self.strength)
 
     def transition(self, dt: float) -> np.ndarray:
         """(7, 7) transition matrix for a gap of ``dt`` seconds: ``lam**(dt/ref_dt) I + (1 - lam**(dt/ref_dt)) U``."""
         lam = self.lam ** (dt / self.ref_dt_s) if self.lam > 0 else 0.0
         return lam * np.eye(NUM_CLASSES) + (1.0 - lam) / NUM_CLASSES
 
+    def likelihood(self, p: np.ndarray, steps: np.ndarray | float = 1.0) -> np.ndarray:
+        """Tempered emission ``p ** (emission_power * steps)`` (divided by the flat prior's, which cancels on
+        normalising). ``steps``: reference steps the observation stands for (``dt / ref_dt``, at most
+        ``HMM_MAX_EVIDENCE_STEPS``), so the evidence per second does not depend on how often a face is classified
+        (``--classify-rate``) while the transition leaks over the same gap."""
+        return np.maximum(p, _PROB_FLOOR) ** (self.emission_power * np.minimum(steps, HMM_MAX_EVIDENCE_STEPS))
+
+    def belief(self, track_id: int) -> np.ndarray | None:
+        """The filtered state belief of a track (7,), or None."""
+        tr = self._tracks.get(int(track_id))
+        return None if tr is None else tr.state[0].copy()
+
+    def _state_shape(self) -> tuple[int, ...]:
+        return (2, NUM_CLASSES)
+
     def _init(self, p: np.ndarray) -> np.ndarray:
-        # flat prior times the first likelihood
-        return _normalise(np.maximum(p, _PROB_FLOOR))
+        # flat prior times the first likelihood; the estimate starts at the observation
+        return np.stack([_normalise(self.likelihood(p)), p], axis=1)
 
     def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
         lam = self.lam ** (dt / self.ref_dt_s) if self.lam > 0 else 0.0
-        predicted = lam * state + (1.0 - lam) / NUM_CLASSES  # == transition(dt).T @ state (T is symmetric)
-        likelihood = np.maximum(p, _PROB_FLOOR) / (1.0 / NUM_CLASSES)  # model posterior / flat prior
-        return _normalise(predicted * likelihood)
+        predicted = lam * state[:, 0] + (1.0 - lam) / NUM_CLASSES  # == transition(dt).T @ belief (T symmetric)
+        belief = _normalise(predicted * self.likelihood(p, np.maximum(dt / self.ref_dt_s, 1.0)))
+        a = _ema_alpha(dt, self.half_life_s)
+        estimate = (1.0 - a) * state[:, 1] + a * p
+        return np.stack([belief, estimate], axis=1)
+
+    def _output(self, state: np.ndarray) -> np.ndarray:
+        q = calibrate(state[:, 1], self.confidence_temperature)
+        label = state[:, 0].argmax(axis=1)
+        top = q.argmax(axis=1)
+        for i in np.flatnonzero(label != top):  # a near tie the filter holds through: report it as one
+            s, k = label[i], top[i]
+            mid = (q[i, s] + q[i, k]) / 2
+            q[i, s], q[i, k] = mid + _TIE_GAP / 2, mid - _TIE_GAP / 2
+        return q
+
+
+#: Gap by which the HMM's state leads a class it ties with (survives the CSV's 4 decimals).
+_TIE_GAP = 1e-4
 
 
 _REGISTRY: dict[str, Callable[..., Smoother]] = {"none": NoSmoother, "ema": EMASmoother, "hmm": HMMSmoother}
 
 
 def make_smoother(method: str = "ema", strength: float = 0.5, **kwargs) -> Smoother:
-    """Create a smoother: ``method`` in {"none", "ema", "hmm"}; ``kwargs``: ``max_age_s``, ``ref_dt_s``."""
+    """Create a smoother: ``method`` in {"none", "ema", "hmm"}; ``kwargs``: ``max_age_s``, ``ref_dt_s``,
+    ``confidence_temperature`` (and ``emission_power`` for hmm)."""
     key = str(method).strip().lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown smoothing method {method!r}; choose from {', '.join(METHODS)}")

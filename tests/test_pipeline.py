@@ -138,3 +138,85 @@ def test_auto_backend_on_cpu_does_not_import_torch(tiny_bundle):
             "print(b.backend_name, b.device, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["onnxruntime", "cpu", "False"]
+
+
+# -- per-track classification rate (--classify-rate) ---------------------------------------------------------------
+def test_classify_schedule_rate_new_tracks_and_seek():
+    from rtfer.pipeline import ClassifySchedule
+
+    sched = ClassifySchedule(10.0)
+    due = []
+    for k in range(12):  # 30 fps: track 1 from frame 0, track 2 appears at frame 4, untracked -1 always
+        ids = np.array([1, -1] + ([2] if k >= 4 else []))
+        d = sched.due(ids, k / 30)
+        sched.remember(ids[d], np.full((int(d.sum()), 7), 1 / 7))
+        due.append(d.tolist())
+    assert [d[0] for d in due] == [k % 3 == 0 for k in range(12)]  # every 3rd frame = 10 per second
+    assert all(d[1] for d in due)
+    assert [d[2] for d in due[4:]] == [True, False, False, True, False, False, True, False]  # first seen: at once
+    assert sched.held_raw(np.array([1, 2])).shape == (2, 7)
+    assert sched.due(np.array([1]), 0.0).all()  # time went back (seek / new source): every track is new
+    assert ClassifySchedule(0.0).due(np.array([1, 1, 1]), 0.5).all()  # 0 = every frame
+    at_24fps, n = ClassifySchedule(10.0), 0
+    for k in range(240):
+        if at_24fps.due(np.array([7]), k / 24)[0]:
+            at_24fps.remember([7], np.ones((1, 7)))
+            n += 1
+    assert 95 <= n <= 105  # slots, not frame counts: 10 per second on average at 24 fps too
+    with pytest.raises(ValueError, match="classify rate"):
+        ClassifySchedule(-1)
+
+
+def test_classify_schedule_reclassifies_when_the_smoother_lost_the_track():
+    from rtfer.pipeline import ClassifySchedule
+    from rtfer.smoothing import make_smoother
+
+    sched, sm = ClassifySchedule(5.0), make_smoother("hmm", 0.5)
+    ids = np.array([3])
+    assert sched.due(ids, 0.0, sm).all()
+    sm.update(ids, np.full((1, 7), 1 / 7), 0.0)
+    sched.remember(ids, np.full((1, 7), 1 / 7))
+    assert not sched.due(ids, 0.05, sm).any()
+    sm.drop(ids)
+    assert sched.due(ids, 0.1, sm).all()  # nothing to hold: classify now
+
+
+def test_live_load_lowers_the_rate_before_frames_drop_and_recovers():
+    from rtfer.pipeline import ClassifySchedule
+
+    sched = ClassifySchedule(0.0, adaptive=True, min_rate=1.0)
+    for k in range(3):
+        sched.due(np.array([1]), k / 30)
+    assert sched.effective_period == 0.0
+    for _ in range(20):  # classifying takes twice the frame interval
+        sched.observe_load(2 / 30)
+    assert sched.effective_period == pytest.approx(1.0)  # at most min_rate: then the source drops frames
+    sched.observe_load(0.0, dropped=True)
+    assert sched.effective_period == pytest.approx(1.0)
+    for _ in range(40):  # load gone
+        sched.observe_load(0.1 / 30)
+    assert sched.effective_period == 0.0
+    files = ClassifySchedule(10.0)  # files never adapt (every frame is processed anyway)
+    files.observe_load(1.0, dropped=True)
+    assert files.effective_period == pytest.approx(0.1)
+
+
+def test_classify_rate_classifies_fewer_faces_and_keeps_every_row(tiny_bundle, group_video):
+    pipe = Pipeline(AnalyzeOptions(bundle=str(tiny_bundle), backend="onnxruntime", device="cpu", classify_rate=5))
+    classified = []
+    member_probs = pipe.bundle.member_probs
+    pipe.bundle.member_probs = lambda crops: classified.append(len(next(iter(crops.values())))) or member_probs(crops)
+    seen = list(pipe.run(str(group_video)))
+    rows = sum(len(r.faces) for r in seen)
+    assert len(seen) == 24 and all(len(r.faces) >= 2 for r in seen)
+    assert sum(classified) < 0.6 * rows  # 24 frames at 24 fps: each face about 5 times plus new tracks
+    last = {}
+    for r in seen:  # faces not classified hold their track's last raw probabilities
+        np.testing.assert_allclose(r.smoothed.probs.sum(1), 1, atol=1e-4)
+        for tid, raw in zip(r.faces.track_ids.tolist(), r.raw.probs):
+            assert raw.sum() == pytest.approx(1, abs=1e-4)
+            last.setdefault(tid, []).append(raw)
+    held = sum(np.allclose(a, b) for seq in last.values() for a, b in zip(seq, seq[1:]))
+    assert held >= 0.3 * rows
+    with pytest.raises(ValueError, match="classify rate"):
+        AnalyzeOptions(classify_rate=-2)
