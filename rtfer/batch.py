@@ -142,6 +142,7 @@ class VideoTask:
     input: str
     output: str
     raw: bool = False
+    report: str = ""  # the video's HTML report path ("" = none)
 
 
 @dataclass
@@ -210,11 +211,18 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
     pipeline = get_pipeline(options)  # raises RtferError on a bad bundle / backend: fatal for the batch
     output = Path(task.output)
     tmp = _temp_path(output)
+    report = Path(task.report) if task.report else None
+    report_tmp = _temp_path(report) if report is not None else None
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(output)
-        stats = process_file(task.input, tmp, options, pipeline=pipeline, raw=task.raw, progress=False)
+        if report is not None:
+            _remove_stale_temps(report)
+        stats = process_file(task.input, tmp, options, pipeline=pipeline, raw=task.raw, progress=False,
+                             report=report_tmp, command=f"rtfer analyze (batch) {task.input}" if report else None)
         if stats.status == "ok":
+            if report is not None:
+                os.replace(report_tmp, report)
             os.replace(tmp, output)
     except ImportError:
         raise  # a missing module or extra fails every video the same way: fatal for the batch
@@ -222,11 +230,12 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
         log.debug("%s failed", task.input, exc_info=True)
         return VideoResult(task.input, task.output, "failed", error=one_line(exc), finished_at=_now())
     finally:
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        for leftover in (tmp, report_tmp):
+            if leftover is not None and leftover.exists():
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
     # "partial" = the run was cancelled before the end: its output was not renamed into place, so a resume redoes it
     return VideoResult(task.input, task.output, "ok" if stats.status == "ok" else "partial", frames=int(stats.frames),
                        faces=int(stats.faces), seconds=float(stats.seconds), fps=float(stats.fps),
@@ -327,8 +336,11 @@ class BatchPlan:
 
 
 def plan_batch(inputs: Iterable[str | Path], out_dir: str | Path, *, overwrite: bool = False,
-               manifest: str | Path | None = None, raw: bool = False) -> BatchPlan:
-    """Discover the inputs, map each to its output, and split them into to-do and already-finished."""
+               manifest: str | Path | None = None, raw: bool = False, report: str | None = None) -> BatchPlan:
+    """Discover the inputs, map each to its output, and split them into to-do and already-finished.
+
+    ``report`` (None = no reports): each video also gets an HTML report beside its CSV, and the batch an index page
+    (``report`` names it; "" = OUT_DIR/index.html). A video finished earlier without its report is redone."""
     out_dir = Path(out_dir)
     manifest_path = Path(manifest) if manifest is not None else out_dir / MANIFEST_NAME
     pairs = discover_inputs(inputs)
@@ -336,20 +348,29 @@ def plan_batch(inputs: Iterable[str | Path], out_dir: str | Path, *, overwrite: 
         raise InputError("no video files found in the inputs")
     tasks: list[VideoTask] = []
     claimed: dict[Path, str] = {_abs(manifest_path): "the manifest"}
+    index = _abs(index_path(out_dir, report)) if report is not None else None
+    if index is not None:
+        if index in claimed:
+            raise InputError(f"the report index {index} would overwrite the manifest; choose another path")
+        claimed[index] = "the report index page"
     for file, root in pairs:
         out = _abs(output_path(file, root, out_dir))
-        other = claimed.get(out)
-        if other is not None:
-            raise InputError(f"{file} and {other} would both write {out}; give their common parent folder as the "
-                             "input or run them separately")
-        claimed[out] = str(file)
-        tasks.append(VideoTask(str(_abs(file)), str(out), raw))
+        html = out.with_suffix(".html") if report is not None else None
+        for path in (out, html):
+            if path is None:
+                continue
+            other = claimed.get(path)
+            if other is not None:
+                raise InputError(f"{file} and {other} would both write {path}; give their common parent folder as "
+                                 "the input or run them separately")
+            claimed[path] = str(file)
+        tasks.append(VideoTask(str(_abs(file)), str(out), raw, str(html) if html is not None else ""))
     done = {} if overwrite else Manifest(manifest_path).read()
     todo, skipped = [], []
     for t in tasks:
         row = done.get(_key(t.input))
         finished = row is not None and row["status"] in FINISHED_STATUSES and Path(t.output).is_file() \
-            and _key(row["output"]) == _key(t.output)
+            and _key(row["output"]) == _key(t.output) and (not t.report or Path(t.report).is_file())
         (skipped if finished else todo).append(t)
     return BatchPlan(todo, skipped, manifest_path)
 
@@ -370,6 +391,7 @@ class BatchSummary:
     executor: str = "in-process"
     manifest: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)
+    index: str = ""  # the report index page, when reports were asked
 
     def add(self, result: VideoResult) -> None:
         if result.status == "failed":
@@ -425,6 +447,8 @@ class BatchSummary:
                 ("videos/hour", f"{self.videos_per_hour:.0f}"),
                 ("frames/s", f"{self.frames_per_s:.1f}"),
                 ("manifest", self.manifest)]
+        if self.index:
+            rows.append(("reports", self.index))
         width = max(len(k) for k, _ in rows)
         lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
         for inp, err in self.failures[:10]:
@@ -526,7 +550,8 @@ def _run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, wor
 def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: AnalyzeOptions | None = None, *,
               workers: int = 1, ray_address: str | None = None, overwrite: bool = False,
               manifest: str | Path | None = None, raw: bool = False, progress: bool = True,
-              ray_num_cpus: float = 1.0, ray_num_gpus: float = 0.0, threads: int | None = None) -> BatchSummary:
+              ray_num_cpus: float = 1.0, ray_num_gpus: float = 0.0, threads: int | None = None,
+              report: str | None = None) -> BatchSummary:
     """Analyse every video in ``inputs`` into one CSV each under ``out_dir`` (mirroring the input tree).
 
     ``workers=1`` runs in this process; ``workers>1`` runs a spawn process pool with one Pipeline per worker and
@@ -535,7 +560,8 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
     ``ray_num_gpus`` GPUs each (a fraction such as 0.25 puts four tasks on one GPU).
     Videos whose manifest row is finished and whose output exists are skipped unless ``overwrite``. A failing
     video is recorded in the manifest and the run goes on; a pipeline that cannot be built (bad bundle or backend)
-    raises its RtferError before more videos are tried.
+    raises its RtferError before more videos are tried. ``report`` (None = none): an HTML report per video beside
+    its CSV and an index page linking them (``report`` names it; "" = ``out_dir/index.html``), rewritten at the end.
     """
     if options is None:
         from rtfer.pipeline import AnalyzeOptions
@@ -544,7 +570,7 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
-    plan = plan_batch(inputs, out_dir, overwrite=overwrite, manifest=manifest, raw=raw)
+    plan = plan_batch(inputs, out_dir, overwrite=overwrite, manifest=manifest, raw=raw, report=report)
     fn: ProcessFn = process_video  # looked up at call time so tests can monkeypatch it
     summary = BatchSummary(videos_total=len(plan.todo) + len(plan.skipped), videos_skipped=len(plan.skipped),
                            manifest=str(plan.manifest))
@@ -552,10 +578,38 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
         log.info("skipping %d videos finished by an earlier run (use overwrite to redo them)", len(plan.skipped))
     man = Manifest(plan.manifest).open()  # an unwritable out dir fails before any pipeline is loaded
     try:
-        return _execute(plan, options, fn, summary, man, t0, workers=workers, ray_address=ray_address,
-                        progress=progress, ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads)
+        result = _execute(plan, options, fn, summary, man, t0, workers=workers, ray_address=ray_address,
+                          progress=progress, ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads)
     finally:
         man.close()
+    if report is not None:
+        summary.index = str(write_batch_index(plan, index_path(out_dir, report)))
+        log.info("report index: %s", summary.index)
+    return result
+
+
+def index_path(out_dir: str | Path, report: str | None) -> Path:
+    """The batch report index page: ``report`` when it names a file, else OUT_DIR/index.html."""
+    return Path(report) if report else Path(out_dir) / "index.html"
+
+
+def write_batch_index(plan: BatchPlan, path: str | Path) -> Path:
+    """The index page linking every video's report (finished now or earlier), with its manifest status."""
+    from rtfer.report import write_index
+
+    path = Path(path)
+    rows_by_input = Manifest(plan.manifest).read()
+    rows = []
+    for task in sorted(plan.todo + plan.skipped, key=lambda t: t.input):
+        m = rows_by_input.get(_key(task.input), {})
+        href = None
+        if task.report and Path(task.report).is_file():
+            href = Path(os.path.relpath(task.report, _abs(path).parent)).as_posix()
+        rows.append({"name": Path(task.input).name,
+                     "href": href, "status": m.get("status", "not run"), "frames": m.get("frames", ""),
+                     "faces": m.get("faces", ""), "error": m.get("error", ""),
+                     "seconds": f"{float(m['seconds']):.1f} s" if m.get("seconds") else ""})
+    return write_index(path, rows, title=f"rtfer reports — {len(rows)} videos")
 
 
 def _execute(plan: BatchPlan, options: AnalyzeOptions, fn: ProcessFn, summary: BatchSummary, man: Manifest,

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--jsonl", metavar="OUT.jsonl", help="also write JSON Lines (one object per face per frame)")
     a.add_argument("--annotated", metavar="OUT.mp4", help="also write the video with boxes, IDs and labels")
     a.add_argument("--summary", metavar="OUT.png", help="also write a summary plot (emotion/valence over time)")
+    a.add_argument("--report", metavar="OUT.html", nargs="?", const="",
+                   help="also write a self-contained HTML report (face gallery, room valence, timelines, top "
+                        "moments); without a path: beside the CSV. Batch mode: one per video plus OUT_DIR/index.html "
+                        "(or the path given)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     b = a.add_argument_group("many videos")
     b.add_argument("--out-dir", metavar="DIR", help="batch mode: one CSV per video, mirroring the input tree")
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_app(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (the HTML report quotes it)
     if not args.command:
         parser.print_help()
         return EXIT_USER_ERROR
@@ -267,16 +272,20 @@ def _cmd_analyze(args) -> int:
             raise InputError(f"{spec} is a folder of videos: use --out-dir DIR to write one CSV per video")
     if len(args.inputs) > 1:
         shared = [flag for flag, value in (("-o", args.output), ("--jsonl", args.jsonl),
-                                           ("--annotated", args.annotated), ("--summary", args.summary)) if value]
+                                           ("--annotated", args.annotated), ("--summary", args.summary),
+                                           ("--report", args.report)) if value]
         if shared:
             raise InputError(f"several inputs would all write to the one {'/'.join(shared)} path: use --out-dir DIR "
                              "(outputs per input), or run the inputs one at a time")
     outputs = [(args.output or _default_output(spec), "CSV") for spec in args.inputs]
     outputs += [(o, what) for o, what in ((args.jsonl, "JSON Lines"), (args.annotated, "annotated video"),
                                           (args.summary, "summary plot")) if o]
+    outputs += [(_report_path(args, spec), "HTML report") for spec in args.inputs if args.report is not None]
     _check_outputs(outputs, args.inputs)
     if args.summary:
         _check_summary_format(args.summary)
+    if args.report:
+        _check_report_format(args.report)
     pipeline = None
     for spec in args.inputs:
         output = args.output or _default_output(spec)
@@ -286,10 +295,31 @@ def _cmd_analyze(args) -> int:
             log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"], d["detector"])
         stats = process_file(spec, output, options, pipeline=pipeline, raw=args.raw,
                              progress=not (args.no_progress or args.quiet),
-                             jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary)
+                             jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary,
+                             report=_report_path(args, spec), command=_command_line(args))
         if not args.quiet:
-            _print_run(stats, pipeline.describe(), args)
+            _print_run(stats, pipeline.describe(), args, report=_report_path(args, spec))
     return 0
+
+
+def _report_path(args, spec: str) -> str | None:
+    """Where ``--report`` writes for ``spec``: the path given, or (``--report`` alone) beside the CSV."""
+    if getattr(args, "report", None) is None:
+        return None
+    return args.report or str(Path(args.output or _default_output(spec)).with_suffix(".html"))
+
+
+def _check_report_format(path: str) -> None:
+    from rtfer.errors import OutputError
+
+    if Path(path).suffix.lower() not in (".html", ".htm"):
+        raise OutputError(f"report {path}: the file name must end in .html")
+
+
+def _command_line(args) -> str:
+    from rtfer.report import command_line
+
+    return command_line(["rtfer", *getattr(args, "argv", sys.argv[1:])])
 
 
 def _has_videos(folder: Path) -> bool:
@@ -306,7 +336,7 @@ def _default_output(spec: str) -> str:
     return f"{name}.csv"
 
 
-def _print_run(stats, describe: dict, args) -> None:
+def _print_run(stats, describe: dict, args, report: str | None = None) -> None:
     out = sys.stdout
     for w in stats.warnings:
         print(f"rtfer: warning: {redact_url(w)}", file=sys.stderr)
@@ -317,7 +347,7 @@ def _print_run(stats, describe: dict, args) -> None:
           f"on {describe['backend']}/{describe['device']}, detector {describe['detector']}; "
           f"mean ms per frame: {stages}", file=out)
     written = [("CSV", stats.output), ("JSON Lines", args.jsonl), ("annotated video", args.annotated),
-               ("summary plot", args.summary)]
+               ("summary plot", args.summary), ("HTML report", report)]
     for what, path in written:
         if path:
             print(f"wrote {what}: {path}", file=out)
@@ -330,10 +360,12 @@ def _cmd_batch(args, options) -> int:
         from rtfer.errors import InputError
 
         raise InputError("--workers/--ray need --out-dir DIR (one CSV per video)")
+    if args.report:
+        _check_report_format(args.report)
     summary = run_batch(args.inputs, args.out_dir, options, workers=args.workers, ray_address=args.ray,
                         overwrite=args.overwrite, manifest=args.manifest, raw=args.raw,
                         progress=not (args.no_progress or args.quiet), ray_num_cpus=args.ray_cpus,
-                        ray_num_gpus=args.ray_gpus)
+                        ray_num_gpus=args.ray_gpus, report=args.report)
     if not args.quiet:
         print(summary.table())
         print(summary.status_line())

@@ -221,7 +221,7 @@ def test_summary_memory_is_bounded():
         if k % 20_000 == 0:
             sizes.append(acc.nbytes())
     assert len(acc.series) <= 4 and all(s.shape == (64, 9) for s in acc.series.values())
-    assert acc.nbytes() <= 4 * 64 * 9 * 8 + 200 * 101
+    assert acc.nbytes() <= 4 * 64 * 9 * 8 + 64 * 3 * 8 + 200 * 101  # face series, the room series, totals
     assert sizes[-1] <= sizes[1] + 200 * 100  # only per-face totals grow, not with the frame count
     assert acc.bin_s * 64 >= 100_000 / 30  # bins widened to cover the whole run
     t, p, v = acc.binned(0)
