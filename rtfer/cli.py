@@ -135,10 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", metavar="OUT.json", help="write the measurements as JSON")
     _add_runtime_options(be)
 
-    i = sub.add_parser("info", parents=[common], help="show the bundle, backends and devices")
+    i = sub.add_parser("info", parents=[common], help="show the bundle, backends and devices",
+                       description="Tables of the bundle's members, ensemble, validation figures, ablation and "
+                                   "detector, and of the backends and devices on this machine (--json: all of it "
+                                   "as JSON).")
     i.add_argument("--bundle", default="default")
     i.add_argument("--backend", default="auto")
     i.add_argument("--device", default="auto")
+    i.add_argument("--json", action="store_true", help="print everything as JSON (for machines)")
 
     sub.add_parser("app", help="start the desktop app (same as rtfer-app)", add_help=False)
     return parser
@@ -387,63 +391,11 @@ def _pct(v) -> str:
     return f"{100 * float(v):.1f}%" if isinstance(v, (int, float)) else "?"
 
 
-def _metrics_lines(spec) -> list[str]:
-    """The bundle's measured figures (bundle.json ``metrics``) as readable lines; nothing for a bundle without."""
-    m = spec.raw.get("metrics") or {}
-    if not m:
-        return []
-    note = (spec.raw.get("training") or {}).get("data") or m.get("split", "validation")
-    lines = [f"  trained on: {note}"] if note != m.get("split", "validation") else []
-    lines.append(f"  validation figures ({m.get('count', '?')} images):")
-    archs = {x.name: f"{x.architecture} {x.input_size}px" for x in spec.members}
-    for name, r in (m.get("members") or {}).items():
-        lines.append(f"    member {name} ({archs.get(name, '?')}): accuracy {_pct(r.get('accuracy'))}, "
-                     f"mean-class {_pct(r.get('mean_class_accuracy'))}")
-    e = m.get("ensemble") or {}
-    if e:
-        cv = f", {e['folds']}-fold cross-validated" if e.get("cross_validated") else ""
-        ece = (f", ECE {e['ece']:.3f} -> {e['ece_tempered']:.3f} at T={e['temperature']:.2f}"
-               if {"ece", "ece_tempered", "temperature"} <= e.keys() else "")
-        lines.append(f"    ensemble {e.get('method', '?')}{cv}: accuracy {_pct(e.get('accuracy'))}, "
-                     f"mean-class {_pct(e.get('mean_class_accuracy'))}{ece}")
-        if e.get("recall"):
-            lines.append("    ensemble recall per class: " +
-                         ", ".join(f"{c} {_pct(v)}" for c, v in e["recall"].items()))
-    rows = [r for r in (m.get("ablation") or []) if not str(r.get("method", "")).startswith("member:")]
-    if rows:
-        lines.append("    ablation (accuracy / mean-class): " + ", ".join(
-            f"{r['method']} {_pct(r.get('accuracy'))} / {_pct(r.get('mean_class_accuracy'))}" for r in rows))
-    cost = m.get("cost_ms_per_face")
-    if cost:
-        lines.append("    cost per face (onnxruntime, 1 thread): " + ", ".join(f"{k} {v:.2f} ms" for k, v in cost.items()))
-    if m.get("confusion_png") and (spec.path / m["confusion_png"]).is_file():
-        lines.append(f"    confusion matrix: {spec.path / m['confusion_png']}")
-    return lines
-
-
 def _cmd_info(args) -> int:
-    import importlib.util
+    from rtfer.info import collect_info, render_info
 
-    from rtfer import backends
-    from rtfer.bundle import BundleSpec, resolve_bundle_path
-
-    spec = BundleSpec.read(resolve_bundle_path(args.bundle))
-    print(f"bundle: {spec.name} {spec.version} at {spec.path}" + ("  [interim]" if spec.interim else ""))
-    for m in spec.members:
-        print(f"  member {m.name}: {m.architecture} {m.input_size}px {m.color} ({m.file})")
-    print(f"  ensemble: {spec.ensemble.get('method')}")
-    print(f"  detector: {spec.detector} (the alignment template was fitted to its landmarks; --detector auto uses it)"
-          if spec.detector else "  detector: any (generic alignment template; --detector auto picks one)")
-    for line in _metrics_lines(spec):
-        print(line)
-    for name in ("onnxruntime", "torch", "tensorrt"):
-        print(f"sdk {name}: {'installed' if importlib.util.find_spec(name) else 'not installed'}")
-    if importlib.util.find_spec("onnxruntime"):
-        import onnxruntime as ort
-
-        print(f"onnxruntime providers: {', '.join(ort.get_available_providers())}")
-    backend, device = backends.resolve(args.backend, args.device)
-    print(f"auto choice: backend {backend} on {device}")
+    info = collect_info(args.bundle, args.backend, args.device, getattr(args, "precision", "auto"))
+    print(json.dumps(info, indent=2) if args.json else render_info(info))
     return 0
 
 

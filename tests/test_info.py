@@ -1,0 +1,28 @@
+"""`rtfer info`: readable tables with every section, and complete JSON for machines."""
+from __future__ import annotations
+
+import json
+
+from rtfer.cli import main
+
+
+def test_info_tables_name_every_section(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("bundle default", "members", "ensemble", "validation", "ablation", "detector", "backends",
+                    "devices", "auto choice"):
+        assert heading in out, heading
+    assert "ddamfn" in out and "convnextv2" in out and "onnxruntime" in out and "cpu" in out
+    assert "82.3%" in out  # the ensemble's validation accuracy from bundle.json
+
+
+def test_info_json_is_complete(capsys):
+    assert main(["info", "--json"]) == 0
+    text = capsys.readouterr().out
+    info = json.loads(text)  # the whole document parses: nothing is cut
+    assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
+            "devices", "auto_choice"} <= info.keys()
+    assert [m["name"] for m in info["members"]] == ["ddamfn", "convnextv2"]
+    assert info["ensemble"]["accuracy"] > 0.5 and len(info["ensemble"]["recall"]) == 7
+    assert info["validation"]["count"] > 0 and info["ablation"]
+    assert info["devices"][0]["device"] == "cpu" and info["auto_choice"]["backend"]
