@@ -46,6 +46,7 @@ def _jinja_env():
                              autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2")),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters["valence_colour"] = valence_hex
+    env.filters["valence_text"] = lambda v: "#ffffff" if abs(float(v)) > 0.55 else "#111111"  # readable on the chip
     env.filters["duration"] = format_duration
     return env
 

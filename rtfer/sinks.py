@@ -518,7 +518,7 @@ class Summary:
 
     def by_screen_time(self) -> list[FaceSummary]:
         """Faces with the most time on screen first (then the most frames, then the lowest id)."""
-        return sorted(self.faces, key=lambda f: (-f.seconds, -f.frames, f.source or "", f.face_id))
+        return sorted(self.faces, key=lambda f: (-round(f.seconds, 1), -f.frames, f.source or "", f.face_id))
 
 
 def summary_table(summary: Summary, *, max_rows: int = 50) -> str:

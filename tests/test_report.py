@@ -255,3 +255,21 @@ def test_batch_writes_a_report_per_video_and_an_index(tmp_path, capsys, tiny_bun
     index = (out / "index.html").read_text(encoding="utf-8")
     assert 'href="a.html"' in index and 'href="sub/b.html"' in index
     assert not list(out.rglob(".*.part*"))
+
+
+def test_batch_plan_reports_beside_csvs_and_index_collision(tmp_path):
+    from rtfer.batch import plan_batch
+    from rtfer.errors import InputError
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "sub/b.mp4"):
+        (src / name).write_bytes(b"x")
+    plan = plan_batch([src], tmp_path / "out", report="")
+    assert sorted(Path(t.report).relative_to(tmp_path / "out").as_posix() for t in plan.todo) == ["a.html",
+                                                                                               "sub/b.html"]
+    assert all(not t.report for t in plan_batch([src], tmp_path / "out").todo)
+    (src / "index.mp4").write_bytes(b"x")
+    with pytest.raises(InputError, match="index"):
+        plan_batch([src], tmp_path / "out", report="")
+    plan_batch([src], tmp_path / "out", report=str(tmp_path / "all.html"))  # another index path: fine
