@@ -1,4 +1,4 @@
-"""The `rtfer` command line: analyze, bench, info, app.
+"""The `rtfer` command line: analyze, bench, info, adapt, app.
 
 User errors (bad input, unwritable output, bad bundle, missing backend) end with one line on stderr and exit
 status 2; Ctrl-C finalises what was written and exits 130; anything unexpected is one line and exit 1 (``--debug``
@@ -21,6 +21,7 @@ log = logging.getLogger("rtfer.cli")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_NOT_IMPROVED = 3  # rtfer adapt: no candidate beat the base bundle, nothing written
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -144,8 +145,35 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto")
     i.add_argument("--json", action="store_true", help="print everything as JSON (for machines)")
 
+    _add_adapt_parser(sub, common)
     sub.add_parser("app", help="start the desktop app (same as rtfer-app)", add_help=False)
     return parser
+
+
+def _add_adapt_parser(sub, common) -> None:
+    from rtfer.detection import DETECTORS
+
+    ad = sub.add_parser("adapt", parents=[common], help="adapt a bundle to your setting from a few labelled examples",
+                        description="Adapt BUNDLE to EXAMPLES (one sub-folder per emotion: photos, face crops or "
+                                    "short clips) and write the adapted bundle to OUT_BUNDLE when it beats the base "
+                                    "on held-out folds; exits 3 and writes nothing when it does not.")
+    ad.add_argument("examples", metavar="EXAMPLES")
+    ad.add_argument("-o", "--output", required=True, metavar="OUT_BUNDLE", help="folder for the adapted bundle")
+    ad.add_argument("--bundle", default="default", help="base bundle: a built-in name or a folder (default: default)")
+    ad.add_argument("--overwrite", action="store_true", help="replace OUT_BUNDLE when it exists")
+    ad.add_argument("--crops", default="auto", choices=["auto", "yes", "no"],
+                    help="images are face crops: auto = small (<= 160 px), roughly square images are crops, larger "
+                         "ones are photos in which the largest face is detected (default auto)")
+    ad.add_argument("--clip-frames", type=int, default=10, metavar="N",
+                    help="frames sampled evenly from each video clip (0 = every frame; default 10)")
+    ad.add_argument("--detector", default="auto", choices=["auto", *DETECTORS],
+                    help="face detector for photos and clips (auto: the bundle's, as analyze uses)")
+    ad.add_argument("--method", default="auto",
+                    help="auto (best on held-out folds), stacker, prior, finetune, or one candidate such as "
+                         "finetune:0.1")
+    ad.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    ad.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
+    ad.add_argument("--name", help="name of the adapted bundle (default: <base name>-adapted)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         if args.command == "info":
             return _cmd_info(args)
+        if args.command == "adapt":
+            return _cmd_adapt(args)
     except KeyboardInterrupt:
         print("rtfer: interrupted; outputs were finalised up to the last processed frame", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -384,6 +414,24 @@ def _cmd_bench(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_adapt(args) -> int:
+    from rtfer.adapt import adapt
+
+    if args.clip_frames < 0 or args.folds < 2:
+        raise RtferError("--clip-frames must be >= 0 and --folds >= 2")
+    result = adapt(args.examples, args.output, bundle=args.bundle, overwrite=args.overwrite, detector=args.detector,
+                   crops=args.crops, clip_frames=args.clip_frames, folds=args.folds, seed=args.seed,
+                   method=args.method, name=args.name)
+    if not args.quiet:
+        print(result.table())
+    if result.output is None:
+        print("rtfer: no adaptation beat the base bundle on the held-out folds; nothing written", file=sys.stderr)
+        return EXIT_NOT_IMPROVED
+    if not args.quiet:
+        print(f"wrote adapted bundle: {result.output} (rtfer analyze VIDEO --bundle {result.output})")
     return 0
 
 

@@ -127,9 +127,13 @@ class MainWindow(QMainWindow):
         self.source_label.setMinimumWidth(120)
         settings_button = QPushButton("Settings…")
         settings_button.clicked.connect(self.open_settings)
+        load_model = QPushButton("Load adapted model…")
+        load_model.setToolTip("Use a bundle folder written by `rtfer adapt` (or any other model bundle)")
+        load_model.clicked.connect(self._choose_bundle)
         for widget in (self.camera_combo, refresh, self.camera_button, open_video, open_folder):
             row.addWidget(widget)
         row.addWidget(self.source_label, 1)
+        row.addWidget(load_model)
         row.addWidget(settings_button)
         return row
 
@@ -254,6 +258,30 @@ class MainWindow(QMainWindow):
         path = self.ask_open_path("Open a folder of images", folder=True)
         if path:
             self.open_source(path)
+
+    def _choose_bundle(self) -> None:
+        path = self.ask_open_path("Load an adapted model (bundle folder)", folder=True)
+        if path:
+            self.load_model(path)
+
+    def load_model(self, folder: str) -> bool:
+        """Use the bundle in ``folder`` from now on (stored in the settings; a running source restarts with it).
+        A folder that is not a valid bundle is a message, and the current model stays."""
+        from rtfer.bundle import BundleSpec
+        from rtfer.errors import BundleError
+
+        try:
+            spec = BundleSpec.read(folder)
+            spec.verify()
+        except BundleError as exc:
+            self.show_error(f"cannot load the model: {exc}")
+            return False
+        self.hide_error()
+        base = (spec.raw.get("adaptation") or {}).get("base") or {}
+        note = f" (adapted from {base.get('name')} {base.get('version')})" if base else ""
+        self.apply_settings(dataclasses.replace(self.settings, bundle=str(Path(folder))))
+        self.statusBar().showMessage(f"Model: {spec.name} {spec.version}{note}", 10000)
+        return True
 
     def open_source(self, spec: Any) -> None:
         """Start processing ``spec`` (camera index, video, image or folder) with the current settings."""
