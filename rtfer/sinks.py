@@ -757,24 +757,29 @@ def run_title(source_name: str, bundle: str | None = None) -> str:
 
 
 def write_summary_png(acc: SummaryAccumulator, path: str | os.PathLike, *, title: str | None = None,
-                      max_faces: int = 12, duration_s: float | None = None) -> Path:
+                      max_faces: int = 12, duration_s: float | None = None, max_image_faces: int = 60) -> Path:
     """Render the summary figure with matplotlib's Agg backend (imported here, no GUI needed).
 
     Shows the ``max_faces`` faces with the most time on screen and says how many more there were. The time axis runs
-    from 0 to the end of the clip (``duration_s``, else the last frame). Legends sit outside the data.
+    from 0 to the end of the clip (``duration_s``, else the last frame). Legends sit outside the data. Image folders:
+    one row per image's face, in file order, at most ``max_image_faces``.
     """
     from matplotlib.figure import Figure
 
     summary = acc.summary()
-    ranked = summary.by_screen_time()
-    faces = ranked[:max_faces]
+    if summary.per_image:
+        ranked = sorted(summary.faces, key=lambda f: (f.source or "", f.face_id))
+        faces = ranked[:max_image_faces]
+    else:
+        ranked = summary.by_screen_time()
+        faces = ranked[:max_faces]
     hidden = len(ranked) - len(faces)
     fig = (_image_figure(summary, faces, Figure) if summary.per_image
            else _video_figure(acc, faces, Figure, duration_s))
     heading = title or ("no faces found" if not ranked else None)
     if hidden:
-        what = "image faces" if summary.per_image else "faces"
-        note = f"{len(faces)} {what} with the most screen time shown; {hidden} more not shown"
+        note = (f"the first {len(faces)} image faces shown; {hidden} more not shown (all are in the CSV)"
+                if summary.per_image else f"{len(faces)} faces with the most screen time shown; {hidden} more not shown")
         heading = f"{heading}\n{note}" if heading else note
     if heading:
         fig.suptitle(heading, fontsize=11)
@@ -895,6 +900,5 @@ def _image_figure(summary: Summary, faces: list[FaceSummary], Figure):
     ax.set_xlim(0, 1)
     ax.set_xlabel("class probability")
     ax.set_title(f"one row per image's face ({len(summary.faces)} faces)")
-    ax.legend(handles=_emotion_handles(), loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=8, frameon=False,
-              title="emotion", title_fontsize=8)
+    fig.legend(handles=_emotion_handles(), loc="outside lower center", ncol=len(CLASSES), fontsize=8, frameon=False)
     return fig

@@ -135,7 +135,7 @@ def test_summary_png_axis_from_zero_legends_outside_faces_capped(tmp_path):
     assert len(acc.summary().faces) == 15
 
 
-def test_summary_keeps_faces_of_different_images_apart():
+def test_summary_keeps_faces_of_different_images_apart(tmp_path):
     acc = SummaryAccumulator()
     for name, cls in (("a.jpg", 3), ("b.jpg", 2), ("c.jpg", 6)):
         acc.add(0.0, np.array([0]), _peaked(cls)[None], source=name)
@@ -144,6 +144,7 @@ def test_summary_keeps_faces_of_different_images_apart():
     assert sorted(f.label(True) for f in s.faces) == ["a.jpg face 0", "b.jpg face 0", "c.jpg face 0"]
     assert {f.source: f.dominant for f in s.faces} == {"a.jpg": "happiness", "b.jpg": "disgust", "c.jpg": "neutral"}
     assert "b.jpg face 0" in s.table()
+    assert write_summary_png(acc, tmp_path / "f.png", title="photos").stat().st_size > 5_000  # one row per image face
 
 
 def _tone_clip(path: Path, seconds: float = 1.0, codec: str = "aac", rate: int = 44100) -> Path:
@@ -273,3 +274,38 @@ def test_batch_plan_reports_beside_csvs_and_index_collision(tmp_path):
     with pytest.raises(InputError, match="index"):
         plan_batch([src], tmp_path / "out", report="")
     plan_batch([src], tmp_path / "out", report=str(tmp_path / "all.html"))  # another index path: fine
+
+
+def test_annotated_video_of_a_phone_clip_stays_upright(tmp_path):
+    """A clip stored sideways with a display rotation: the annotated copy is upright and carries no rotation flag."""
+    import av
+
+    from rtfer.capture import open_source
+
+    stored = np.zeros((48, 64, 3), np.uint8)
+    stored[:12, :20] = 255
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.set_display_rotation(90)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(stored, format="bgr24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    out = tmp_path / "ann.mp4"
+    empty = Faces(np.zeros((0, 4)), np.zeros((0, 5, 2)), np.zeros(0), np.zeros(0, int))
+    with open_source(path) as src, AnnotatedVideoSink(out, src.fps, audio_from=path) as sink:
+        upright = []
+        for fr in src:
+            upright.append(fr.image)
+            sink.append(FrameResult(fr.index, fr.time_s, "p", empty, EmotionScores(np.zeros((0, 7))),
+                                    EmotionScores(np.zeros((0, 7))), image=fr.image))
+    assert sink.audio_mode is None  # no audio in the source: none in the copy
+    with open_source(out) as back:
+        frame = next(back).image
+    assert frame.shape == upright[0].shape == (64, 48, 3)
+    assert np.abs(frame.astype(int) - upright[0].astype(int)).mean() < 8
