@@ -216,7 +216,7 @@ class Pipeline:
                     if independent:
                         faces.track_ids = np.arange(len(faces), dtype=np.int64)
                     else:
-                        faces = tracker.update(faces, frame.index, image_bgr=frame.image if every > 1 else None)
+                        faces = tracker.update(faces, frame.index, image_bgr=frame.image)  # appearance, flow
                 else:
                     t2 = time.perf_counter()
                     faces = tracker.propagate(frame.image, frame.index)

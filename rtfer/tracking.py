@@ -1,12 +1,21 @@
 """Face tracking: stable ``track_ids`` across frames, and optical-flow propagation between detections.
 
-:class:`Tracker` is ByteTrack-style without a Kalman filter: every track predicts its box with constant velocity,
-detections are matched to predictions by Hungarian assignment on IoU (high-score detections first, then the
-remaining active tracks against low-score detections), unmatched high-score detections start new tracks with
-never-reused IDs, and tracks unseen for ``max_age_frames`` are forgotten. Hungarian assignment is one-to-one, so
-two faces visible in the same frame can never share an ID, and constant-velocity prediction keeps crossing or
-fast faces from swapping IDs. Tracks matched on the previous update get first pick; lost tracks are matched last,
-on the better of their predicted and last seen boxes.
+:class:`Tracker` is ByteTrack-style without a Kalman filter: every track predicts its box with a constant centre
+velocity (the box keeps its size; extrapolation stops after ``max_predict_frames``), detections are matched to
+predictions by Hungarian assignment on IoU (high-score detections first, then the remaining active tracks against
+low-score detections), unmatched high-score detections start new tracks with never-reused IDs, and tracks unseen
+for ``max_age_frames`` are forgotten. Hungarian assignment is one-to-one, so two faces visible in the same frame can
+never share an ID, and constant-velocity prediction keeps crossing or fast faces from swapping IDs. Tracks matched
+on the previous update get first pick.
+
+Re-identification: every track that is still unmatched after those passes (lost for a while, or missed by its
+prediction on this frame) may take a remaining high-score detection when the detection is near where the track
+was (centre distance up to ``reid_distance`` box sizes, similar size) and, where the frame was given, looks like it:
+each track keeps a colour histogram (hue-saturation, central part of the box) of its detections, compared by the
+Bhattacharyya coefficient (at least ``reid_min_similarity``). A face that the detector misses for a few frames
+thus keeps its ID. Only detections are output by :meth:`Tracker.update`: a lost track is never drawn or
+classified, and a box carried by :meth:`Tracker.propagate` is dropped at the next detection frame unless a fresh
+detection confirms it, so a carried box never outlives its face by more than ``--every`` frames.
 
 For ``--every N`` the pipeline calls :meth:`Tracker.propagate` on frames without detection: the last faces'
 landmarks and a few interior points are followed with pyramidal Lucas-Kanade flow (forward-backward checked).
@@ -53,20 +62,53 @@ class _Track:
     track_id: int
     box: np.ndarray  # (4,) float64, position estimate at box_frame (detection or flow)
     box_frame: int
-    velocity: np.ndarray  # (4,) px per frame for x1, y1, x2, y2
+    velocity: np.ndarray  # (4,) px per frame for x1, y1, x2, y2 (the centre's: the size is not extrapolated)
     last_det_frame: int  # last frame a detection was matched (ages are counted from it)
     hits: int = 1
+    hist: np.ndarray | None = None  # appearance: normalised hue-saturation histogram of detections
+    det_box: np.ndarray | None = None  # last detected box (re-identification measures from it)
+    max_predict: int = 10
 
     def predict(self, frame_index: int) -> np.ndarray:
-        return self.box + self.velocity * (frame_index - self.box_frame)
+        return self.box + self.velocity * min(frame_index - self.box_frame, self.max_predict)
 
     def move_to(self, box: np.ndarray, frame_index: int, smoothing: float) -> None:
+        box = np.asarray(box, np.float64)
         dt = frame_index - self.box_frame
         if dt > 0:
-            inst = (box - self.box) / dt
+            shift = ((box[:2] + box[2:]) - (self.box[:2] + self.box[2:])) / 2 / dt
+            inst = np.concatenate([shift, shift])
             self.velocity = inst if self.hits <= 1 else smoothing * self.velocity + (1 - smoothing) * inst
-        self.box = np.asarray(box, np.float64).copy()
+        self.box = box.copy()
         self.box_frame = frame_index
+
+
+def appearance(image_bgr: np.ndarray, boxes: np.ndarray, bins: tuple[int, int] = (12, 4)) -> np.ndarray:
+    """(n, h*s) normalised hue-saturation histograms of the central half of each box (hair and background
+    excluded); rows of zeros for boxes outside the image."""
+    import cv2
+
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out = np.zeros((len(boxes), bins[0] * bins[1]), np.float32)
+    h, w = image_bgr.shape[:2]
+    for i, b in enumerate(boxes):
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        hw, hh = (b[2] - b[0]) / 4, (b[3] - b[1]) / 4
+        x0, x1 = int(max(0, cx - hw)), int(min(w, cx + hw + 1))
+        y0, y1 = int(max(0, cy - hh)), int(min(h, cy + hh + 1))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        hsv = cv2.cvtColor(np.ascontiguousarray(image_bgr[y0:y1, x0:x1]), cv2.COLOR_BGR2HSV)
+        hist = cv2.calcHist([hsv], [0, 1], None, list(bins), [0, 180, 0, 256]).ravel()
+        total = hist.sum()
+        if total > 0:
+            out[i] = hist / total
+    return out
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bhattacharyya coefficients (1 = same colours, 0 = disjoint) between histogram rows a (n, k) and b (m, k)."""
+    return np.sqrt(np.clip(a, 0, None)) @ np.sqrt(np.clip(b, 0, None)).T
 
 
 class Tracker:
@@ -74,6 +116,10 @@ class Tracker:
 
     - ``iou_threshold``: minimum IoU between a track's predicted box and a high-score detection to match.
     - ``max_age_frames``: a track unmatched for more frames than this is forgotten (its ID is never reused).
+    - ``reid_distance``: a still-unmatched track may take a detection whose centre is within this many box sizes
+      (the mean side of the two boxes) of the track's predicted or last detected centre, with sides within a factor
+      ``reid_max_scale``, and, when both have a histogram, an appearance similarity >= ``reid_min_similarity``.
+    - ``max_predict_frames``: constant-velocity prediction stops after this many frames.
     - ``high_score`` / ``low_score``: detections >= high_score are matched first and may start tracks; those in
       [low_score, high_score) only extend already-active tracks (ByteTrack's second pass) at ``low_iou_threshold``;
       the rest are dropped. With the detector's default threshold (0.5) every detection is "high"; lower the
@@ -84,9 +130,11 @@ class Tracker:
     - ``min_flow_fraction``: a face is dropped by :meth:`propagate` when fewer of its points survive.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 30, *, high_score: float = 0.5,
+    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 60, *, high_score: float = 0.5,
                  low_score: float = 0.1, low_iou_threshold: float = 0.5, velocity_smoothing: float = 0.5,
-                 flow_width: int = 640, flow_max_error: float = 1.0, min_flow_fraction: float = 0.5) -> None:
+                 flow_width: int = 640, flow_max_error: float = 1.0, min_flow_fraction: float = 0.5,
+                 reid_distance: float = 1.0, reid_max_scale: float = 1.5, reid_min_similarity: float = 0.5,
+                 max_predict_frames: int = 10) -> None:
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_age_frames < 0:
@@ -102,6 +150,13 @@ class Tracker:
         self.flow_width = int(flow_width)
         self.flow_max_error = float(flow_max_error)
         self.min_flow_fraction = float(min_flow_fraction)
+        if reid_distance < 0 or reid_max_scale < 1 or not 0 <= reid_min_similarity <= 1:
+            raise ValueError("reid_distance must be >= 0, reid_max_scale >= 1 and reid_min_similarity in [0, 1]")
+        self.reid_distance = float(reid_distance)
+        self.reid_max_scale = float(reid_max_scale)
+        self.reid_min_similarity = float(reid_min_similarity)
+        self.max_predict_frames = int(max_predict_frames)
+        self.reidentified = 0  # matches made by re-identification (diagnostics)
         self._next_id = 0
         self.reset()
 
@@ -132,7 +187,6 @@ class Tracker:
         ids = np.full(len(faces), -1, np.int64)
 
         active = [r for r, t in enumerate(tracks) if t.last_det_frame == self._last_update_frame]
-        lost = [r for r, t in enumerate(tracks) if t.last_det_frame != self._last_update_frame]
         # 1) active tracks <-> high-score detections, on constant-velocity predictions
         for r, c in _assign(iou_matrix(preds[active], boxes[high]), self.iou_threshold):
             ids[high[c]] = tracks[active[r]].track_id
@@ -141,25 +195,34 @@ class Tracker:
         rest = [r for r in active if tracks[r].track_id not in taken]
         for r, c in _assign(iou_matrix(preds[rest], boxes[low]), self.low_iou_threshold):
             ids[low[c]] = tracks[rest[r]].track_id
-        # 3) lost tracks <-> remaining high-score detections; a velocity extrapolated over a gap is unreliable,
-        #    so the last seen box counts as well
+        # 3) every still-unmatched track (lost, or missed by its prediction now) <-> remaining high-score
+        #    detections: IoU with the predicted or last seen box, or re-identification on position and appearance
+        hists = appearance(image_bgr, boxes) if image_bgr is not None and len(faces) else None
+        taken = set(ids[ids >= 0].tolist())
+        rest = [r for r in range(len(tracks)) if tracks[r].track_id not in taken]
         free = high[ids[high] < 0]
-        if lost and len(free):
-            last = np.array([tracks[r].box for r in lost])
-            iou = np.maximum(iou_matrix(preds[lost], boxes[free]), iou_matrix(last, boxes[free]))
-            for r, c in _assign(iou, self.iou_threshold):
-                ids[free[c]] = tracks[lost[r]].track_id
+        if rest and len(free):
+            score = self._reid_scores([tracks[r] for r in rest], preds[rest], boxes[free],
+                                      None if hists is None else hists[free])
+            for r, c in _assign(score, 1e-6):
+                ids[free[c]] = tracks[rest[r]].track_id
+                self.reidentified += int(tracks[rest[r]].last_det_frame != self._last_update_frame)
 
         for i in np.nonzero(ids >= 0)[0]:
             t = self.tracks[int(ids[i])]
             t.move_to(boxes[i], frame_index, self.velocity_smoothing)
             t.last_det_frame = frame_index
+            t.det_box = boxes[i].copy()
             t.hits += 1
+            if hists is not None and hists[i].any():
+                t.hist = hists[i].copy() if t.hist is None else 0.8 * t.hist + 0.2 * hists[i]
         for i in high:
             if ids[i] < 0:
                 ids[i] = self._next_id
                 self.tracks[self._next_id] = _Track(self._next_id, boxes[i].copy(), frame_index, np.zeros(4),
-                                                    frame_index)
+                                                    frame_index, det_box=boxes[i].copy(),
+                                                    hist=None if hists is None or not hists[i].any()
+                                                    else hists[i].copy(), max_predict=self.max_predict_frames)
                 self._next_id += 1
         for tid in [tid for tid, t in self.tracks.items() if frame_index - t.last_det_frame > self.max_age_frames]:
             del self.tracks[tid]
@@ -170,6 +233,37 @@ class Tracker:
         self._last_update_frame = self._last_frame = frame_index
         self._prev_gray = None if image_bgr is None else self._gray(image_bgr)
         return out
+
+    def _reid_scores(self, tracks: list[_Track], preds: np.ndarray, boxes: np.ndarray,
+                     hists: np.ndarray | None) -> np.ndarray:
+        """(tracks, detections) match scores in (0, 2] for feasible pairs, 0 otherwise: IoU pairs score 1 + IoU;
+        re-identified pairs score by closeness and appearance. Pairs that look different (both histograms known,
+        similarity below ``reid_min_similarity``) are never feasible."""
+        last = np.array([t.det_box if t.det_box is not None else t.box for t in tracks]).reshape(-1, 4)
+        iou = np.maximum(iou_matrix(preds, boxes), iou_matrix(last, boxes))
+        sim = np.ones(iou.shape)
+        if hists is not None:  # a lost track does not take a face that looks different, however well placed
+            th = np.array([t.hist if t.hist is not None else np.zeros(hists.shape[1]) for t in tracks])
+            known = th.any(axis=1)[:, None] & hists.any(axis=1)[None, :]
+            sim = np.where(known, similarity(th, hists), 1.0)
+        looks_alike = sim >= self.reid_min_similarity
+        score = np.where((iou >= self.iou_threshold) & looks_alike, 1.0 + iou, 0.0)
+        if self.reid_distance <= 0:
+            return score
+
+        def centre_size(b):
+            return (b[:, :2] + b[:, 2:]) / 2, np.sqrt(np.prod(np.clip(b[:, 2:] - b[:, :2], 1, None), axis=1))
+
+        cd, sd = centre_size(boxes)
+        for ref in (preds, last):
+            ct, st = centre_size(ref)
+            size = (st[:, None] + sd[None, :]) / 2
+            dist = np.linalg.norm(ct[:, None] - cd[None], axis=2) / size
+            ratio = np.maximum(st[:, None] / sd[None, :], sd[None, :] / st[:, None])
+            ok = (dist <= self.reid_distance) & (ratio <= self.reid_max_scale) & looks_alike
+            reid = np.where(ok, 0.5 * (1 - dist / max(self.reid_distance, 1e-9)) + 0.5 * sim, 0.0)
+            score = np.maximum(score, np.clip(reid, 1e-6, 1.0) * ok)
+        return score
 
     # ---------------------------------------------------------------------------------------------- propagation
     def _flow_scale(self, width: int) -> float:

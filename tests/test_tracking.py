@@ -152,3 +152,116 @@ def test_propagate_needs_the_detection_frame(detected):
     empty = Tracker()
     empty.update(Faces.empty(), 0)
     assert len(empty.propagate(np.zeros((10, 10, 3), np.uint8), 1)) == 0
+
+
+# --------------------------------------------------------------------------- re-identification, carried boxes
+
+def _scene(boxes_colours, shape=(360, 640)) -> np.ndarray:
+    """A grey frame with a filled square per (box, BGR colour)."""
+    image = np.full((*shape, 3), 90, np.uint8)
+    for box, colour in boxes_colours:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        image[y0:y1, x0:x1] = colour
+    return image
+
+
+def test_a_face_missed_for_a_while_is_reidentified_near_where_it_was():
+    tracker = Tracker(max_age_frames=60)
+    colour = (40, 120, 200)
+    tid = None
+    for f in range(5):  # a steady face...
+        box = _box(200, 100)
+        out = tracker.update(_faces([box]), f, image_bgr=_scene([(box, colour)]))
+        tid = int(out.track_ids[0]) if tid is None else tid
+        assert out.track_ids.tolist() == [tid]
+    for f in range(5, 35):  # ...missed for a second while it drifts 35 px (IoU with its last box 0.3 -> no match)
+        assert len(tracker.update(Faces.empty(), f, image_bgr=_scene([]))) == 0
+        assert len(tracker.propagate(_scene([]), f)) == 0  # a lost track is never output (drawn, classified)
+    box = _box(235, 110)
+    out = tracker.update(_faces([box]), 35, image_bgr=_scene([(box, colour)]))
+    assert out.track_ids.tolist() == [tid] and tracker.reidentified == 1
+
+
+def test_reidentification_needs_a_similar_appearance():
+    def run(colour_after):
+        tracker = Tracker()
+        box = _box(200, 100)
+        first = int(tracker.update(_faces([box]), 0, image_bgr=_scene([(box, (40, 120, 200))])).track_ids[0])
+        for f in range(1, 10):
+            tracker.update(Faces.empty(), f, image_bgr=_scene([]))
+        box = _box(230, 100)  # half a box away: only re-identification can match it
+        return first, int(tracker.update(_faces([box]), 10, image_bgr=_scene([(box, colour_after)])).track_ids[0])
+
+    first, again = run((40, 120, 200))
+    assert again == first
+    first, other = run((200, 60, 30))  # somebody else sat down there
+    assert other != first
+    # without frames there is no appearance to compare: position alone re-identifies
+    tracker = Tracker()
+    first = int(tracker.update(_faces([_box(200, 100)]), 0).track_ids[0])
+    tracker.update(Faces.empty(), 5)
+    assert int(tracker.update(_faces([_box(230, 100)]), 10).track_ids[0]) == first
+    tracker = Tracker(reid_distance=0.0)  # off: IoU only
+    first = int(tracker.update(_faces([_box(200, 100)]), 0).track_ids[0])
+    tracker.update(Faces.empty(), 5)
+    assert int(tracker.update(_faces([_box(240, 100)]), 10).track_ids[0]) != first
+
+
+def test_reidentification_does_not_take_a_face_from_its_own_track():
+    # two faces side by side, both detected: each keeps its ID even though both are within reid_distance
+    tracker = Tracker()
+    a, b = _box(100, 100, 40), _box(150, 100, 40)
+    ids0 = tracker.update(_faces([a, b]), 0).track_ids.tolist()
+    for f in range(1, 20):
+        order = [1, 0] if f % 2 else [0, 1]
+        out = tracker.update(_faces(np.array([a, b])[order]), f)
+        assert out.track_ids.tolist() == [ids0[i] for i in order]
+
+
+def test_prediction_keeps_the_box_size_and_stops_extrapolating():
+    tracker = Tracker(max_predict_frames=5)
+    for f in range(4):
+        tracker.update(_faces([[100 + 4 * f, 100, 160 + 4 * f + f, 160 + f]]), f)  # moving right, growing a bit
+    (track,) = tracker.tracks.values()
+    p10, p100 = track.predict(13), track.predict(103)
+    np.testing.assert_allclose(p10[2:] - p10[:2], track.box[2:] - track.box[:2])  # no shape drift
+    np.testing.assert_allclose(p10, p100)  # at most 5 frames of extrapolation
+
+
+def test_a_carried_box_is_dropped_when_no_detection_confirms_it(group_photo, detected):
+    tracker = Tracker()
+    faces = tracker.update(detected, 0, image_bgr=group_photo)
+    assert len(tracker.propagate(group_photo, 1)) == len(faces)  # carried by flow between detections
+    gone = Faces(detected.xyxy[1:], detected.landmarks[1:], detected.scores[1:])  # face 0 no longer detected
+    out = tracker.update(gone, 2, image_bgr=group_photo)
+    assert int(faces.track_ids[0]) not in out.track_ids.tolist()  # not drawn, not classified
+    assert len(tracker.propagate(group_photo, 3)) == len(out)  # and not carried any further
+    back = tracker.update(detected, 4, image_bgr=group_photo)  # it comes back: same ID
+    assert sorted(back.track_ids.tolist()) == sorted(faces.track_ids.tolist())
+
+
+def test_tracking_benchmark_counts_ids_jumps_and_carried_boxes():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tracking_stability.py"
+    spec = importlib.util.spec_from_file_location("tracking_stability", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    frames = []
+    for k in range(30):  # 30 fps; id 1 steady all along; id 2 for 0.2 s; id 3 jumps onto another face at frame 20
+        ids, boxes, conf = [1], [_box(100, 100)], [k % 3 == 0]
+        if k < 6:
+            ids.append(2), boxes.append(_box(300, 100)), conf.append(True)
+        if k >= 10:
+            ids.append(3), boxes.append(_box(500 if k < 20 else 400, 100)), conf.append(k < 15 or k % 3 == 0)
+        frames.append((k, k / 30, np.array(ids), np.array(boxes, np.float32), np.array(conf)))
+    st = bench.id_stats(frames, every=3, persons=2)
+    assert (st["ids"], st["ids_0.5s"], st["per_person"]) == (3, 2, 1.0)
+    assert st["jumps"] == 1 and st["rows"] == 30 + 6 + 20
+    assert st["carried"] == 0  # confirmed every third frame: nothing carried beyond --every
+    frames[25] = (25, 25 / 30, np.array([1]), np.array([_box(100, 100)], np.float32), np.array([False]))
+    long_gap = [(k, t, ids, b, np.zeros(len(ids), bool) if k > 3 else c) for k, t, ids, b, c in frames]
+    assert bench.id_stats(long_gap, every=3)["carried_max"] > 20
