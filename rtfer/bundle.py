@@ -9,7 +9,11 @@ bundle.json (format_version 1)::
      "ensemble": {"method": "soft_vote", "weights": [...]} | {"method": "logistic", "coef": [[...]], "intercept": [...]},
      "temperature": float,
      "alignment": {"template": [[x, y] * 5] in crop units (0..1)},
-     "training": {...}, "metrics": {...}}
+     "training": {...}, "metrics": {...},
+     "quantization": {"int8": {"accepted": bool, "format", "calibration", "val", "cost_ms_per_face", ...}}}
+
+A member may carry ``"int8": {"file", "sha256", "from_sha256"}``: its INT8 ONNX file (``python -m training quantize``),
+made from the FP member file whose sha256 is ``from_sha256`` (a re-exported member makes its INT8 file stale).
 
 Preprocessing reads these fields; nothing about a member is hard-coded elsewhere.
 """
@@ -53,6 +57,7 @@ class MemberSpec:
     arch_kwargs: dict = field(default_factory=dict)
     temperature: float = 1.0
     tta_flip: bool = False  # average the logits of the crop and its mirror image (costs a second pass)
+    int8: dict = field(default_factory=dict)  # {"file", "sha256", "from_sha256"} of the INT8 member file, if any
 
     @classmethod
     def from_dict(cls, d: dict) -> MemberSpec:
@@ -61,7 +66,8 @@ class MemberSpec:
                        input_size=int(d["input_size"]), mean=tuple(float(v) for v in d["mean"]),
                        std=tuple(float(v) for v in d["std"]), color=str(d.get("color", "rgb")),
                        sha256=str(d.get("sha256", "")), arch_kwargs=dict(d.get("arch_kwargs", {})),
-                       temperature=float(d.get("temperature", 1.0)), tta_flip=bool(d.get("tta_flip", False)))
+                       temperature=float(d.get("temperature", 1.0)), tta_flip=bool(d.get("tta_flip", False)),
+                       int8=dict(d.get("int8") or {}))
         except KeyError as exc:
             raise BundleError(f"bundle member is missing the field {exc.args[0]!r}") from None
         if spec.color not in ("rgb", "gray"):
@@ -74,7 +80,7 @@ class MemberSpec:
         return {"name": self.name, "file": self.file, "architecture": self.architecture,
                 "arch_kwargs": self.arch_kwargs, "input_size": self.input_size, "mean": list(self.mean),
                 "std": list(self.std), "color": self.color, "sha256": self.sha256, "temperature": self.temperature,
-                **({"tta_flip": True} if self.tta_flip else {})}
+                **({"tta_flip": True} if self.tta_flip else {}), **({"int8": dict(self.int8)} if self.int8 else {})}
 
 
 @dataclass
@@ -143,10 +149,32 @@ class BundleSpec:
         return str(name) if name else None
 
     def verify(self) -> None:
-        """Check every member's sha256 against bundle.json."""
+        """Check every member's sha256 (and its INT8 file's, where present) against bundle.json."""
         for m in self.members:
             if m.sha256 and sha256_file(self.path / m.file) != m.sha256:
                 raise BundleError(f"bundle member {m.file} does not match its sha256 in {BUNDLE_FILE}")
+            q = m.int8
+            if q.get("file") and q.get("sha256") and (self.path / q["file"]).is_file() \
+                    and sha256_file(self.path / q["file"]) != q["sha256"]:
+                raise BundleError(f"bundle INT8 member {q['file']} does not match its sha256 in {BUNDLE_FILE}")
+
+    @property
+    def int8(self) -> dict:
+        """bundle.json ``quantization.int8``: how the INT8 members were made and what they measured ({} if none)."""
+        return dict((self.raw.get("quantization") or {}).get("int8") or {})
+
+    def int8_status(self) -> tuple[bool, bool, str]:
+        """(usable, accepted, why not): INT8 files exist for every member and were made from the current FP files;
+        accepted = they passed the accuracy gate when quantised (``python -m training quantize``)."""
+        for m in self.members:
+            q = m.int8
+            if not q.get("file"):
+                return False, False, f"member {m.name} has no INT8 file"
+            if not (self.path / q["file"]).is_file():
+                return False, False, f"INT8 file {q['file']} is missing"
+            if q.get("from_sha256") and m.sha256 and q["from_sha256"] != m.sha256:
+                return False, False, f"INT8 file {q['file']} was made from another version of {m.file} (stale)"
+        return True, bool(self.int8.get("accepted")), ""
 
 
 def sha256_file(path: str | Path) -> str:
@@ -166,6 +194,8 @@ def write_bundle_json(folder: str | Path, meta: dict) -> Path:
     meta.setdefault("classes", list(CLASSES))
     for m in meta["members"]:
         m["sha256"] = sha256_file(folder / m["file"])
+        if (m.get("int8") or {}).get("file") and (folder / m["int8"]["file"]).is_file():
+            m["int8"]["sha256"] = sha256_file(folder / m["int8"]["file"])
     out = folder / BUNDLE_FILE
     out.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     BundleSpec.read(folder)  # round-trip validation
@@ -182,6 +212,57 @@ def resolve_bundle_path(name_or_path: str | Path) -> Path:
     available = sorted(x.name for x in builtin_bundles_dir().glob("*") if (x / BUNDLE_FILE).is_file()) \
         if builtin_bundles_dir().is_dir() else []
     raise BundleError(f"no bundle named or at {str(name_or_path)!r} (built-in bundles: {', '.join(available) or 'none'})")
+
+
+#: ``--precision`` choices. ``auto``: INT8 on onnxruntime/CPU when the bundle has accepted INT8 members, else the
+#: backend's own (TensorRT FP16 engines, torch FP16 autocast on CUDA, FP32 arithmetic on onnxruntime and torch CPU).
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+
+def backend_precision(backend: str, device: str) -> str:
+    """The precision a backend runs when none is asked for (what ``--precision auto`` means without INT8)."""
+    import os
+
+    from rtfer.devices import parse_device
+
+    kind = parse_device(device).kind
+    if backend == "tensorrt":
+        return os.environ.get("RTFER_TRT_PRECISION", "fp16")
+    if backend == "torch" and kind == "cuda":
+        return "fp16"
+    return "fp32"  # onnxruntime computes FP16-stored weights in FP32
+
+
+def resolve_precision(requested: str, spec: BundleSpec, backend: str, device: str) -> str:
+    """Turn ``--precision`` into what runs: ``int8`` only on onnxruntime on the CPU and only with INT8 member files;
+    ``auto`` takes INT8 there when the bundle accepted it (val accuracy gate), else the backend's own precision."""
+    from rtfer.devices import parse_device
+    from rtfer.errors import BackendError
+
+    if requested not in PRECISIONS:
+        raise BundleError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    cpu_ort = backend == "onnxruntime" and parse_device(device).kind == "cpu"
+    usable, accepted, why = spec.int8_status()
+    if requested == "int8":
+        if not cpu_ort:
+            raise BackendError(f"--precision int8 runs on onnxruntime on the CPU only, not {backend} on {device}")
+        if not usable:
+            raise BundleError(f"bundle {spec.name} has no usable INT8 members ({why}); make them with "
+                              "`python -m training quantize BUNDLE --calib VAL`")
+        if not accepted:
+            log.warning("bundle %s: its INT8 members did not pass the accuracy gate (%s); running them as asked",
+                        spec.name, spec.int8.get("reason", "see bundle.json quantization.int8"))
+        return "int8"
+    if requested == "auto":
+        if cpu_ort and usable and accepted:
+            log.info("precision auto: int8 (bundle %s has accepted INT8 members)", spec.name)
+            return "int8"
+        if cpu_ort and spec.int8 and not usable:
+            log.warning("bundle %s: INT8 members not used: %s", spec.name, why)
+        return backend_precision(backend, device)
+    if requested == "fp16" and backend == "onnxruntime":
+        log.info("precision fp16 on onnxruntime: FP16-stored weights, FP32 arithmetic (no FP16 kernels on CPU)")
+    return requested
 
 
 def preprocess(crops: np.ndarray, member: MemberSpec) -> np.ndarray:
@@ -208,17 +289,22 @@ class Bundle:
     """A loaded bundle: member backends plus the ensemble. ``predict`` is the public entry point."""
 
     def __init__(self, spec: BundleSpec, backend: str = "auto", device: str = "auto", *,
-                 allow_fallback: bool = False, max_batch: int = 64) -> None:
+                 allow_fallback: bool = False, max_batch: int = 64, precision: str = "auto") -> None:
         self.spec = spec
         self.backend_name, self.device = backends.resolve(backend, device, allow_fallback)
+        self.precision = resolve_precision(precision, spec, self.backend_name, self.device)
         self.members = spec.members
-        self.backends = [backends.create_backend(self.backend_name, spec.path / m.file, device=self.device,
-                                                 member=m.to_dict(), allow_fallback=allow_fallback,
-                                                 max_batch=max_batch)
+        self.backends = [backends.create_backend(self.backend_name, spec.path / self.member_file(m),
+                                                 device=self.device, member=m.to_dict(), allow_fallback=allow_fallback,
+                                                 max_batch=max_batch, precision=self.precision)
                          for m in spec.members]
         self.ensemble: Ensemble = make_ensemble(spec.ensemble, len(spec.members), spec.temperature)
         log.info("bundle %s %s: %d members on %s", spec.name, spec.version, len(self.members),
                  self.backends[0].describe())
+
+    def member_file(self, member: MemberSpec) -> str:
+        """The ONNX file that runs for ``member`` at this bundle's precision."""
+        return member.int8["file"] if self.precision == "int8" else member.file
 
     @property
     def input_sizes(self) -> list[int]:
@@ -262,11 +348,13 @@ class Bundle:
 
 
 def load_bundle(name_or_path: str | Path = "default", backend: str = "auto", device: str = "auto", *,
-                allow_fallback: bool = False, max_batch: int = 64, verify: bool = True) -> Bundle:
-    """Load a bundle by built-in name ("default") or folder path, on the chosen backend and device."""
+                allow_fallback: bool = False, max_batch: int = 64, verify: bool = True,
+                precision: str = "auto") -> Bundle:
+    """Load a bundle by built-in name ("default") or folder path, on the chosen backend, device and precision
+    (see :data:`PRECISIONS`)."""
     spec = BundleSpec.read(resolve_bundle_path(name_or_path))
     if verify:
         spec.verify()
     if spec.interim:
         log.info("bundle %s is an interim model (trained with a reduced recipe)", spec.name)
-    return Bundle(spec, backend, device, allow_fallback=allow_fallback, max_batch=max_batch)
+    return Bundle(spec, backend, device, allow_fallback=allow_fallback, max_batch=max_batch, precision=precision)

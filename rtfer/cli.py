@@ -34,6 +34,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                    help="inference backend (default: auto = fastest available; logged)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"],
+                   help="classifier precision (default auto: INT8 on onnxruntime/CPU when the bundle has accepted "
+                        "INT8 members, else the backend's own; logged)")
     g.add_argument("--allow-fallback", action="store_true",
                    help="fall back to CPU when the requested GPU/provider is missing instead of failing")
     g.add_argument("--detector", default="auto", choices=["auto", *DETECTORS],
@@ -80,7 +83,7 @@ def _options(args):
                               every=args.every, max_faces=args.max_faces, det_width=args.det_width,
                               min_face=args.min_face, det_threshold=args.det_threshold, smoothing=args.smoothing,
                               smoothing_strength=args.smoothing_strength, batch_frames=args.batch_frames,
-                              allow_fallback=args.allow_fallback,
+                              allow_fallback=args.allow_fallback, precision=args.precision,
                               classify_rate=args.classify_rate, confidence_temperature=args.confidence_temperature)
     except ValueError as exc:
         raise RtferError(str(exc)) from None
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--backend", default="auto")
     i.add_argument("--device", default="auto")
     i.add_argument("--json", action="store_true", help="print everything as JSON (for machines)")
+    i.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"])
 
     _add_adapt_parser(sub, common)
     sub.add_parser("app", help="start the desktop app (same as rtfer-app)", add_help=False)

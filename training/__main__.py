@@ -1,4 +1,4 @@
-"""``python -m training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves}``."""
+"""``python -m training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize}``."""
 from __future__ import annotations
 
 import argparse
@@ -117,6 +117,37 @@ def _add_curves(sub) -> None:
     p.add_argument("--title", default="")
 
 
+def _add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="add INT8 members to a bundle (onnxruntime static quantisation) and record "
+                                        "FP vs INT8 val accuracy and cost in bundle.json")
+    p.add_argument("bundle", help="bundle folder (changed in place: INT8 files are added, FP files are kept)")
+    p.add_argument("--calib", required=True, help="calibration images: packed .npz or image-class folder")
+    p.add_argument("--val", default="", help="validation split for the accuracy gate (default: --calib)")
+    p.add_argument("--calib-count", type=int, default=512, help="random calibration images (default 512; 0 = all)")
+    p.add_argument("--format", choices=["auto", "qdq", "qoperator"], default="auto",
+                   help="ONNX Runtime quantisation format (auto: build both, keep the faster accepted one)")
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="activation range calibration (default minmax)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default per channel)")
+    p.add_argument("--max-drop", type=float, default=0.5,
+                   help="accept INT8 as the CPU default only if ensemble val accuracy drops by at most this many "
+                        "points (default 0.5)")
+    p.add_argument("--cost-threads", type=int, default=1, help="intra-op threads for the per-face cost (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_quantize(a) -> int:
+    from training.quantize import quantize_bundle, summary_table
+
+    if a.calib_count < 0 or a.cost_threads < 1 or a.max_drop < 0:
+        raise RtferError("--calib-count must be >= 0, --cost-threads >= 1 and --max-drop >= 0")
+    record = quantize_bundle(a.bundle, a.calib, val=a.val or None, fmt=a.format, method=a.method,
+                             calib_count=a.calib_count, per_channel=not a.per_tensor, seed=a.seed,
+                             max_drop=a.max_drop, cost_threads=a.cost_threads)
+    print(summary_table(record))
+    return 0
+
+
 def cmd_curves(a) -> int:
     from training.runlog import plot_runs
 
@@ -129,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
-                _add_curves):
+                _add_curves, _add_quantize):
         add(sub)
     return parser
 
@@ -255,7 +286,7 @@ def cmd_import_reference(a) -> int:
 
 COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
             "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
-            "curves": cmd_curves}
+            "curves": cmd_curves, "quantize": cmd_quantize}
 
 
 def main(argv: list[str] | None = None) -> int:

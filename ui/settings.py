@@ -37,6 +37,7 @@ class AppSettings:
     bundle: str = "default"
     backend: str = "auto"
     device: str = "auto"
+    precision: str = "auto"  # classifier precision (rtfer --precision): auto = INT8 on CPU when the bundle accepted it
     detector: str = "auto"
     every: int = 3
     smoothing: str = "hmm"
@@ -53,7 +54,8 @@ class AppSettings:
 
         return AnalyzeOptions(bundle=self.bundle, backend=self.backend, device=self.device, detector=self.detector,
                               every=int(self.every), max_faces=int(self.max_faces), smoothing=self.smoothing,
-                              smoothing_strength=float(self.smoothing_strength), keep_images=True)
+                              smoothing_strength=float(self.smoothing_strength), keep_images=True,
+                              precision=self.precision)
 
     @classmethod
     def load(cls, qsettings: QSettings) -> AppSettings:

@@ -89,8 +89,8 @@ def resolve(backend: str, device: str, allow_fallback: bool = False) -> tuple[st
 
 
 def create_backend(name: str, model_path, *, device: str = "cpu", member: dict | None = None,
-                   allow_fallback: bool = False, max_batch: int = 64) -> Backend:
+                   allow_fallback: bool = False, max_batch: int = 64, precision: str = "auto") -> Backend:
     backend = backend_class(name)(model_path, device=device, member=member, allow_fallback=allow_fallback,
-                                  max_batch=max_batch)
+                                  max_batch=max_batch, precision=precision)
     backend.load()
     return backend

@@ -16,7 +16,7 @@ class Backend(abc.ABC):
     name: str = "base"
 
     def __init__(self, model_path: str | Path, *, device: str = "cpu", member: dict | None = None,
-                 allow_fallback: bool = False, max_batch: int = 64) -> None:
+                 allow_fallback: bool = False, max_batch: int = 64, precision: str = "auto") -> None:
         self.model_path = Path(model_path)
         self.device = device
         self.member = member or {}
@@ -24,6 +24,8 @@ class Backend(abc.ABC):
         self.max_batch = int(max_batch)
         self.input_size = int(self.member.get("input_size", 112))
         self.active_device = device  # what really runs after load(), e.g. "cuda:0" or "cpu"
+        # what the bundle resolved (rtfer.bundle.resolve_precision): fp32 / fp16 / int8, or "auto" = the backend's own
+        self.precision = precision
 
     @abc.abstractmethod
     def load(self) -> None:

@@ -48,13 +48,29 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+#: $RTFER_ORT_OPT_LEVEL values -> onnxruntime graph optimisation levels (default: all).
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+
+
+def optimization_level():
+    """The graph optimisation level: $RTFER_ORT_OPT_LEVEL (disable, basic, extended, all), default all
+    (benchmarks/classifier_cost.py --opt-level measures each)."""
+    import onnxruntime as ort
+
+    name = os.environ.get("RTFER_ORT_OPT_LEVEL", "").strip().lower() or "all"
+    if name not in OPT_LEVELS:
+        raise BackendError(f"RTFER_ORT_OPT_LEVEL must be one of {', '.join(OPT_LEVELS)}, got {name!r}")
+    return getattr(ort.GraphOptimizationLevel, OPT_LEVELS[name])
+
+
 def session_options(threads: int = 0):
     """onnxruntime SessionOptions shared by every session rtfer creates: full graph optimisation, a bounded thread
     count and no spin-waiting (spinning threads burn the cores the other pipeline stages need)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = optimization_level()
     opts.intra_op_num_threads = int(threads) if threads else default_threads()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -87,6 +103,8 @@ class OnnxRuntimeBackend(Backend):
         self.output_name = self.session.get_outputs()[0].name
         self.providers = self.session.get_providers()
         self.active_device = "cpu" if self.providers[0] == "CPUExecutionProvider" else f"{self.device} ({self.providers[0]})"
+        if self.precision == "int8":
+            self.active_device += " (int8)"
         log.info("onnxruntime: %s uses %s", self.model_path.name, ", ".join(self.providers))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

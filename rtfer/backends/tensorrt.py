@@ -94,7 +94,8 @@ class TensorRTBackend(Backend):
             self._load_fallback(problem)
             return
         self.trt, self.torch = trt, torch
-        self.precision = os.environ.get(ENV_PRECISION, "fp16")
+        if self.precision not in ("fp16", "fp32"):  # --precision fp16/fp32 wins over the environment
+            self.precision = os.environ.get(ENV_PRECISION, "fp16")
         with self.cuda.scope(index):
             self._load_engine(index)
             self._allocate(index)

@@ -148,6 +148,7 @@ class TorchBackend(Backend):
                 kind = "cpu"
         self.dev = torch.device("cpu") if kind == "cpu" else torch.device("cuda", index)
         self.cuda = kind == "cuda"
+        self.half = self.cuda and self.precision != "fp32"  # --precision fp32 turns FP16 autocast off on CUDA
 
         arch = self.member.get("architecture")
         if not arch or not is_model(arch):
@@ -167,7 +168,8 @@ class TorchBackend(Backend):
         self.num_classes = num_classes
         self.buckets = bucket_sizes(self.max_batch)
         self._graphs: dict[int, tuple] = {}
-        self.active_device = str(self.dev) + (" (fp16, cuda graphs)" if self.cuda else " (fp32)")
+        self.active_device = str(self.dev) + ((" (fp16, cuda graphs)" if self.half else " (fp32, cuda graphs)")
+                                              if self.cuda else " (fp32)")
         log.info("torch backend: %s (%s) on %s", self.model_path.name, arch, self.active_device)
 
     # ---- inference ------------------------------------------------------------------------------------------------
@@ -209,12 +211,12 @@ class TorchBackend(Backend):
             side.wait_stream(torch.cuda.current_stream(self.dev))
             # Autocast's weight cache must be off while capturing: cached casts would be freed after capture.
             with torch.cuda.stream(side), torch.no_grad(), \
-                    torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+                    torch.autocast("cuda", dtype=torch.float16, cache_enabled=False, enabled=self.half):
                 for _ in range(3):
                     self.model(static_in)
             torch.cuda.current_stream(self.dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, cache_enabled=False, enabled=self.half):
                 with torch.cuda.graph(graph):
                     static_out = self.model(static_in)
             torch.cuda.synchronize(self.dev)

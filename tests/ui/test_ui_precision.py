@@ -1,0 +1,15 @@
+"""The app passes --precision through its settings to the pipeline options."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("PyQt6")
+
+
+def test_precision_reaches_the_pipeline_options():
+    from ui.app import build_parser
+    from ui.settings import AppSettings
+
+    assert build_parser().parse_args(["--precision", "int8"]).precision == "int8"
+    assert AppSettings().to_options().precision == "auto"
+    assert AppSettings(precision="fp32").to_options().precision == "fp32"
