@@ -54,7 +54,6 @@ class AnalyzeOptions:
     realtime: bool | None = None  # latest-frame-wins capture; None = on for cameras and streams
     allow_fallback: bool = False  # let a missing GPU fall back to CPU instead of failing
     prefetch: int = 8
-    precision: str = "auto"  # classifier precision (rtfer.bundle.PRECISIONS): auto = INT8 on CPU when accepted
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -116,7 +115,7 @@ class Pipeline:
         self.options = options or AnalyzeOptions()
         o = self.options
         self.bundle = bundle if bundle is not None else load_bundle(
-            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback, precision=o.precision)
+            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback)
         # The detector runs on onnxruntime: on a GPU machine it uses CUDA when onnxruntime-gpu is installed and
         # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
         from rtfer.devices import parse_device
@@ -336,7 +335,12 @@ class ClassifySchedule:
             if tid < 0 or period <= 0:
                 continue
             nxt = self._next.get(tid)
-            held = tid in self._raw and (smoother is None or smoother.has(tid))
+            # something to hold: remembered raw the smoother still smooths, or (a batch of frames is scheduled
+            # before any of it is classified) a classification scheduled on an earlier frame of this batch
+            if tid in self._raw:
+                held = smoother is None or smoother.has(tid)
+            else:
+                held = nxt is not None
             if nxt is not None and held and t < nxt - 1e-3:
                 out[i] = False
                 continue

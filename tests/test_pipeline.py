@@ -220,3 +220,13 @@ def test_classify_rate_classifies_fewer_faces_and_keeps_every_row(tiny_bundle, g
     assert held >= 0.3 * rows
     with pytest.raises(ValueError, match="classify rate"):
         AnalyzeOptions(classify_rate=-2)
+
+
+def test_classify_schedule_plans_a_batch_of_frames_before_classifying_it():
+    from rtfer.pipeline import ClassifySchedule
+    from rtfer.smoothing import make_smoother
+
+    sched, sm = ClassifySchedule(10.0), make_smoother("hmm", 0.5)
+    ids = np.array([4])
+    due = [bool(sched.due(ids, k / 30, sm)[0]) for k in range(8)]  # the pipeline plans 8 frames, then infers
+    assert due == [True, False, False, True, False, False, True, False]
