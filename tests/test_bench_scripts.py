@@ -1,0 +1,53 @@
+"""The peer and start-up benchmark scripts: their parsing, tables and argument errors (no fer, no network)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fer_peer_counts_faces_per_frame_and_renders_table(tmp_path):
+    peer = _load("fer_peer")
+    path = tmp_path / "clip.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "frame", "time_s", "face_id", "x1"])
+        w.writerows([["c", 0, 0.0, "", ""], ["c", 1, 0.04, 1, 3], ["c", 1, 0.04, 2, 5], ["c", 2, 0.08, 1, 3]])
+    assert peer.faces_per_frame_rtfer(path) == [0, 2, 1]
+    r = peer.ToolRun("rtfer", 2.0, 3, 1.0, 2, 0)
+    f = peer.ToolRun("fer", 5.0, 3, 0.5, 1, 0)
+    row = {"clip": "c.mp4", "width": 640, "height": 360, "fps": 24.0, "frames": 3, "length_s": 10.0,
+           "rtfer": r.__dict__, "fer": f.__dict__, "rtfer_realtime": r.realtime(10.0), "fer_realtime": f.realtime(10.0),
+           "speed_ratio": 2.5}
+    table = peer.markdown([row], "note")
+    assert "| c.mp4 | 640×360 @ 24 fps | 10.0 s | 2.0 s | 5.00× | 5.0 s | 2.00× | 2.50× | 1.00, 2 | 0.50, 1 |" in table
+
+
+def test_fer_peer_reuses_a_ready_venv_without_network(tmp_path, monkeypatch):
+    peer = _load("fer_peer")
+    venv = tmp_path / "venv"
+    py = peer.venv_python(venv)
+    py.parent.mkdir(parents=True)
+    py.write_text("")
+    (venv / peer.MARKER).write_text(json.dumps({"fer": peer.FER_VERSION, "installed": {"fer": peer.FER_VERSION}}))
+    monkeypatch.setattr(peer.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("no pip")))
+    assert peer.ensure_venv(venv) == py
+
+
+def test_bench_scripts_bad_input_is_exit_2(tmp_path, capsys):
+    assert _load("fer_peer").main([str(tmp_path / "missing.mp4")]) == 2
+    assert "no such video" in capsys.readouterr().err
+    assert _load("first_row").main([str(tmp_path / "missing.mp4")]) == 2
+    assert "no such input" in capsys.readouterr().err
