@@ -54,6 +54,7 @@ class AnalyzeOptions:
     realtime: bool | None = None  # latest-frame-wins capture; None = on for cameras and streams
     allow_fallback: bool = False  # let a missing GPU fall back to CPU instead of failing
     prefetch: int = 8
+    precision: str = "auto"  # classifier precision (rtfer.bundle.PRECISIONS): auto = INT8 on CPU when accepted
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -115,7 +116,7 @@ class Pipeline:
         self.options = options or AnalyzeOptions()
         o = self.options
         self.bundle = bundle if bundle is not None else load_bundle(
-            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback)
+            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback, precision=o.precision)
         # The detector runs on onnxruntime: on a GPU machine it uses CUDA when onnxruntime-gpu is installed and
         # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
         from rtfer.devices import parse_device
