@@ -5,16 +5,18 @@ the same function, so the module-level pipeline cache in :mod:`rtfer.batch` give
 driver keeps at most a bounded number of tasks in flight, collects results with ``ray.wait`` and writes the manifest
 as they come back. Outputs are written by the workers, so ``out_dir`` must be a path every node sees (NFS, a shared
 volume); the driver checks finished outputs there for resume.
+
+Dependencies go one way: :mod:`rtfer.batch` imports this module, and both import :mod:`rtfer._batch_common`.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from rtfer.errors import missing_extra
+from rtfer._batch_common import FATAL_ERRORS, ProcessFn, VideoResult, VideoTask, failed_result, init_worker
+from rtfer.errors import BackendError, missing_extra, one_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from rtfer.batch import BatchSummary, ProcessFn, VideoResult, VideoTask
     from rtfer.pipeline import AnalyzeOptions
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,7 @@ def import_ray():
 
 def _ray_call(fn: ProcessFn, task: VideoTask, options: AnalyzeOptions, threads: int) -> VideoResult:
     """Body of one Ray task: cap compute threads to the task's CPUs, then run the per-video function."""
-    from rtfer.batch import _init_pool_worker
-
-    _init_pool_worker(threads)
+    init_worker(threads)
     return fn(task, options)
 
 
@@ -53,14 +53,11 @@ def connect(ray, address: str, num_cpus: float | None = None) -> bool:
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
-            from rtfer.errors import BackendError
-
             if address == "auto":
                 raise BackendError("--ray auto found no running Ray cluster on this machine: start one with "
                                    "`ray start --head` (or set RAY_ADDRESS), or use --ray local for a private "
                                    "instance on this machine") from None
-            raise BackendError(f"cannot connect to the Ray cluster at {address!r}: {' '.join(str(exc).split())}") \
-                from None
+            raise BackendError(f"cannot connect to the Ray cluster at {address!r}: {one_line(exc)}") from None
     res = ray.cluster_resources()
     log.info("ray: connected to %s (%s CPUs, %s GPUs)", address, res.get("CPU", 0), res.get("GPU", 0))
     return True
@@ -68,8 +65,6 @@ def connect(ray, address: str, num_cpus: float | None = None) -> bool:
 
 def task_slots(resources: dict, num_cpus: float, num_gpus: float = 0.0) -> int:
     """How many of our tasks the cluster runs at once; fails when it can run none (they would wait forever)."""
-    from rtfer.errors import BackendError
-
     if num_cpus <= 0:
         raise ValueError(f"ray_num_cpus must be > 0, got {num_cpus}")
     slots = int(float(resources.get("CPU", 0.0)) // num_cpus)
@@ -83,14 +78,13 @@ def task_slots(resources: dict, num_cpus: float, num_gpus: float = 0.0) -> int:
 
 def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, address: str, *,
             num_cpus: float = 1.0, num_gpus: float = 0.0, max_in_flight: int | None = None,
-            summary: BatchSummary | None = None) -> Iterator[VideoResult]:
+            on_slots: Callable[[int], None] | None = None) -> Iterator[VideoResult]:
     """Yield one result per task as Ray finishes them (completion order).
 
     A task that raises (its worker died, a bug) is a failed video; an RtferError from building the pipeline stops
     the batch, as in the other executors. A Ray instance started here ("local") is shut down at the end.
+    ``on_slots`` is told how many tasks the cluster runs at once, before the first is submitted.
     """
-    from rtfer.batch import FATAL_ERRORS, _failed, one_line
-
     ray = import_ray()
     if not todo:
         return
@@ -98,8 +92,8 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
     pending: dict = {}
     try:
         slots = task_slots(ray.cluster_resources(), num_cpus, num_gpus)
-        if summary is not None:
-            summary.workers = slots
+        if on_slots is not None:
+            on_slots(slots)
         limit = max_in_flight or 2 * slots  # enough queued that no slot idles while the driver writes the manifest
         threads = max(1, int(num_cpus))
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_ray_call)
@@ -118,7 +112,7 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
                     cause = getattr(exc, "cause", None) or exc
                     if isinstance(cause, FATAL_ERRORS):
                         raise cause from None
-                    yield _failed(task, one_line(cause))
+                    yield failed_result(task, one_line(cause))
     finally:
         for ref in pending:  # stopped early (fatal error, Ctrl-C): don't leave our tasks running on the cluster
             try:

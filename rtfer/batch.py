@@ -16,12 +16,13 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
+from rtfer._batch_common import (FATAL_ERRORS, ORT_THREADS_ENV, ProcessFn, VideoResult, VideoTask, failed_result,
+                                 init_worker, now)
 from rtfer.capture import VIDEO_EXTENSIONS  # what a directory or glob expands to (one list for the CLI and us)
-from rtfer.errors import InputError, OutputError, RtferError
+from rtfer.errors import InputError, OutputError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from rtfer.pipeline import AnalyzeOptions, Pipeline
@@ -32,10 +33,6 @@ MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("input", "output", "frames", "faces", "seconds", "fps", "status", "error", "finished_at")
 #: Manifest statuses that count as finished on resume (the output was renamed into place after a complete run).
 FINISHED_STATUSES = frozenset({"ok"})
-ORT_THREADS_ENV = "RTFER_ORT_THREADS"
-_MAX_ERROR_CHARS = 500
-#: Errors that would fail every video the same way (bad bundle or backend, a missing module): they stop the batch.
-FATAL_ERRORS = (RtferError, ImportError)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,49 +132,6 @@ def _remove_stale_temps(output: Path) -> None:
 # per-video work (runs in the driver, a pool worker or a Ray worker)
 
 
-@dataclass
-class VideoTask:
-    """One video to analyse; plain strings so it pickles the same for a process pool and for Ray."""
-
-    input: str
-    output: str
-    raw: bool = False
-    report: str = ""  # the video's HTML report path ("" = none)
-
-
-@dataclass
-class VideoResult:
-    """The outcome of one video, one manifest row."""
-
-    input: str
-    output: str
-    status: str  # "ok" | "partial" | "failed"
-    frames: int = 0
-    faces: int = 0
-    seconds: float = 0.0
-    fps: float = 0.0
-    error: str = ""
-    warnings: list[str] = field(default_factory=list)
-    finished_at: str = ""
-
-    def row(self) -> dict[str, str]:
-        return {"input": self.input, "output": self.output, "frames": str(self.frames), "faces": str(self.faces),
-                "seconds": f"{self.seconds:.3f}", "fps": f"{self.fps:.2f}", "status": self.status,
-                "error": self.error, "finished_at": self.finished_at}
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short manifest-safe line; the type is named unless it is one of ours."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, RtferError):
-        text = f"{type(exc).__name__}: {text}"
-    return text[:_MAX_ERROR_CHARS]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 _PIPELINE_CACHE: dict[str, Pipeline] = {}
 
 
@@ -228,7 +182,7 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
         raise  # a missing module or extra fails every video the same way: fatal for the batch
     except Exception as exc:  # one video's failure never stops the batch
         log.debug("%s failed", task.input, exc_info=True)
-        return VideoResult(task.input, task.output, "failed", error=one_line(exc), finished_at=_now())
+        return VideoResult(task.input, task.output, "failed", error=one_line(exc), finished_at=now())
     finally:
         for leftover in (tmp, report_tmp):
             if leftover is not None and leftover.exists():
@@ -240,7 +194,7 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
     return VideoResult(task.input, task.output, "ok" if stats.status == "ok" else "partial", frames=int(stats.frames),
                        faces=int(stats.faces), seconds=float(stats.seconds), fps=float(stats.fps),
                        error="" if stats.status == "ok" else "interrupted before the end; rerun to redo it",
-                       warnings=list(stats.warnings), finished_at=_now())
+                       warnings=list(stats.warnings), finished_at=now())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,28 +415,12 @@ class BatchSummary:
 # ----------------------------------------------------------------------------------------------------------------
 # executors
 
-ProcessFn = Callable[[VideoTask, "AnalyzeOptions"], VideoResult]
 
 
 def threads_per_worker(workers: int, cpus: int | None = None) -> int:
     """ONNX Runtime intra-op threads for each of ``workers`` processes sharing ``cpus`` cores (at least 1)."""
     cpus = cpus or os.cpu_count() or 1
     return max(1, cpus // max(1, workers))
-
-
-def _init_pool_worker(threads: int) -> None:
-    """Pool initializer: cap this worker's compute threads before its Pipeline is built."""
-    os.environ[ORT_THREADS_ENV] = str(threads)
-    try:
-        import cv2
-
-        cv2.setNumThreads(threads)
-    except ImportError:  # pragma: no cover - opencv is a core dependency
-        pass
-
-
-def _failed(task: VideoTask, error: str) -> VideoResult:
-    return VideoResult(task.input, task.output, "failed", error=error[:_MAX_ERROR_CHARS], finished_at=_now())
 
 
 def _run_in_process(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn) -> Iterator[VideoResult]:
@@ -493,7 +431,7 @@ def _run_in_process(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessF
             raise  # pipeline set-up failed or a module is missing: every video would fail the same way
         except Exception as exc:
             log.debug("%s failed", task.input, exc_info=True)
-            yield _failed(task, one_line(exc))
+            yield failed_result(task, one_line(exc))
 
 
 def _run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, workers: int,
@@ -511,7 +449,7 @@ def _run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, wor
     queue = list(reversed(todo))
 
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                                    initargs=(threads,))
 
     pool = new_pool()
@@ -529,16 +467,16 @@ def _run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, wor
                     yield fut.result()
                 except BrokenProcessPool:
                     broken = True
-                    yield _failed(task, "a worker process died while analysing this video (native crash or out "
+                    yield failed_result(task, "a worker process died while analysing this video (native crash or out "
                                         "of memory); rerun to retry")
                 except FATAL_ERRORS:
                     raise
                 except Exception as exc:
-                    yield _failed(task, one_line(exc))
+                    yield failed_result(task, one_line(exc))
             if broken:
                 for fut, task in list(in_flight.items()):
                     in_flight.pop(fut)
-                    yield _failed(task, "a worker process died while this video was in flight; rerun to retry")
+                    yield failed_result(task, "a worker process died while this video was in flight; rerun to retry")
                 pool.shutdown(wait=False, cancel_futures=True)
                 log.warning("a batch worker process died; starting a fresh pool for the remaining %d videos",
                             len(queue))
@@ -551,7 +489,7 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
               workers: int = 1, ray_address: str | None = None, overwrite: bool = False,
               manifest: str | Path | None = None, raw: bool = False, progress: bool = True,
               ray_num_cpus: float = 1.0, ray_num_gpus: float = 0.0, threads: int | None = None,
-              report: str | None = None) -> BatchSummary:
+              report: str | None = None, process: ProcessFn | None = None) -> BatchSummary:
     """Analyse every video in ``inputs`` into one CSV each under ``out_dir`` (mirroring the input tree).
 
     ``workers=1`` runs in this process; ``workers>1`` runs a spawn process pool with one Pipeline per worker and
@@ -562,6 +500,9 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
     video is recorded in the manifest and the run goes on; a pipeline that cannot be built (bad bundle or backend)
     raises its RtferError before more videos are tried. ``report`` (None = none): an HTML report per video beside
     its CSV and an index page linking them (``report`` names it; "" = ``out_dir/index.html``), rewritten at the end.
+    ``process`` replaces the per-video function (default :func:`process_video`); it must be picklable (a module-level
+    function) for the process pool and Ray. With the default, the bundle is checked (and, in process, the pipeline
+    loaded) before the first video, so a bad bundle fails once rather than once per video.
     """
     if options is None:
         from rtfer.pipeline import AnalyzeOptions
@@ -571,14 +512,15 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
         raise ValueError(f"workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
     plan = plan_batch(inputs, out_dir, overwrite=overwrite, manifest=manifest, raw=raw, report=report)
-    fn: ProcessFn = process_video  # looked up at call time so tests can monkeypatch it
+    fn: ProcessFn = process or process_video
     summary = BatchSummary(videos_total=len(plan.todo) + len(plan.skipped), videos_skipped=len(plan.skipped),
                            manifest=str(plan.manifest))
     if plan.skipped:
         log.info("skipping %d videos finished by an earlier run (use overwrite to redo them)", len(plan.skipped))
     man = Manifest(plan.manifest).open()  # an unwritable out dir fails before any pipeline is loaded
     try:
-        result = _execute(plan, options, fn, summary, man, t0, workers=workers, ray_address=ray_address,
+        result = _execute(plan, options, fn, summary, man, t0, preload=process is None, workers=workers,
+                          ray_address=ray_address,
                           progress=progress, ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads)
     finally:
         man.close()
@@ -613,7 +555,7 @@ def write_batch_index(plan: BatchPlan, path: str | Path) -> Path:
 
 
 def _execute(plan: BatchPlan, options: AnalyzeOptions, fn: ProcessFn, summary: BatchSummary, man: Manifest,
-             t0: float, *, workers: int, ray_address: str | None, progress: bool, ray_num_cpus: float,
+             t0: float, *, preload: bool, workers: int, ray_address: str | None, progress: bool, ray_num_cpus: float,
              ray_num_gpus: float, threads: int | None) -> BatchSummary:
     """Pick the executor, then write each result to the manifest and the summary as it comes back."""
     if ray_address is not None:
@@ -621,20 +563,24 @@ def _execute(plan: BatchPlan, options: AnalyzeOptions, fn: ProcessFn, summary: B
 
         import_ray()  # a missing extra fails before any work starts
         summary.executor, summary.workers = f"ray ({ray_address})", 0
+
+        def on_slots(slots: int) -> None:
+            summary.workers = slots
+
         results = run_ray(plan.todo, options, fn, ray_address, num_cpus=ray_num_cpus, num_gpus=ray_num_gpus,
-                          summary=summary)
+                          on_slots=on_slots)
     elif workers > 1 and len(plan.todo) > 1:
         n = min(workers, len(plan.todo))
         per = threads or int(os.environ.get(ORT_THREADS_ENV, "0") or 0) or threads_per_worker(n)
         summary.executor, summary.workers = "process pool", n
         log.info("batch: %d videos on %d worker processes, %d onnxruntime threads each", len(plan.todo), n, per)
-        if fn.__module__ == __name__:  # the real per-video function: a bad bundle fails here, not once per worker
+        if preload:  # the real per-video function: a bad bundle fails here, not once per worker
             from rtfer.bundle import BundleSpec, resolve_bundle_path
 
             BundleSpec.read(resolve_bundle_path(options.bundle))
         results = _run_pool(plan.todo, options, fn, n, per)
     else:
-        if plan.todo and fn.__module__ == __name__:
+        if plan.todo and preload:
             get_pipeline(options)  # load before the progress bar starts; a bad bundle or backend fails here
         results = _run_in_process(plan.todo, options, fn)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import threading
 import time
@@ -22,7 +21,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from rtfer.errors import InputError
+from rtfer._queues import END, StopQueue
+from rtfer.errors import InputError, one_line, redact_url  # redact_url: re-exported for callers of capture
 from rtfer.types import Frame
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ JOIN_TIMEOUT_S = 2.0
 #: Seconds a stream may take to open or to deliver a packet before it is reported unreachable.
 STREAM_TIMEOUT_S = 10.0
 
-_END = object()
-
-
 class _Failure:
     """An exception travelling from the reader thread to the consumer."""
 
@@ -50,7 +47,7 @@ class _Failure:
 
 
 class _Reader:
-    """Shared state between a Source and its reader thread.
+    """Shared state between a Source and its reader thread: a :class:`StopQueue` and the warnings.
 
     The thread's target closes over this object only (never over the Source), so a Source that its consumer drops
     without closing can still be garbage-collected; its ``__del__`` then stops the thread.
@@ -58,11 +55,14 @@ class _Reader:
 
     def __init__(self, prefetch: int, drop_frames: bool) -> None:
         self.drop_frames = drop_frames
-        self.queue: queue.Queue = queue.Queue(maxsize=1 if drop_frames else max(1, int(prefetch)))
-        self.stop = threading.Event()
-        self.dropped = 0
+        self.queue = StopQueue(1 if drop_frames else max(1, int(prefetch)), drop_oldest=drop_frames)
+        self.stop = self.queue.stop
         self.warnings: list[str] = []
         self.thread: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.queue.dropped
 
     def warn(self, message: str) -> None:
         """Record a warning (shown to the user at the end) and log it once."""
@@ -76,22 +76,7 @@ class _Reader:
         In drop mode a frame replaces the queued (older) frame; the end marker and errors wait for room instead, so
         the newest frame is always delivered.
         """
-        drop = self.drop_frames and is_frame
-        while not self.stop.is_set():
-            try:
-                if drop:
-                    self.queue.put_nowait(item)
-                else:
-                    self.queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                if drop:
-                    try:
-                        self.queue.get_nowait()
-                        self.dropped += 1
-                    except queue.Empty:
-                        pass
-        return False
+        return self.queue.put(item, droppable=is_frame)
 
     def start(self, target: Callable[[_Reader], None], name: str) -> None:
         self.stop.clear()
@@ -102,7 +87,7 @@ class _Reader:
             except BaseException as exc:  # noqa: BLE001 - forwarded to the consumer
                 self.put(_Failure(exc), is_frame=False)
             else:
-                self.put(_END, is_frame=False)
+                self.put(END, is_frame=False)
 
         self.thread = threading.Thread(target=run, name=name, daemon=True)
         self.thread.start()
@@ -115,21 +100,14 @@ class _Reader:
             return True
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while thread.is_alive() and time.monotonic() < deadline:
-            self._drain()
+            self.queue.drain()
             thread.join(timeout=0.05)
-        self._drain()
+        self.queue.drain()
         if thread.is_alive():
             log.warning("capture thread %s did not stop within %.1f s; leaving it (daemon)", thread.name,
                         JOIN_TIMEOUT_S)
             return False
         return True
-
-    def _drain(self) -> None:
-        try:
-            while True:
-                self.queue.get_nowait()
-        except queue.Empty:
-            pass
 
 
 class Source:
@@ -207,43 +185,20 @@ class Source:
     def __next__(self) -> Frame:
         if self._closed or self._finished:
             raise StopIteration
-        reader = self._reader
-        while True:
-            try:
-                item = reader.queue.get(timeout=0.1)
-                break
-            except queue.Empty:
-                thread = reader.thread
-                if thread is not None and not thread.is_alive() and reader.queue.empty():
-                    self._finished = True
-                    raise StopIteration from None
-        if item is _END:
+        item = self._reader.queue.get(self._reader.thread)
+        if item is END:
             self._finished = True
             raise StopIteration
         if isinstance(item, _Failure):
             self._finished = True
             if isinstance(item.exc, InputError):
                 raise item.exc
-            raise InputError(f"cannot read {self.name}: {_one_line(item.exc)}") from item.exc
+            raise InputError(f"cannot read {self.name}: {one_line(item.exc)}") from item.exc
         return item
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(kind={self.kind!r}, name={self.name!r}, fps={self.fps}, "
                 f"frame_count={self.frame_count}, size={self.width}x{self.height})")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact_url(text[0]) if text else type(exc).__name__
-
-
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
-
-
-def redact_url(text: str) -> str:
-    """Hide the user-info (``user:password@``) of every URL in ``text``: ``rtsp://alice:pw@cam/1`` ->
-    ``rtsp://***@cam/1``. Used for every source name, message and log line that can carry a stream URL."""
-    return _USERINFO.sub(r"\1***@", str(text))
 
 
 # -- images and folders --------------------------------------------------------------------------------------------
@@ -412,7 +367,7 @@ class VideoSource(Source):
                         return
                     index += 1
             except Exception as exc:  # noqa: BLE001 - damaged data ends the video with a warning
-                warn(f"{label}: decoding stopped after {index} frames ({_one_line(exc)}); the file may be truncated")
+                warn(f"{label}: decoding stopped after {index} frames ({one_line(exc)}); the file may be truncated")
                 return
             if first_index == 0 and skip_until is None and expected and index < 0.9 * expected:
                 warn(f"{label}: only {index} of {expected} frames decoded; the file may be truncated")
@@ -484,7 +439,7 @@ class StreamSource(Source):
                         return
                     index += 1
             except Exception as exc:  # noqa: BLE001
-                warn(f"{name}: stream stopped after {index} frames ({_one_line(exc)})")
+                warn(f"{name}: stream stopped after {index} frames ({one_line(exc)})")
 
         return produce
 
@@ -627,7 +582,7 @@ def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames
             container = av.open(text, timeout=STREAM_TIMEOUT_S,
                                 options={"rtsp_transport": "tcp"} if text.lower().startswith("rtsp") else None)
         except Exception as exc:  # noqa: BLE001 - any open failure is an input problem
-            raise InputError(f"cannot open stream {redact_url(text)}: {_one_line(exc)}") from None
+            raise InputError(f"cannot open stream {redact_url(text)}: {one_line(exc)}") from None
         if drop_frames is None:  # a recorded file over http(s) (known duration) delivers every frame
             drop_frames = recorded_duration(text, container) is None
         return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames)

@@ -1,6 +1,12 @@
 """Exceptions that the CLI turns into one-line errors."""
 from __future__ import annotations
 
+import re
+
+#: The longest :func:`one_line` text (a manifest cell, a status line).
+MAX_ERROR_CHARS = 500
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
 
 class RtferError(Exception):
     """Base for errors a user can act on (bad input, bad bundle, missing extra)."""
@@ -25,3 +31,21 @@ class OutputError(RtferError):
 def missing_extra(package: str, extra: str) -> ImportError:
     """ImportError naming the extra that provides ``package``."""
     return ImportError(f"{package} is required for this feature: pip install 'rtfer[{extra}]'")
+
+
+def redact_url(text: str) -> str:
+    """Hide the user-info (``user:password@``) of every URL in ``text``: ``rtsp://alice:pw@cam/1`` ->
+    ``rtsp://***@cam/1``. Used for every source name, message and log line that can carry a stream URL."""
+    return _USERINFO.sub(r"\1***@", str(text))
+
+
+def one_line(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """An exception as one short line for a message, a log or a manifest cell: whitespace collapsed, URL
+    credentials hidden, at most ``limit`` characters, and the type named unless it is one of ours (an RtferError's
+    message is written for the user)."""
+    text = " ".join(str(exc).split())
+    if not text:
+        text = type(exc).__name__
+    elif not isinstance(exc, RtferError):
+        text = f"{type(exc).__name__}: {text}"
+    return redact_url(text)[:limit]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtfer._queues import END, StopQueue
 from rtfer.smoothing import CONFIDENCE_TEMPERATURE
 from rtfer.types import EmotionScores, Faces, Frame, FrameResult
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 #: classifier calls; 6/s and below lag more than 8 frames on a weak (0.5) step.
 DEFAULT_CLASSIFY_RATE = 10.0
 STAGES = ("decode", "detect", "track", "align", "infer", "stack", "smooth")
-_END = object()
 
 
 @dataclass
@@ -148,9 +148,8 @@ class Pipeline:
             src = open_source(source, prefetch=o.prefetch, drop_frames=o.realtime)
         live = getattr(src, "live", src.kind in ("camera", "stream"))  # duck-typed sources may lack .live
         batch_frames = 1 if live else o.batch_frames
-        stop = cancel if cancel is not None else threading.Event()
-        q: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch_frames))
-        front = threading.Thread(target=self._front, args=(src, q, stop), name="rtfer-front", daemon=True)
+        q = StopQueue(max(2, 2 * batch_frames), cancel)
+        front = threading.Thread(target=self._front, args=(src, q), name="rtfer-front", daemon=True)
         front.start()
         from rtfer.smoothing import make_smoother
 
@@ -161,18 +160,18 @@ class Pipeline:
         try:
             done = False
             while not done:
-                item = _get(q, stop, front)
-                if item is _END:
+                item = q.get(front)
+                if item is END:
                     break
                 if isinstance(item, BaseException):
                     raise item
                 batch = [item]
                 while len(batch) < batch_frames:
                     try:
-                        nxt = q.get(timeout=0 if live else 0.002)
+                        nxt = q.get_ready(timeout=0 if live else 0.002)
                     except queue.Empty:
                         break
-                    if nxt is _END:
+                    if nxt is END:
                         done = True
                         break
                     if isinstance(nxt, BaseException):
@@ -185,13 +184,13 @@ class Pipeline:
                     schedule.observe_load(schedule.busy_s / max(len(batch), 1), dropped=now_dropped > dropped)
                     dropped = now_dropped
         finally:
-            stop.set()
-            _drain(q)
+            q.stop.set()
+            q.drain()
             front.join(timeout=5)
             src.close()
 
     # ----------------------------------------------------------------------------------------------------------
-    def _front(self, src, q: queue.Queue, stop: threading.Event) -> None:
+    def _front(self, src, q: StopQueue) -> None:
         """Detect, track and align on a thread of its own."""
         from rtfer.detection.align import align_faces
         from rtfer.tracking import Tracker
@@ -203,7 +202,7 @@ class Pipeline:
         try:
             it = iter(src)
             n = 0
-            while not stop.is_set():
+            while not q.stop.is_set():
                 t0 = time.perf_counter()
                 try:
                     frame = next(it)
@@ -228,12 +227,12 @@ class Pipeline:
                 t4 = time.perf_counter()
                 timings.update(detect=(t2 - t1) * 1e3, track=(t3 - t2) * 1e3, align=(t4 - t3) * 1e3)
                 n += 1
-                if not _put(q, _Prepared(frame, faces, crops, timings, independent), stop):
+                if not q.put(_Prepared(frame, faces, crops, timings, independent)):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it in order
-            _put(q, exc, stop)
+            q.put(exc)
             return
-        _put(q, _END, stop)
+        q.put(END)
 
     def _finish(self, batch: list[_Prepared], smoother, keep_images: bool,
                 schedule: ClassifySchedule | None = None) -> Iterator[FrameResult]:
@@ -377,38 +376,6 @@ class ClassifySchedule:
         if (after > 0) != (before > 0) or abs(after - before) > 0.25 * max(before, 1e-9) and after >= 0.25:
             log.debug("live load %.2f%s: classifying each face every %.2f s", load, " (frames dropped)" if dropped
                       else "", after)
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put with back-pressure, giving up when the run is stopped."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(q: queue.Queue, stop: threading.Event, producer: threading.Thread):
-    """Next item from the front thread; _END once it is stopped or gone."""
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set() or not producer.is_alive():
-                try:
-                    return q.get_nowait()
-                except queue.Empty:
-                    return _END
-
-
-def _drain(q: queue.Queue) -> None:
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass
 
 
 def analyze(source, *, pipeline: Pipeline | None = None, cancel: threading.Event | None = None,

@@ -302,10 +302,9 @@ def test_pool_isolates_failures_and_worker_deaths(tmp_path, monkeypatch):
     for name, content in (("1.mp4", "ok"), ("2.mp4", "bad"), ("3.mp4", "die"), ("4.mp4", "ok"), ("5.mp4", "ok"),
                           ("6.mp4", "ok")):
         _touch(root / name, content)
-    monkeypatch.setattr(batch, "process_video", pool_fake)
     monkeypatch.delenv("RTFER_ORT_THREADS", raising=False)
     out = tmp_path / "out"
-    s = run_batch([str(root)], out, workers=2, threads=1, progress=False)
+    s = run_batch([str(root)], out, workers=2, threads=1, progress=False, process=pool_fake)
     assert s.executor == "process pool" and s.workers == 2
     rows = {Path(r["input"]).name: r for r in _read_manifest(out / "manifest.csv")}
     assert set(rows) == {f"{i}.mp4" for i in range(1, 7)}
@@ -316,6 +315,24 @@ def test_pool_isolates_failures_and_worker_deaths(tmp_path, monkeypatch):
     pids = {(out / f"{n[0]}.csv").read_text().split(",")[0] for n in rows if rows[n]["status"] == "ok"}
     assert str(os.getpid()) not in pids
     assert all((out / f"{n[0]}.csv").read_text().strip().endswith(",1") for n in rows if rows[n]["status"] == "ok")
+
+
+def test_ray_executor_and_driver_import_one_way():
+    """rtfer._ray shares the task types with rtfer.batch through rtfer._batch_common and never imports the driver."""
+    import subprocess
+
+    code = ("import sys, rtfer._ray; assert 'rtfer.batch' not in sys.modules, 'rtfer._ray imported rtfer.batch'; "
+            "import rtfer.batch, rtfer._batch_common as c; "
+            "assert rtfer.batch.VideoTask is c.VideoTask and rtfer.batch.VideoResult is c.VideoResult")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_line_names_foreign_errors_and_hides_credentials():
+    from rtfer.errors import one_line
+
+    assert one_line(ValueError("bad\n  value")) == "ValueError: bad value"
+    assert one_line(InputError("cannot read rtsp://alice:pw@cam/1")) == "cannot read rtsp://***@cam/1"
+    assert one_line(KeyError()) == "KeyError" and len(one_line(ValueError("x" * 900))) == 500
 
 
 def test_symlinked_copies_are_separate_inputs(tmp_path):

@@ -1,0 +1,74 @@
+"""What the batch driver (:mod:`rtfer.batch`) and its executors (:mod:`rtfer._ray`) share: the per-video task and
+result, the per-video function's type, which errors stop a batch, and the worker set-up. Both import it; it imports
+neither, so the executors never reach back into the driver."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable
+
+from rtfer.errors import MAX_ERROR_CHARS, RtferError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rtfer.pipeline import AnalyzeOptions
+
+ORT_THREADS_ENV = "RTFER_ORT_THREADS"
+#: Errors that would fail every video the same way (bad bundle or backend, a missing module): they stop the batch.
+FATAL_ERRORS = (RtferError, ImportError)
+
+
+@dataclass
+class VideoTask:
+    """One video to analyse; plain strings so it pickles the same for a process pool and for Ray."""
+
+    input: str
+    output: str
+    raw: bool = False
+    report: str = ""  # the video's HTML report path ("" = none)
+
+
+@dataclass
+class VideoResult:
+    """The outcome of one video, one manifest row."""
+
+    input: str
+    output: str
+    status: str  # "ok" | "partial" | "failed"
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    fps: float = 0.0
+    error: str = ""
+    warnings: list[str] = field(default_factory=list)
+    finished_at: str = ""
+
+    def row(self) -> dict[str, str]:
+        return {"input": self.input, "output": self.output, "frames": str(self.frames), "faces": str(self.faces),
+                "seconds": f"{self.seconds:.3f}", "fps": f"{self.fps:.2f}", "status": self.status,
+                "error": self.error, "finished_at": self.finished_at}
+
+
+#: The per-video function every executor runs: ``rtfer.batch.process_video`` unless a caller passes its own.
+ProcessFn = Callable[[VideoTask, "AnalyzeOptions"], VideoResult]
+
+
+def now() -> str:
+    """A manifest timestamp (UTC, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def failed_result(task: VideoTask, error: str) -> VideoResult:
+    """The manifest row of a video that failed with ``error`` (one line, see :func:`rtfer.errors.one_line`)."""
+    return VideoResult(task.input, task.output, "failed", error=error[:MAX_ERROR_CHARS], finished_at=now())
+
+
+def init_worker(threads: int) -> None:
+    """Cap a worker's compute threads before its Pipeline is built (pool initializer, start of a Ray task)."""
+    os.environ[ORT_THREADS_ENV] = str(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:  # pragma: no cover - opencv is a core dependency
+        pass
