@@ -10,7 +10,7 @@ from rtfer import backends
 
 @pytest.fixture
 def no_gpu(monkeypatch):
-    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(backends, "cuda_available", lambda backend="auto": False)
 
 
 def test_auto_on_cpu_picks_onnxruntime(no_gpu):
@@ -58,3 +58,49 @@ def test_one_device_parser():
     assert select_providers("cuda:3", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
     with pytest.raises(BackendError):
         backends.resolve("auto", "cuda:x")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine whose SDKs and GPU reach are set per test: ``machine(installed, torch_cuda, ort_cuda)``."""
+
+    def set_up(installed=("onnxruntime", "torch", "tensorrt"), torch_cuda=False, ort_cuda=False):
+        monkeypatch.setattr(backends, "_has", lambda module: module in installed)
+        monkeypatch.setattr(backends, "_torch_cuda", lambda: torch_cuda and "torch" in installed)
+        monkeypatch.setattr(backends, "_ort_cuda", lambda: ort_cuda and "onnxruntime" in installed)
+
+    return set_up
+
+
+def test_auto_device_is_resolved_for_the_backend_asked(machine):
+    """A GPU machine with the CPU-only onnxruntime wheel: onnxruntime runs on the CPU, torch on the GPU."""
+    machine(torch_cuda=True, ort_cuda=False)
+    assert backends.resolve("onnxruntime", "auto") == ("onnxruntime", "cpu")
+    assert backends.resolve("torch", "auto") == ("torch", "cuda")
+    assert backends.resolve("tensorrt", "auto") == ("tensorrt", "cuda")
+    assert backends.resolve("auto", "auto") == ("tensorrt", "cuda")
+    # an explicit GPU request is honoured, or refused by the backend; with --allow-fallback it moves to the CPU
+    assert backends.resolve("onnxruntime", "cuda:1") == ("onnxruntime", "cuda:1")
+    assert backends.resolve("onnxruntime", "cuda:1", allow_fallback=True) == ("onnxruntime", "cpu")
+    assert backends.resolve("torch", "cuda:1", allow_fallback=True) == ("torch", "cuda:1")
+
+
+def test_auto_backend_on_cuda_takes_one_that_reaches_the_gpu(machine):
+    # onnxruntime-gpu only (torch installed but CPU-only): TensorRT and torch cannot reach the GPU, onnxruntime can
+    machine(torch_cuda=False, ort_cuda=True)
+    assert backends.resolve("auto", "auto") == ("onnxruntime", "cuda")
+    assert backends.resolve("auto", "cuda:1") == ("onnxruntime", "cuda:1")
+    assert backends.resolve("torch", "auto") == ("torch", "cpu")
+    # no torch at all
+    machine(installed=("onnxruntime",), ort_cuda=True)
+    assert backends.resolve("auto", "auto") == ("onnxruntime", "cuda")
+    # no GPU reachable: auto is the CPU, and an explicit cuda request goes to the first backend, which refuses it
+    machine(torch_cuda=False, ort_cuda=False)
+    assert backends.resolve("auto", "auto") == ("onnxruntime", "cpu")
+    assert backends.resolve("auto", "cuda") == ("tensorrt", "cuda")
+
+
+def test_cuda_available_per_backend(machine):
+    machine(torch_cuda=True, ort_cuda=False)
+    assert backends.cuda_available() and backends.cuda_available("torch") and backends.cuda_available("tensorrt")
+    assert not backends.cuda_available("onnxruntime")
