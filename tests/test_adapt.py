@@ -1,7 +1,9 @@
 """rtfer adapt: few-shot adaptation from a folder of labelled examples.
 
 The recovery test simulates a domain shift on FER2013 val faces (strong colour cast, blur, low contrast), adapts the
-default bundle on 10 faces per class and tests on other faces of the same split under the same shift.
+default bundle on 10 faces per class and tests on a fixed, class-stratified sample of other faces of the same split
+under the same shift (up to 80 per class, 526 faces: disgust has 46 left; on all 3,519 the figures are the README's).
+The adaptation itself costs a few CPU seconds; the expensive fixtures are module-scoped and shared.
 """
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ import pytest
 
 from rtfer import adapt as A
 from rtfer.bundle import BundleSpec, load_bundle, resolve_bundle_path
-from rtfer.errors import InputError, OutputError
+from rtfer.errors import BundleError, InputError, OutputError
 from rtfer.labels import CLASS_INDEX, CLASSES, FER2013_FOLDER_TO_CLASS
 
 FER_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013" / "val"
 PER_CLASS = 10
-TEST_PER_CLASS = 40
+TEST_PER_CLASS = 80  # at most, per class (a fixed seeded sample)
 
 
 def shift(image_bgr: np.ndarray) -> np.ndarray:
@@ -76,11 +78,14 @@ def test_adaptation_recovers_accuracy_under_a_domain_shift(shifted, adapted):
     assert result.after.accuracy >= result.before.accuracy and result.after.nll < result.before.nll
     base = load_bundle("default", backend="onnxruntime", device="cpu")
     new = load_bundle(out, backend="onnxruntime", device="cpu")
-    base_acc = float(np.mean(base.predict(test_x).argmax(1) == test_y))
-    new_acc = float(np.mean(new.predict(test_x).argmax(1) == test_y))
-    logging.getLogger(__name__).info("shifted test set (%d faces): base %.3f, adapted %.3f (%s)", len(test_y),
-                                     base_acc, new_acc, result.chosen)
-    assert new_acc >= base_acc + 0.02, (base_acc, new_acc, result.table())
+    before = A.Scores.of(base.predict(test_x), test_y)
+    after = A.Scores.of(new.predict(test_x), test_y)
+    logging.getLogger(__name__).info("shifted test set (%d faces): base %.3f (mean-class %.3f), adapted %.3f (%.3f) "
+                                     "(%s)", len(test_y), before.accuracy, before.mean_class_accuracy, after.accuracy,
+                                     after.mean_class_accuracy, result.chosen)
+    # measured: base 39.7% (37.6%), adapted 44.5% (43.1%); an adaptation that changed nothing gains nothing
+    assert after.accuracy >= before.accuracy + 0.02, (before, after, result.table())
+    assert after.mean_class_accuracy >= before.mean_class_accuracy + 0.02, (before, after, result.table())
 
 
 def test_adapted_bundle_records_provenance_and_no_paths(shifted, adapted, base_spec):
@@ -139,17 +144,72 @@ def test_adapted_bundle_runs_in_analyze(shifted, adapted, tmp_path):
     assert csv.read_text().startswith("source,")
 
 
-def test_nothing_written_when_no_candidate_beats_the_base(shifted, monkeypatch, tmp_path, capsys):
+def _same_as_base(spec, feats, *args):
+    return A._base_params(spec, feats)
+
+
+def _base_at_another_temperature(spec, feats, *args):
+    params = A._base_params(spec, feats)
+    params.temperature = 4.0
+    return params
+
+
+def test_nothing_written_when_no_candidate_beats_the_base(shifted, base_spec, monkeypatch, tmp_path, capsys):
+    """The only candidates are the base bundle itself (at its own or another temperature). Under the shift the base
+    is over-confident, so a re-fitted temperature alone lowers the held-out log-loss (2.90 -> 1.79 on these faces);
+    that moves no prediction and is not an adaptation: nothing is chosen, nothing written, exit 3."""
     from rtfer.cli import main
 
     _, examples, _, _ = shifted
-    # every candidate reproduces the base bundle exactly: equal is not better
-    monkeypatch.setattr(A, "candidate_fitters", lambda: {"same": lambda spec, feats, *a: A._base_params(spec, feats)})
+    monkeypatch.setattr(A, "candidate_fitters", lambda: {"same": _same_as_base, "hotter": _base_at_another_temperature})
+    ex = A.collect_examples(examples, base_spec)
+    result = A.run_adaptation(base_spec, ex, folds=2)
+    assert result.chosen is None and result.params is None and result.after is None
+    assert result.base_recalibrated_nll < result.before.nll - 0.1  # the case a log-loss-only rule took as better
+    for s in result.candidates.values():  # the base, scored like a candidate: equal to the re-calibrated base
+        assert (s.accuracy, s.mean_class_accuracy) == (result.before.accuracy, result.before.mean_class_accuracy)
+        assert s.nll == pytest.approx(result.base_recalibrated_nll)
+        assert not s.beats(result.before, result.base_recalibrated_nll)
+    with pytest.raises(BundleError, match="nothing to write"):
+        A.write_adapted_bundle(result, tmp_path / "never")
     out = tmp_path / "never"
     assert main(["adapt", str(examples), "-o", str(out), "--folds", "2"]) == 3
     captured = capsys.readouterr()
-    assert not out.exists() and not list(tmp_path.iterdir())
-    assert "nothing written" in captured.err and "before" in captured.out
+    assert not out.exists() and not list(tmp_path.iterdir())  # no bundle, no temporary folder
+    assert "nothing written" in captured.err and "before" in captured.out and "re-calibrated" in captured.out
+
+
+def _scores(acc: float, mean_class: float, nll: float) -> A.Scores:
+    return A.Scores(accuracy=acc, mean_class_accuracy=mean_class, recall={}, nll=nll)
+
+
+def test_never_worse_rule():
+    base = _scores(0.40, 0.40, 2.9)
+    recalibrated = 1.8  # the base's log-loss with a cross-fitted temperature
+    assert _scores(0.43, 0.40, 3.5).beats(base, recalibrated)  # more accurate, nothing lower
+    assert _scores(0.40, 0.43, 3.5).beats(base, recalibrated)
+    assert _scores(0.40, 0.40, 1.6).beats(base, recalibrated)  # tie, better than the re-calibrated base
+    assert not _scores(0.40, 0.40, 1.9).beats(base, recalibrated)  # better than as shipped: only a temperature
+    assert _scores(0.40, 0.40, 1.9).beats(base)  # (without the reference, the shipped base's log-loss counts)
+    assert not _scores(0.40, 0.40, 1.8).beats(base, recalibrated)  # equal is not better
+    assert not _scores(0.39, 0.50, 0.5).beats(base, recalibrated)  # lower accuracy: never, whatever else
+    assert not _scores(0.50, 0.39, 0.5).beats(base, recalibrated)  # lower mean-class accuracy: never
+
+
+def test_cross_fitted_temperature_keeps_predictions_and_never_scores_its_own_fit():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 60)
+    logits = rng.normal(0, 1, (60, 7))
+    logits[np.arange(60), y] += 1.0
+    probs = A.softmax(logits, 0.2).astype(np.float64)  # over-confident
+    folds = [np.arange(i, 60, 3) for i in range(3)]
+    cal = A.cross_fit_temperature(probs, y, folds)
+    assert np.array_equal(cal.argmax(1), probs.argmax(1)) and np.allclose(cal.sum(1), 1)
+    assert A._nll(cal, y) < A._nll(probs, y)
+    # each fold's temperature comes from the other folds: changing a fold's labels leaves its own calibration alone
+    y2 = y.copy()
+    y2[folds[0]] = (y2[folds[0]] + 1) % 7
+    assert np.allclose(A.cross_fit_temperature(probs, y2, folds)[folds[0]], cal[folds[0]])
 
 
 # -- examples folder --------------------------------------------------------------------------------------------------
