@@ -80,61 +80,12 @@ FEW_FACES = 3
 
 @contextlib.contextmanager
 def _blas_single_thread():
-    """Hold BLAS (numpy's and scipy's OpenBLAS) to one thread while the small fits run (see the module docstring).
-    Uses threadpoolctl when it is installed (it comes with scikit-learn), else OpenBLAS's own setter on the OpenBLAS
-    libraries loaded in this process (Linux); elsewhere BLAS keeps its setting (OPENBLAS_NUM_THREADS=1 in the
-    environment has the same effect)."""
+    """Hold BLAS (numpy's and scipy's OpenBLAS) to one thread while the small fits run (see the module docstring)."""
     import scipy.optimize  # noqa: F401  (loads scipy's BLAS, so that the limit reaches it too)
+    from threadpoolctl import threadpool_limits
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        restore = _openblas_one_thread()
-        try:
-            yield
-        finally:
-            restore()
-        return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
-
-
-def _openblas_one_thread():
-    """Set every loaded OpenBLAS to one thread through its C API; returns the function that restores them."""
-    import ctypes
-
-    undo = []
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            paths = sorted({line.split()[-1] for line in fh if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    except OSError:
-        paths = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is None or put is None:
-                    continue
-                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                before = int(get())
-                put(1)
-                undo.append(lambda put=put, n=before: put(n))
-                break
-            else:
-                continue
-            break
-    if not undo:
-        log.debug("BLAS threads not limited during adaptation (no threadpoolctl and no OpenBLAS found)")
-
-    def restore() -> None:
-        for f in undo:
-            f()
-    return restore
 
 
 def class_for_folder(name: str) -> str | None:
