@@ -83,14 +83,18 @@ class PacedSource:
 
     Frames are released when the wall clock reaches their timestamp; a frame whose time has already passed (the
     pipeline is slower than real time) is skipped and counted in :attr:`dropped`, the file equivalent of
-    latest-frame-wins. Time spent paused does not count.
+    latest-frame-wins. Time spent paused does not count. ``clock`` and ``sleep`` (default: the monotonic clock and a
+    wait that a cancel interrupts) can be replaced by a fake clock, so pacing is tested without real time.
     """
 
-    def __init__(self, inner: Any, paused: threading.Event, cancel: threading.Event, lag_s: float = 0.1) -> None:
+    def __init__(self, inner: Any, paused: threading.Event, cancel: threading.Event, lag_s: float = 0.1, *,
+                 clock: Callable[[], float] | None = None, sleep: Callable[[float], Any] | None = None) -> None:
         self._inner = inner
         self._paused = paused
         self._cancel = cancel
         self._lag_s = lag_s
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or cancel.wait
         self._t0: float | None = None  # wall clock that corresponds to media time 0 (shifted by pauses)
         self._skipped = 0
 
@@ -108,12 +112,12 @@ class PacedSource:
         while True:
             frame = next(self._inner)
             if self._paused.is_set():
-                started = time.monotonic()
+                started = self._clock()
                 while self._paused.is_set() and not self._cancel.is_set():
-                    time.sleep(0.02)
+                    self._sleep(0.02)
                 if self._t0 is not None:
-                    self._t0 += time.monotonic() - started
-            now = time.monotonic()
+                    self._t0 += self._clock() - started
+            now = self._clock()
             if self._t0 is None:
                 self._t0 = now - frame.time_s
             due = self._t0 + frame.time_s
@@ -121,7 +125,7 @@ class PacedSource:
                 self._skipped += 1
                 continue
             if due > now:
-                self._cancel.wait(due - now)
+                self._sleep(due - now)
             return frame
 
     def close(self) -> None:
@@ -184,10 +188,18 @@ class Controller:
     """Runs one source at a time through a pipeline on a worker thread (see the module docstring)."""
 
     def __init__(self, callbacks: Callbacks | None = None, *,
-                 pipeline_factory: Callable[..., Any] | None = None) -> None:
+                 pipeline_factory: Callable[..., Any] | None = None, clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        """``clock``/``sleep`` pace real-time playback (see :class:`PacedSource`; tests pass a fake clock)."""
         self.callbacks = callbacks or Callbacks()
+        self._clock, self._sleep = clock, sleep
         self._factory = pipeline_factory or _default_pipeline_factory
+        # The last loaded bundle, reused by the next run with the same bundle/backend/device. Its backends must not
+        # be entered from two threads, so it is lent to one run at a time: a run whose stop timed out keeps it until
+        # its worker ends, and a run started meanwhile loads its own copy.
         self._bundle_cache: tuple[tuple, Any] | None = None
+        self._bundle_user: _Run | None = None
+        self._cache_lock = threading.Lock()
         self.timeline = TimelineBuffer()
         self.scale = "emotion"  # annotation label: emotion | sentiment5 | sentiment3
         self._summary: Any = None  # rtfer.sinks.SummaryAccumulator of the current run (bounded memory)
@@ -388,14 +400,27 @@ class Controller:
         return sink.png_path
 
     # -- worker -----------------------------------------------------------------------------------------------------
-    def _make_pipeline(self, options: Any) -> Any:
+    def _make_pipeline(self, run: _Run, options: Any) -> Any:
         key = tuple(getattr(options, name, None) for name in ("bundle", "backend", "device"))
-        cached = self._bundle_cache[1] if self._bundle_cache and self._bundle_cache[0] == key else None
+        with self._cache_lock:
+            cached = None
+            if self._bundle_cache and self._bundle_cache[0] == key:
+                if self._bundle_user in (None, run):
+                    cached, self._bundle_user = self._bundle_cache[1], run
+                else:
+                    log.info("the previous run is still using the loaded model; loading another copy")
         pipeline = self._factory(options, bundle=cached)
         bundle = getattr(pipeline, "bundle", None)
-        if bundle is not None:
-            self._bundle_cache = (key, bundle)
+        with self._cache_lock:
+            if bundle is not None and self._bundle_user in (None, run):
+                self._bundle_cache, self._bundle_user = (key, bundle), run
         return pipeline
+
+    def _release_bundle(self, run: _Run) -> None:
+        """``run``'s worker has ended: the cached bundle may be lent to the next run."""
+        with self._cache_lock:
+            if self._bundle_user is run:
+                self._bundle_user = None
 
     def _open(self, run: _Run, spec: Any, realtime: bool, seek_s: float | None) -> Any:
         from rtfer.capture import open_source
@@ -411,7 +436,7 @@ class Controller:
             self._source_fps = source.fps
             self._duration_s = source.duration_s
         if realtime and source.kind == "video":  # folders/images have no timeline to pace against
-            return PacedSource(source, run.paused, run.stop)
+            return PacedSource(source, run.paused, run.stop, clock=self._clock, sleep=self._sleep)
         return source
 
     def _work(self, run: _Run, spec: Any, options: Any, realtime: bool) -> None:
@@ -419,7 +444,7 @@ class Controller:
         source = None
         stats = _Stats()
         try:
-            pipeline = self._make_pipeline(options)
+            pipeline = self._make_pipeline(run, options)
             describe = getattr(pipeline, "describe", None)
             info = dict(describe()) if callable(describe) else {}
             if run is self._run:
@@ -463,6 +488,7 @@ class Controller:
                     source.close()
                 except Exception:  # noqa: BLE001
                     log.debug("closing the source failed", exc_info=True)
+            self._release_bundle(run)
             if run is self._run:  # a stale run must not close the recording of the run that replaced it
                 try:
                     self.stop_recording()

@@ -42,10 +42,11 @@ class FakePipeline:
     """Two 'faces' at fixed relative boxes per frame with deterministic probabilities."""
 
     def __init__(self, options=None, bundle=None, *, delay_s: float = 0.0, fail_after: int | None = None,
-                 faces: int = 2) -> None:
+                 faces: int = 2, sleep=time.sleep) -> None:
         self.options = options
         self.bundle = bundle if bundle is not None else object()
         self.delay_s = delay_s
+        self.sleep = sleep  # how a frame's delay passes (a FakeClock's sleep for pacing tests)
         self.fail_after = fail_after
         self.faces = faces
         self.source = None
@@ -70,7 +71,7 @@ class FakePipeline:
                     raise InputError("camera 0 stopped delivering frames (simulated)")
                 self.threads.add(threading.current_thread().name)
                 if self.delay_s:
-                    time.sleep(self.delay_s)
+                    self.sleep(self.delay_s)
                 h, w = frame.image.shape[:2]
                 n = self.faces
                 xyxy = np.array([[w * (0.1 + 0.4 * i), h * 0.2, w * (0.3 + 0.4 * i), h * 0.6] for i in range(n)],
@@ -85,6 +86,24 @@ class FakePipeline:
                                   image=frame.image if keep else None, width=w, height=h)
         finally:
             source.close()
+
+
+class FakeClock:
+    """Time that passes only when someone sleeps: pacing tests give the same answer on a loaded machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, float(seconds))
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture

@@ -82,18 +82,22 @@ def test_stop_cancels_promptly(group_video, fake_factory, fake_options):
 
 
 def test_pause_and_resume(group_video, fake_factory, fake_options):
-    fake_factory.kwargs = {"delay_s": 0.02}
     rec = Recorder()
-    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
+    callbacks = rec.callbacks()
+    record, paused = callbacks.on_result, threading.Event()
+
+    def on_result(result, annotated, stats):  # pause on the worker thread itself: no result can be in flight
+        record(result, annotated, stats)
+        if len(rec.results) == 3:
+            ctl.pause()
+            paused.set()
+
+    callbacks.on_result = on_result
+    ctl = Controller(callbacks, pipeline_factory=fake_factory)
     ctl.start(str(group_video), fake_options)
-    while not rec.results:
-        time.sleep(0.005)
-    ctl.pause()
-    time.sleep(0.15)  # results already in flight may still land
-    count = len(rec.results)
-    time.sleep(0.3)
-    assert len(rec.results) == count, "no results while paused"
-    assert ctl.state == "paused"
+    assert paused.wait(20) and ctl.state == "paused"
+    time.sleep(0.2)  # a slow machine can only make this check weaker, never fail it
+    assert len(rec.results) == 3, "no results while paused"
     ctl.resume()
     assert rec.done.wait(20) and len(rec.results) == 12
 
@@ -197,27 +201,76 @@ class _ListSource:
         self.closed = True
 
 
-def test_paced_source_plays_at_real_time_and_skips_when_behind():
-    paced = PacedSource(_ListSource(6), threading.Event(), threading.Event())
-    t0 = time.monotonic()
-    times = [f.time_s for f in paced]
-    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    assert 0.45 <= time.monotonic() - t0 <= 0.8 and paced.dropped == 0
+def test_paced_source_plays_at_real_time_and_skips_when_behind(fake_clock):
+    fake_clock.now = 100.0
+    paced = PacedSource(_ListSource(6), threading.Event(), threading.Event(), clock=fake_clock, sleep=fake_clock.sleep)
+    released = []
+    for frame in paced:
+        released.append((frame.time_s, fake_clock.now - 100.0))
+    assert [t for t, _ in released] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert [now for _, now in released] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5]), "each frame on its time"
+    assert paced.dropped == 0
 
-    slow = PacedSource(_ListSource(10), threading.Event(), threading.Event())
+    slow = PacedSource(_ListSource(10), threading.Event(), threading.Event(), clock=fake_clock,
+                       sleep=fake_clock.sleep)
     got = []
     for frame in slow:
         got.append(frame.index)
-        time.sleep(0.25)  # a consumer 2.5x slower than real time
+        fake_clock.sleep(0.25)  # a consumer 2.5x slower than real time
+    # released at 0, 0.25, 0.5, 0.75 (media 0, 0.2, 0.5, 0.7, rounded to the newest frame within the 0.1 s lag)
     assert got[0] == 0 and slow.dropped >= 5 and len(got) + slow.dropped == 10
-    assert slow.kind == "video"
+    assert all(b > a for a, b in zip(got, got[1:])) and slow.kind == "video"
 
 
-def test_live_specs_and_camera_probe():
+def test_paced_source_does_not_count_paused_time(fake_clock):
+    paused = threading.Event()
+    paced = PacedSource(_ListSource(3), paused, threading.Event(), clock=fake_clock, sleep=fake_clock.sleep)
+    assert next(paced).index == 0
+    paused.set()
+
+    def sleep(seconds):  # the user resumes after 5 s of pause
+        fake_clock.sleep(seconds)
+        if fake_clock.now >= 5.0:
+            paused.clear()
+
+    paced._sleep = sleep
+    assert next(paced).index == 1 and next(paced).index == 2 and paced.dropped == 0
+
+
+def test_live_specs():
     assert is_live_spec(0) and is_live_spec("1") and is_live_spec("rtsp://host/stream")
     assert not is_live_spec("video.mp4") and not is_live_spec(True)
-    cams = list_cameras()
-    assert isinstance(cams, list) and all(isinstance(i, int) for i in cams)
+
+
+def test_camera_probe_lists_the_indices_that_open_and_releases_each(monkeypatch):
+    import sys
+
+    import cv2
+
+    import ui.controller as controller
+
+    opened, released = [], []
+
+    class FakeCapture:
+        def __init__(self, index):
+            self.index = index
+            opened.append(index)
+
+        def isOpened(self):
+            return self.index in (0, 2)
+
+        def release(self):
+            released.append(self.index)
+
+    nodes = {"/dev/video0", "/dev/video1", "/dev/video2"}
+    real_exists = controller.os.path.exists
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture)
+    monkeypatch.setattr(controller.os.path, "exists", lambda p: p in nodes if str(p).startswith("/dev/video")
+                        else real_exists(p))
+    assert list_cameras(5) == [0, 2]
+    assert released == opened, "every probed capture is released"
+    if sys.platform.startswith("linux"):
+        assert opened == [0, 1, 2], "an index without a /dev/video node is not opened"
 
 
 def _run_real(group_video, tmp_path, bundle: str):
@@ -283,18 +336,21 @@ def test_image_folder_in_real_time_mode_is_not_paced(group_photo, fake_factory, 
     assert rec.results[-1][2].dropped == 0 and not ctl.seekable
 
 
-def test_real_time_playback_drops_frames_instead_of_falling_behind(group_video, fake_factory, fake_options):
-    fake_factory.kwargs = {"delay_s": 0.25}  # 4 frames/s against a 10 frames/s video
+def test_real_time_playback_drops_frames_instead_of_falling_behind(group_video, fake_factory, fake_options,
+                                                                   fake_clock):
+    fake_factory.kwargs = {"delay_s": 0.25, "sleep": fake_clock.sleep}  # 4 frames/s against a 10 frames/s video
     rec = Recorder()
-    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
-    t0 = time.monotonic()
+    ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory, clock=fake_clock, sleep=fake_clock.sleep)
     ctl.start(str(group_video), fake_options, realtime=True)
     assert rec.done.wait(20) and rec.finished == ["end"]
-    elapsed = time.monotonic() - t0
     stats = rec.results[-1][2]
-    # frames skipped after the last result are not in its stats, hence 11 or 12
-    assert stats.dropped >= 4 and 11 <= len(rec.results) + stats.dropped <= 12
-    assert elapsed < 1.2 + 0.25 * 3 + 1.0, f"fell behind: {elapsed:.2f} s for a 1.2 s video"
+    shown = [r.time_s for r, _a, _s in rec.results]
+    assert shown == sorted(shown) and shown[0] == 0.0
+    # every frame up to the last one shown was shown or skipped; frames skipped after it are not in its stats
+    assert stats.dropped >= 4 and len(shown) + stats.dropped == round(shown[-1] * 10) + 1
+    assert shown[-1] >= 1.1 - 0.25 - 0.1, "the tail of the video was skipped, not played late"
+    # playback time: the 1.2 s video plus at most one frame's processing, however slow the machine really is
+    assert fake_clock.now <= 1.2 + 0.25 + 1e-6, f"fell behind: {fake_clock.now:.2f} s for a 1.2 s video"
 
 
 def test_restart_while_loading_ignores_the_stale_worker(group_video, fake_factory, fake_options, tmp_path):
@@ -302,13 +358,14 @@ def test_restart_while_loading_ignores_the_stale_worker(group_video, fake_factor
     rec = Recorder()
     ctl = Controller(rec.callbacks(), pipeline_factory=fake_factory)
     ctl.start(str(group_video), fake_options)
-    time.sleep(0.1)
+    stale = ctl._run.thread
     t0 = time.monotonic()
     ctl.start(str(group_video), fake_options, stop_timeout=0.1)
     assert time.monotonic() - t0 < 0.5, "start must not wait for a bundle that is loading"
     ctl.start_recording(tmp_path / "r.csv")
     assert rec.done.wait(10) and rec.finished == ["end"]
-    time.sleep(1.2)  # the stale worker finishes loading, sees its stop event and ends silently
+    stale.join(10)  # the stale worker finishes loading, sees its stop event and ends silently
+    assert not stale.is_alive()
     assert rec.finished == ["end"] and not rec.errors and len(rec.results) == 12
     assert sorted(p.runs for p in fake_factory.made) == [0, 1]  # the stale pipeline never ran
     assert ctl.state == "idle" and not ctl.recording
@@ -333,3 +390,43 @@ def test_camera_sources_open_in_drop_frames_mode(monkeypatch, group_video, fake_
     ctl.start(str(group_video), fake_options)
     assert ctl.wait(10)
     assert calls[1] == (str(group_video), {"drop_frames": False})
+
+
+def test_cached_bundle_is_not_lent_to_a_run_while_a_stale_worker_still_uses_it(group_video, fake_options):
+    """A worker whose stop timed out keeps the loaded bundle; a run started meanwhile loads its own copy, and the
+    bundle is reused again once that worker has ended (two threads never share one bundle's backends)."""
+    gate, entered = threading.Event(), threading.Event()
+    given: list = []
+    made: list = []
+
+    class StuckPipeline:
+        def __init__(self, bundle, stuck):
+            self.bundle = bundle if bundle is not None else object()
+            self.stuck = stuck
+
+        def describe(self):
+            return {}
+
+        def run(self, source, cancel=None):
+            if self.stuck:
+                entered.set()
+                gate.wait(10)  # deep in an inference call, deaf to cancel
+            return iter(())
+
+    def factory(options, bundle=None):
+        given.append(bundle)
+        made.append(StuckPipeline(bundle, stuck=len(given) == 1))
+        return made[-1]
+
+    ctl = Controller(pipeline_factory=factory)
+    ctl.start(str(group_video), fake_options)
+    first = ctl._run.thread
+    assert entered.wait(10)
+    ctl.start(str(group_video), fake_options, stop_timeout=0.05)  # the first worker does not stop in time
+    assert ctl.wait(10) and first.is_alive()
+    assert given[1] is None, "the second run must not reuse the bundle the stuck worker is running"
+    gate.set()
+    first.join(10)
+    ctl.start(str(group_video), fake_options)
+    assert ctl.wait(10)
+    assert given[2] is made[0].bundle, "once the stale worker has ended, the cached bundle is reused"
