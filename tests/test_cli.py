@@ -152,8 +152,15 @@ def test_fifty_faces(tmp_path, capsys, tiny_bundle, group_photo):
                            capsys)
     assert code == 0, err
     rows = _rows(out)
-    assert 40 <= len(rows) <= 50
-    assert len({r["face_id"] for r in rows}) == len(rows)
+    assert len(rows) == 50, f"{len(rows)} of the 50 tiled faces found"
+    assert len({r["face_id"] for r in rows}) == 50
+    # each row is a different tile: its box centre falls inside one 96x96 tile of the 5x10 grid
+    tiles_hit = set()
+    for r in rows:
+        cx, cy = (float(r["x1"]) + float(r["x2"])) / 2, (float(r["y1"]) + float(r["y2"])) / 2
+        assert 0 <= cx < 960 and 0 <= cy < 480
+        tiles_hit.add((int(cy // 96), int(cx // 96)))
+    assert len(tiles_hit) == 50, "two rows are the same face, or a tile was missed"
     code, _, err = run_cli(["analyze", str(path), "-o", str(out), "--max-faces", "10", "--det-width", "960",
                             *_common(tiny_bundle)], capsys)
     assert code == 0 and len(_rows(out)) == 10
