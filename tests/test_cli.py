@@ -480,3 +480,62 @@ def test_rtfer_app_goes_through_the_entry_point_not_an_import(monkeypatch, capsy
     monkeypatch.setattr(md, "entry_points", lambda group: [])
     code, _, err = run_cli(["app"], capsys)
     assert code == 2 and "not installed" in err
+
+
+def test_batch_frames_does_not_change_the_numbers(tmp_path, capsys, tiny_bundle, group_video, monkeypatch):
+    """--batch-frames only groups the classifier calls: 1, 3 and 8 frames per call give the same CSV (scores equal
+    to float tolerance; frames, times, boxes, IDs and labels identical). The schedule of which faces are classified
+    on which frame (--classify-rate) must not depend on how frames were batched either.
+
+    Detection is slower than classification here, so by itself the pipeline would rarely find more than one frame
+    ready; the queue below hands out a frame only once a whole batch is waiting, so each run really batches N."""
+    import time
+
+    from rtfer import pipeline as pipeline_module
+    from rtfer._queues import StopQueue
+
+    class FullBatches(StopQueue):
+        want = 1
+
+        def get(self, producer=None):
+            deadline = time.monotonic() + 30
+            while self._q.qsize() < self.want and producer is not None and producer.is_alive() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.002)
+            return super().get(producer)
+
+    sizes: list[int] = []
+    finish = pipeline_module.Pipeline._finish
+
+    def counting_finish(self, batch, *args, **kwargs):
+        sizes.append(len(batch))
+        return finish(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "StopQueue", FullBatches)
+    monkeypatch.setattr(pipeline_module.Pipeline, "_finish", counting_finish)
+    outputs = {}
+    for n in (1, 3, 8):
+        FullBatches.want = n
+        sizes.clear()
+        out = tmp_path / f"b{n}.csv"
+        code, _, err = run_cli(["analyze", str(group_video), "-o", str(out), "--batch-frames", str(n),
+                                *_common(tiny_bundle)], capsys)
+        assert code == 0, err
+        assert max(sizes) == n and sum(sizes) == 24 and sizes.count(n) >= 24 // n - 1, sizes
+        outputs[n] = _rows(out)
+    base = outputs[1]
+    assert len(base) >= 48 and {r["frame"] for r in base} == {str(i) for i in range(24)}, "faces in all 24 frames"
+    for n in (3, 8):
+        rows = outputs[n]
+        assert len(rows) == len(base), f"--batch-frames {n}: {len(rows)} rows, {len(base)} with 1"
+        assert list(rows[0]) == list(base[0])
+        for a, b in zip(base, rows):
+            for key, va in a.items():
+                vb = b[key]
+                try:
+                    fa, fb = float(va), float(vb)
+                except ValueError:
+                    assert va == vb, f"--batch-frames {n}, frame {a['frame']}, face {a['face_id']}: {key}"
+                    continue
+                assert abs(fa - fb) <= 1e-4 + 1e-4 * abs(fa), \
+                    f"--batch-frames {n}, frame {a['frame']}, face {a['face_id']}: {key} {va} != {vb}"
