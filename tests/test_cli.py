@@ -217,11 +217,12 @@ def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
     from media_helpers import write_test_video
 
     video = tmp_path / "long.mp4"
-    frames = [f for k in range(16) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]
+    # long enough, and detecting + classifying every frame, so that the run cannot end before the interrupt
+    frames = [f for k in range(48) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]
     write_test_video(video, frames, fps=25)
     out = tmp_path / "o.csv"
     proc = subprocess.Popen([sys.executable, "-m", "rtfer.cli", "analyze", str(video), "-o", str(out),
-                             *_common(tiny_bundle)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             "--every", "1", "--classify-rate", "all", *_common(tiny_bundle)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):

@@ -20,11 +20,11 @@ pytestmark = pytest.mark.shared
 
 LABELLED = ("anger", "disgust", "fear", "happiness")
 #: Clips the shipped (interim, CPU-trained) default bundle gets wrong, with what it predicts instead (measured).
-#: Measured with default 0.2.0-interim (val 82.3% / mean-class 65.8%; `python benchmarks/fixture_emotions.py`):
+#: Measured with default 0.3.0-interim (val 83.1% / mean-class 66.1%; `python benchmarks/fixture_emotions.py`):
 #: anger and happiness are right on every frame; the subtle disgust clip reads as neutral on every frame, and the
-#: fear clip splits between neutral (51%) and surprise (49%): fear and disgust are the two rarest FER+ classes
-#: (validation recall 40% and 26%).
-KNOWN_MISSES: dict[str, str] = {"disgust": "neutral", "fear": "neutral"}
+#: fear clip splits between surprise (50%) and neutral (50%): fear and disgust are the two rarest FER+ classes.
+#: The `accurate` bundle (83.7%) and a class-balanced stacker (mean-class 75%) read these two clips the same way.
+KNOWN_MISSES: dict[str, str] = {"disgust": "neutral", "fear": "surprise or neutral"}
 
 
 @pytest.fixture(scope="module")
