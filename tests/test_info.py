@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from rtfer.bundle import BundleSpec, resolve_bundle_path
 from rtfer.cli import main
 
 
@@ -13,7 +14,14 @@ def test_info_tables_name_every_section(capsys):
                     "devices", "auto choice"):
         assert heading in out, heading
     assert "ddamfn" in out and "convnextv2" in out and "onnxruntime" in out and "cpu" in out
-    assert "82.3%" in out  # the ensemble's validation accuracy from bundle.json
+    acc = BundleSpec.read(resolve_bundle_path("default")).raw["metrics"]["ensemble"]["accuracy"]
+    assert f"{acc:.1%}" in out  # the ensemble's validation accuracy, read from bundle.json
+
+
+def test_info_names_another_builtin_bundle(capsys):
+    assert main(["info", "--bundle", "accurate"]) == 0
+    out = capsys.readouterr().out
+    assert "bundle accurate" in out and "resnet18_cbam_attn" in out
 
 
 def test_info_json_is_complete(capsys):
