@@ -26,7 +26,7 @@ import numpy as np
 from rtfer.colors import EMOTION_COLORS_HEX, color_rgb01, valence_hex
 from rtfer.errors import OutputError
 from rtfer.labels import CLASSES
-from rtfer.sinks import FaceSummary, Sink, SummaryAccumulator, _prepare_path, emotion_runs
+from rtfer.sinks import FaceSummary, Sink, SummaryAccumulator, prepare_output_path, emotion_runs
 from rtfer.types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -329,9 +329,7 @@ class ReportSink(Sink):
 
     def open(self) -> ReportSink:
         if not self._opened:
-            self.path = _prepare_path(self.path, "report")
-            if not os.access(self.path.parent, os.W_OK):
-                raise OutputError(f"cannot write report {self.path}: permission denied")
+            self.path = prepare_output_path(self.path, "report", written_at_end=True)
             self._opened = True
         return self
 
@@ -412,7 +410,7 @@ def write_index(path: str | os.PathLike, rows: list[dict[str, Any]], *, title: s
 
 
 def _write_text(path: Path, text: str, what: str) -> Path:
-    path = _prepare_path(path, what)
+    path = prepare_output_path(path, what)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

@@ -94,7 +94,9 @@ _DECIMALS: dict[str, int] = {"time_s": 3, "x1": 1, "y1": 1, "x2": 1, "y2": 1, "d
                              "valence": 4, **{c: 4 for c in CLASSES}, **{f"raw_{c}": 4 for c in CLASSES}}
 
 
-def _prepare_path(path: Path, what: str) -> Path:
+def prepare_output_path(path: Path, what: str, *, written_at_end: bool = False) -> Path:
+    """The output path, its folder created; a directory (or, for an output ``written_at_end`` such as a summary or
+    report, a folder that cannot be written) is refused now, before any work, with one line."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"cannot write {what} {path}: it is a directory")
@@ -102,6 +104,8 @@ def _prepare_path(path: Path, what: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    if written_at_end and not os.access(path.parent, os.W_OK):
+        raise OutputError(f"cannot write {what} {path}: permission denied")
     return path
 
 
@@ -154,7 +158,7 @@ class _TextTimelineSink(Sink):
         self._last_flush = time.monotonic()
 
     def _open_file(self, mode: str) -> None:
-        path = _prepare_path(self.path, self.what)
+        path = prepare_output_path(self.path, self.what)
         try:
             self._fh = open(path, mode, newline="", encoding="utf-8")
         except OSError as exc:
@@ -294,7 +298,7 @@ class AnnotatedVideoSink(Sink):
             return self
         import av
 
-        path = _prepare_path(self.path, "video")
+        path = prepare_output_path(self.path, "video")
         options = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
         try:
             self._container = av.open(str(path), "w", options=options)
@@ -730,9 +734,7 @@ class SummarySink(Sink):
 
     def open(self) -> SummarySink:
         if self.png_path is not None:
-            self.png_path = _prepare_path(self.png_path, "summary")
-            if not os.access(self.png_path.parent, os.W_OK):
-                raise OutputError(f"cannot write summary {self.png_path}: permission denied")
+            self.png_path = prepare_output_path(self.png_path, "summary", written_at_end=True)
         self._opened = True
         return self
 
