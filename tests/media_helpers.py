@@ -60,3 +60,22 @@ def write_test_video(path, frames, fps: float = 25.0, *,
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_rotated_clip(path, stored, degrees: int, frames: int = 3) -> None:
+    """A short clip whose frames are stored as ``stored`` (BGR, even sizes) with a display rotation of ``degrees``,
+    as phones record."""
+    import av
+
+    h, w = stored.shape[:2]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.set_display_rotation(degrees)
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(stored, format="bgr24")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)

@@ -13,7 +13,7 @@ import pytest
 
 from rtfer import capture
 from rtfer.capture import open_source
-from media_helpers import write_test_video
+from media_helpers import write_rotated_clip, write_test_video
 from rtfer.errors import InputError
 
 N = 24
@@ -254,7 +254,6 @@ def test_phone_rotation_is_applied_as_players_do(tmp_path, degrees):
     """A clip stored sideways with a display rotation decodes upright, exactly as FFmpeg's player shows it."""
     import subprocess
 
-    import av
     import imageio_ffmpeg
 
     from rtfer.capture import open_source
@@ -262,17 +261,7 @@ def test_phone_rotation_is_applied_as_players_do(tmp_path, degrees):
     stored = np.zeros((48, 64, 3), np.uint8)
     stored[:12, :20] = 255  # a mark in the stored top-left corner
     path = tmp_path / "phone.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.set_display_rotation(degrees)
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(stored, format="bgr24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
+    write_rotated_clip(path, stored, degrees)
     with open_source(path) as src:
         image = next(src).image
         assert (src.width, src.height) == (image.shape[1], image.shape[0])

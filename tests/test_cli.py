@@ -18,17 +18,9 @@ from rtfer.errors import InputError
 from rtfer.sinks import CSV_COLUMNS
 from rtfer.types import Frame
 
+from cli_helpers import bundle_args as _common
+from cli_helpers import run_cli
 from media_helpers import pan_frames
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _common(bundle) -> list[str]:
-    return ["--bundle", str(bundle), "--backend", "onnxruntime", "--device", "cpu", "--no-progress"]
 
 
 def _rows(path: Path) -> list[dict]:

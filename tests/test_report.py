@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import bundle_args as _common
+from cli_helpers import run_cli as _cli
+from media_helpers import write_rotated_clip
 from rtfer.report import ReportSink, top_moments, write_index
 from rtfer.sinks import AnnotatedVideoSink, SummaryAccumulator, write_summary_png
 from rtfer.types import EmotionScores, Faces, FrameResult
@@ -214,18 +217,6 @@ def test_batch_index_links_reports(tmp_path):
     assert 'href="sub/a.html"' in html and "cannot read b.mp4" in html and "http" not in html
 
 
-def _cli(args, capsys):
-    from rtfer.cli import main
-
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _common(bundle) -> list[str]:
-    return ["--bundle", str(bundle), "--backend", "onnxruntime", "--device", "cpu", "--no-progress"]
-
-
 def test_cli_report_beside_the_csv_and_refused_collisions(tmp_path, capsys, tiny_bundle, group_video):
     code, out, err = _cli(["analyze", str(group_video), "-o", str(tmp_path / "o.csv"), "--report",
                            *_common(tiny_bundle)], capsys)
@@ -278,24 +269,12 @@ def test_batch_plan_reports_beside_csvs_and_index_collision(tmp_path):
 
 def test_annotated_video_of_a_phone_clip_stays_upright(tmp_path):
     """A clip stored sideways with a display rotation: the annotated copy is upright and carries no rotation flag."""
-    import av
-
     from rtfer.capture import open_source
 
     stored = np.zeros((48, 64, 3), np.uint8)
     stored[:12, :20] = 255
     path = tmp_path / "phone.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.set_display_rotation(90)
-        for i in range(3):
-            f = av.VideoFrame.from_ndarray(stored, format="bgr24")
-            f.pts = i
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
+    write_rotated_clip(path, stored, 90)
     out = tmp_path / "ann.mp4"
     empty = Faces(np.zeros((0, 4)), np.zeros((0, 5, 2)), np.zeros(0), np.zeros(0, int))
     with open_source(path) as src, AnnotatedVideoSink(out, src.fps, audio_from=path) as sink:
