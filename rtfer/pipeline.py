@@ -322,7 +322,8 @@ class ClassifySchedule:
         t = float(time_s)
         if self._last_time is not None:
             if t < self._last_time:  # a seek or a new source
-                self._next.clear(), self._raw.clear(), self._seen.clear()
+                for state in (self._next, self._raw, self._seen):
+                    state.clear()
             elif t > self._last_time:
                 self._frame_dt = 0.8 * self._frame_dt + 0.2 * (t - self._last_time)
         self._last_time = t
@@ -347,7 +348,8 @@ class ClassifySchedule:
             self._next[tid] = nxt + period if nxt is not None and nxt + period > t else t + period
         if len(self._seen) > 4 * max(len(ids), 16):  # bounded: forget tracks unseen for a while
             for tid in [k for k, v in self._seen.items() if t - v > 5.0]:
-                self._seen.pop(tid), self._next.pop(tid, None), self._raw.pop(tid, None)
+                for state in (self._seen, self._next, self._raw):
+                    state.pop(tid, None)
         return out
 
     def remember(self, track_ids: np.ndarray, raw: np.ndarray) -> None:
