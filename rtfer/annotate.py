@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX, color_bgr, color_rgb01  # noqa: F401 - re-exported
+from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX, color_bgr
 from rtfer.labels import CLASSES, scale_levels, to_scale
 
 log = logging.getLogger(__name__)

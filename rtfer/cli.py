@@ -439,10 +439,6 @@ def _cmd_adapt(args) -> int:
     return 0
 
 
-def _pct(v) -> str:
-    return f"{100 * float(v):.1f}%" if isinstance(v, (int, float)) else "?"
-
-
 def _cmd_info(args) -> int:
     from rtfer.info import collect_info, render_info
 

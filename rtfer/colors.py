@@ -13,8 +13,6 @@ import itertools
 
 import numpy as np
 
-from rtfer.labels import CLASSES
-
 #: RGB hex per emotion class (Okabe-Ito).
 EMOTION_COLORS_HEX: dict[str, str] = {
     "surprise": "#F0E442",   # yellow
