@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from rtfer.bundle import BUNDLE_FILE, BundleSpec, MemberSpec, preprocess, resolve_bundle_path, sha256_file
-from rtfer.ensemble import make_ensemble, softmax
+from rtfer.ensemble import fit_temperature, make_ensemble, softmax
 from rtfer.errors import BundleError, InputError, OutputError
 from rtfer.labels import CLASS_INDEX, CLASSES, FER2013_FOLDER_TO_CLASS, NUM_CLASSES
 
@@ -467,17 +467,6 @@ def _minimize(fun, x0: np.ndarray) -> np.ndarray:
 
     res = minimize(fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": 150})
     return res.x
-
-
-def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising the NLL of softmax(log_probs / T) (a 1-D search over log T)."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        return _nll(softmax(log_probs, float(np.exp(log_t))).astype(np.float64), labels)
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
 
 
 def _base_params(spec: BundleSpec, feats: list[MemberFeatures]) -> Params:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtfer.ensemble import softmax
+from rtfer.ensemble import fit_temperature, nll, softmax  # noqa: F401 - nll/fit_temperature used by training
 from rtfer.labels import CLASSES, NUM_CLASSES, scale_levels, scale_matrix
 
 log = logging.getLogger(__name__)
@@ -141,31 +141,6 @@ class CalibrationError:
         acc = self.correct / safe
         ece = float((self.count * np.abs(acc - conf)).sum() / n) if n else 0.0
         return CalibrationResult(ece, self.bins, conf.tolist(), acc.tolist(), self.count.tolist())
-
-
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(-logp[np.arange(len(labels)), np.asarray(labels)].mean())
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
-    """The temperature minimising validation NLL (golden-section search on log T; NLL is unimodal in T)."""
-    a, b = np.log(lo), np.log(hi)
-    g = (np.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = nll(logits, labels, np.exp(c)), nll(logits, labels, np.exp(d))
-    for _ in range(60):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = nll(logits, labels, np.exp(c))
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = nll(logits, labels, np.exp(d))
-    return float(np.exp((a + b) / 2))
 
 
 @dataclass
