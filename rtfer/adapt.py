@@ -230,7 +230,7 @@ def collect_examples(folder: str | Path, spec: BundleSpec, *, detector: str = "a
                      clip_frames: int = 10) -> Examples:
     """Read EXAMPLES (one sub-folder per emotion) into aligned crops. Raises :class:`InputError` (one line) for an
     empty folder, an unknown sub-folder name, or no face in any example; unreadable files are skipped and counted."""
-    from rtfer.capture import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, _read_image
+    from rtfer.capture import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -262,7 +262,7 @@ def collect_examples(folder: str | Path, spec: BundleSpec, *, detector: str = "a
             faces: list[dict[int, np.ndarray]] = []
             kind = "photo"
             try:
-                image = _read_image(path) if suffix not in VIDEO_EXTENSIONS else None
+                image = read_image(path) if suffix not in VIDEO_EXTENSIONS else None
                 if image is not None:
                     kind, face = reader.image_faces(image)
                     if face is None:

@@ -217,7 +217,7 @@ class _FakeCapture:
 def test_camera_frames_then_stop_error(monkeypatch):
     made = []
     monkeypatch.setattr(cv2, "VideoCapture", lambda i: made.append(_FakeCapture(i)) or made[-1])
-    monkeypatch.setattr(capture, "CAMERA_STALL_S", 0.1)
+    monkeypatch.setattr(capture.camera, "CAMERA_STALL_S", 0.1)  # patched where CameraSource reads it
     src = open_source("0")
     assert (src.kind, src.fps, src.frame_count, src.width) == ("camera", 30.0, None, 64)
     got = []
@@ -272,3 +272,15 @@ def test_phone_rotation_is_applied_as_players_do(tmp_path, degrees):
     assert image.shape[:2] == reference.shape == ((64, 48) if degrees in (90, -90) else (48, 64))
     ours = image.mean(axis=2)
     assert np.abs(ours - reference).mean() < 8  # same orientation (a wrong turn moves the mark: mean diff > 30)
+
+
+def test_capture_modules_import_one_way():
+    """The source kinds build on rtfer.capture.base only; open_source's module picks among them. No cycle, no
+    private names across modules."""
+    from package_helpers import assert_layered
+
+    graph = assert_layered("rtfer.capture")
+    assert graph["rtfer.capture.base"] == set()
+    for kind in ("camera", "images", "video"):
+        assert graph[f"rtfer.capture.{kind}"] == {"rtfer.capture.base"}
+    assert graph["rtfer.capture.opener"] == {f"rtfer.capture.{m}" for m in ("base", "camera", "images", "video")}
