@@ -81,7 +81,7 @@ class FakePipelines:
 @pytest.fixture()
 def fake(monkeypatch):
     f = FakePipelines()
-    monkeypatch.setattr(batch, "get_pipeline", f.get_pipeline)
+    monkeypatch.setattr(batch.worker, "get_pipeline", f.get_pipeline)
     monkeypatch.setattr("rtfer.pipeline.process_file", f.process_file)
     return f
 
@@ -248,7 +248,7 @@ def test_pipeline_setup_error_stops_the_batch(tmp_path, monkeypatch):
     def broken(options):
         raise BundleError("no bundle named or at 'nope'")
 
-    monkeypatch.setattr(batch, "get_pipeline", broken)
+    monkeypatch.setattr(batch.worker, "get_pipeline", broken)
     with pytest.raises(BundleError, match="nope"):
         run_batch([str(root)], tmp_path / "out", AnalyzeOptions(bundle="nope"), progress=False)
     manifest = tmp_path / "out" / "manifest.csv"
@@ -317,14 +317,20 @@ def test_pool_isolates_failures_and_worker_deaths(tmp_path, monkeypatch):
     assert all((out / f"{n[0]}.csv").read_text().strip().endswith(",1") for n in rows if rows[n]["status"] == "ok")
 
 
-def test_ray_executor_and_driver_import_one_way():
-    """rtfer._ray shares the task types with rtfer.batch through rtfer._batch_common and never imports the driver."""
+def test_batch_modules_import_one_way():
+    """The executors share the task types with the driver through rtfer.batch.common and never import the driver;
+    the package's modules form no cycle and import no private names from each other."""
     import subprocess
 
-    code = ("import sys, rtfer._ray; assert 'rtfer.batch' not in sys.modules, 'rtfer._ray imported rtfer.batch'; "
-            "import rtfer.batch, rtfer._batch_common as c; "
+    from package_helpers import assert_layered
+
+    graph = assert_layered("rtfer.batch")
+    assert graph["rtfer.batch.ray"] == {"rtfer.batch.common"}
+    assert graph["rtfer.batch.executors"] == {"rtfer.batch.common"}
+    assert graph["rtfer.batch.common"] == set()
+    code = ("import rtfer.batch, rtfer.batch.common as c; "
             "assert rtfer.batch.VideoTask is c.VideoTask and rtfer.batch.VideoResult is c.VideoResult")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
 
 
 def test_one_line_names_foreign_errors_and_hides_credentials():
@@ -430,7 +436,7 @@ def test_real_unreadable_video_is_one_failed_row(tmp_path, tiny_bundle, short_vi
 
 
 def test_ray_task_slots():
-    from rtfer._ray import task_slots
+    from rtfer.batch.ray import task_slots
     from rtfer.errors import BackendError
 
     assert task_slots({"CPU": 8.0}, 1) == 8
@@ -446,7 +452,7 @@ def test_unwritable_out_dir_fails_before_loading_anything(tmp_path, monkeypatch)
     def must_not_load(options):
         raise AssertionError("the pipeline must not be loaded when the manifest cannot be written")
 
-    monkeypatch.setattr(batch, "get_pipeline", must_not_load)
+    monkeypatch.setattr(batch.worker, "get_pipeline", must_not_load)
     with pytest.raises(OutputError, match="cannot write the manifest"):
         run_batch([str(root)], tmp_path / "file" / "out", progress=False)
 
@@ -454,7 +460,7 @@ def test_unwritable_out_dir_fails_before_loading_anything(tmp_path, monkeypatch)
 def test_ray_auto_without_a_cluster_says_how_to_start_one():
     from types import SimpleNamespace
 
-    from rtfer._ray import connect
+    from rtfer.batch.ray import connect
     from rtfer.errors import BackendError
 
     def init(**kwargs):

@@ -1,6 +1,6 @@
-"""What the batch driver (:mod:`rtfer.batch`) and its executors (:mod:`rtfer._ray`) share: the per-video task and
-result, the per-video function's type, which errors stop a batch, and the worker set-up. Both import it; it imports
-neither, so the executors never reach back into the driver."""
+"""What every part of batch mode shares: the per-video task and result, the per-video function's type, which errors
+stop a batch, and the worker set-up. It imports no other batch module, so the executors never reach back into the
+driver."""
 from __future__ import annotations
 
 import os
@@ -49,7 +49,7 @@ class VideoResult:
                 "error": self.error, "finished_at": self.finished_at}
 
 
-#: The per-video function every executor runs: ``rtfer.batch.process_video`` unless a caller passes its own.
+#: The per-video function every executor runs: ``rtfer.batch.worker.process_video`` unless a caller passes its own.
 ProcessFn = Callable[[VideoTask, "AnalyzeOptions"], VideoResult]
 
 

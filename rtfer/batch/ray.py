@@ -1,19 +1,20 @@
 """The Ray executor for :func:`rtfer.batch.run_batch`: the same per-video function as Ray tasks.
 
 Ray schedules; we do not. Each task analyses one video on a Ray worker; Ray reuses worker processes for tasks of
-the same function, so the module-level pipeline cache in :mod:`rtfer.batch` gives one Pipeline per Ray worker. The
-driver keeps at most a bounded number of tasks in flight, collects results with ``ray.wait`` and writes the manifest
-as they come back. Outputs are written by the workers, so ``out_dir`` must be a path every node sees (NFS, a shared
-volume); the driver checks finished outputs there for resume.
+the same function, so the module-level pipeline cache in :mod:`rtfer.batch.worker` gives one Pipeline per Ray
+worker. The driver keeps at most a bounded number of tasks in flight, collects results with ``ray.wait`` and writes
+the manifest as they come back. Outputs are written by the workers, so ``out_dir`` must be a path every node sees
+(NFS, a shared volume); the driver checks finished outputs there for resume.
 
-Dependencies go one way: :mod:`rtfer.batch` imports this module, and both import :mod:`rtfer._batch_common`.
+Dependencies go one way: :mod:`rtfer.batch.driver` imports this module, and this module imports only
+:mod:`rtfer.batch.common` from the package.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from rtfer._batch_common import FATAL_ERRORS, ProcessFn, VideoResult, VideoTask, failed_result, init_worker
+from rtfer.batch.common import FATAL_ERRORS, ProcessFn, VideoResult, VideoTask, failed_result, init_worker
 from rtfer.errors import BackendError, missing_extra, one_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 
-def import_ray():
+def import_ray() -> Any:
     """Import ray, or raise an ImportError that names the extra providing it."""
     try:
         import ray
@@ -37,7 +38,7 @@ def _ray_call(fn: ProcessFn, task: VideoTask, options: AnalyzeOptions, threads: 
     return fn(task, options)
 
 
-def connect(ray, address: str, num_cpus: float | None = None) -> bool:
+def connect(ray: Any, address: str, num_cpus: float | None = None) -> bool:
     """Connect to (or, for "local", start) a Ray instance unless one is already connected; True if we started it.
 
     "auto" joins the cluster this machine belongs to (RAY_ADDRESS or a running ``ray start``); "ray://host:port" is a

@@ -1,0 +1,141 @@
+"""The batch driver: :func:`run_batch` plans the run, opens the manifest, picks an executor (in process, a local
+process pool or Ray), records each result in the manifest and the summary as it comes back, and writes the report
+index page."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from rtfer.batch import worker
+from rtfer.batch.common import ORT_THREADS_ENV, ProcessFn
+from rtfer.batch.discovery import abs_path
+from rtfer.batch.executors import run_in_process, run_pool, threads_per_worker
+from rtfer.batch.manifest import Manifest, path_key
+from rtfer.batch.plan import BatchPlan, index_path, plan_batch
+from rtfer.batch.ray import import_ray, run_ray
+from rtfer.batch.summary import BatchSummary
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rtfer.pipeline import AnalyzeOptions
+
+log = logging.getLogger(__name__)
+
+
+def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: AnalyzeOptions | None = None, *,
+              workers: int = 1, ray_address: str | None = None, overwrite: bool = False,
+              manifest: str | Path | None = None, raw: bool = False, progress: bool = True,
+              ray_num_cpus: float = 1.0, ray_num_gpus: float = 0.0, threads: int | None = None,
+              report: str | None = None, process: ProcessFn | None = None) -> BatchSummary:
+    """Analyse every video in ``inputs`` into one CSV each under ``out_dir`` (mirroring the input tree).
+
+    ``workers=1`` runs in this process; ``workers>1`` runs a spawn process pool with one Pipeline per worker and
+    ``threads`` (default: cores // workers) ONNX Runtime threads each; ``ray_address`` ("auto", "local",
+    "ray://host:port" or "host:port") runs the same per-video function as Ray tasks of ``ray_num_cpus`` CPUs and
+    ``ray_num_gpus`` GPUs each (a fraction such as 0.25 puts four tasks on one GPU).
+    Videos whose manifest row is finished and whose output exists are skipped unless ``overwrite``. A failing
+    video is recorded in the manifest and the run goes on; a pipeline that cannot be built (bad bundle or backend)
+    raises its RtferError before more videos are tried. ``report`` (None = none): an HTML report per video beside
+    its CSV and an index page linking them (``report`` names it; "" = ``out_dir/index.html``), rewritten at the end.
+    ``process`` replaces the per-video function (default :func:`rtfer.batch.worker.process_video`); it must be
+    picklable (a module-level function) for the process pool and Ray. With the default, the bundle is checked (and, in process, the pipeline
+    loaded) before the first video, so a bad bundle fails once rather than once per video.
+    """
+    if options is None:
+        from rtfer.pipeline import AnalyzeOptions
+
+        options = AnalyzeOptions()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    t0 = time.perf_counter()
+    plan = plan_batch(inputs, out_dir, overwrite=overwrite, manifest=manifest, raw=raw, report=report)
+    fn: ProcessFn = process or worker.process_video
+    summary = BatchSummary(videos_total=len(plan.todo) + len(plan.skipped), videos_skipped=len(plan.skipped),
+                           manifest=str(plan.manifest))
+    if plan.skipped:
+        log.info("skipping %d videos finished by an earlier run (use overwrite to redo them)", len(plan.skipped))
+    man = Manifest(plan.manifest).open()  # an unwritable out dir fails before any pipeline is loaded
+    try:
+        result = _execute(plan, options, fn, summary, man, t0, preload=process is None, workers=workers,
+                          ray_address=ray_address,
+                          progress=progress, ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads)
+    finally:
+        man.close()
+    if report is not None:
+        summary.index = str(write_batch_index(plan, index_path(out_dir, report)))
+        log.info("report index: %s", summary.index)
+    return result
+
+
+def write_batch_index(plan: BatchPlan, path: str | Path) -> Path:
+    """The index page linking every video's report (finished now or earlier), with its manifest status."""
+    from rtfer.report import write_index
+
+    path = Path(path)
+    rows_by_input = Manifest(plan.manifest).read()
+    rows = []
+    for task in sorted(plan.todo + plan.skipped, key=lambda t: t.input):
+        m = rows_by_input.get(path_key(task.input), {})
+        href = None
+        if task.report and Path(task.report).is_file():
+            href = Path(os.path.relpath(task.report, abs_path(path).parent)).as_posix()
+        rows.append({"name": Path(task.input).name,
+                     "href": href, "status": m.get("status", "not run"), "frames": m.get("frames", ""),
+                     "faces": m.get("faces", ""), "error": m.get("error", ""),
+                     "seconds": f"{float(m['seconds']):.1f} s" if m.get("seconds") else ""})
+    return write_index(path, rows, title=f"rtfer reports — {len(rows)} videos")
+
+
+def _execute(plan: BatchPlan, options: AnalyzeOptions, fn: ProcessFn, summary: BatchSummary, man: Manifest,
+             t0: float, *, preload: bool, workers: int, ray_address: str | None, progress: bool, ray_num_cpus: float,
+             ray_num_gpus: float, threads: int | None) -> BatchSummary:
+    """Pick the executor, then write each result to the manifest and the summary as it comes back."""
+    if ray_address is not None:
+        import_ray()  # a missing extra fails before any work starts
+        summary.executor, summary.workers = f"ray ({ray_address})", 0
+
+        def on_slots(slots: int) -> None:
+            summary.workers = slots
+
+        results = run_ray(plan.todo, options, fn, ray_address, num_cpus=ray_num_cpus, num_gpus=ray_num_gpus,
+                          on_slots=on_slots)
+    elif workers > 1 and len(plan.todo) > 1:
+        n = min(workers, len(plan.todo))
+        per = threads or int(os.environ.get(ORT_THREADS_ENV, "0") or 0) or threads_per_worker(n)
+        summary.executor, summary.workers = "process pool", n
+        log.info("batch: %d videos on %d worker processes, %d onnxruntime threads each", len(plan.todo), n, per)
+        if preload:  # the real per-video function: a bad bundle fails here, not once per worker
+            from rtfer.bundle import BundleSpec, resolve_bundle_path
+
+            BundleSpec.read(resolve_bundle_path(options.bundle))
+        results = run_pool(plan.todo, options, fn, n, per)
+    else:
+        if plan.todo and preload:
+            worker.get_pipeline(options)  # load before the progress bar starts; a bad bundle or backend fails here
+        results = run_in_process(plan.todo, options, fn)
+
+    bar = None
+    if progress and plan.todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plan.todo), unit="video", file=sys.stderr, desc="videos", dynamic_ncols=True)
+    try:
+        for result in results:
+            man.append(result)
+            summary.add(result)
+            if result.status == "failed":
+                log.warning("%s failed: %s", result.input, result.error)
+            for w in result.warnings:
+                log.warning("%s: %s", result.input, w)
+            if bar is not None:
+                bar.update(1)
+                if summary.videos_failed:
+                    bar.set_postfix(failed=summary.videos_failed, refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+        summary.wall_seconds = time.perf_counter() - t0
+    return summary

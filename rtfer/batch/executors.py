@@ -1,0 +1,84 @@
+"""The local executors for the per-video function: in this process, or a spawn process pool that survives a worker
+dying; both yield one :class:`~rtfer.batch.common.VideoResult` per task and stop on a fatal error."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Iterator
+
+from rtfer.batch.common import FATAL_ERRORS, ProcessFn, VideoResult, VideoTask, failed_result, init_worker
+from rtfer.errors import one_line
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rtfer.pipeline import AnalyzeOptions
+
+log = logging.getLogger(__name__)
+
+
+def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+    """ONNX Runtime intra-op threads for each of ``workers`` processes sharing ``cpus`` cores (at least 1)."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, cpus // max(1, workers))
+
+
+def run_in_process(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn) -> Iterator[VideoResult]:
+    """Run ``fn`` on each task here, one after another; a failing video is a failed result."""
+    for task in todo:
+        try:
+            yield fn(task, options)
+        except FATAL_ERRORS:
+            raise  # pipeline set-up failed or a module is missing: every video would fail the same way
+        except Exception as exc:
+            log.debug("%s failed", task.input, exc_info=True)
+            yield failed_result(task, one_line(exc))
+
+
+def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, workers: int,
+             threads: int) -> Iterator[VideoResult]:
+    """A spawn-context process pool with at most ``workers`` videos in flight.
+
+    A worker that dies (a native crash, the OOM killer) breaks a ProcessPoolExecutor for every video in flight;
+    those videos are recorded as failed with that reason, a fresh pool is started, and the rest go on.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = list(reversed(todo))
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                                   initargs=(threads,))
+
+    pool = new_pool()
+    in_flight: dict = {}
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < workers:
+                task = queue.pop()
+                in_flight[pool.submit(fn, task, options)] = task
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                task = in_flight.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    yield failed_result(task, "a worker process died while analysing this video (native crash or out "
+                                        "of memory); rerun to retry")
+                except FATAL_ERRORS:
+                    raise
+                except Exception as exc:
+                    yield failed_result(task, one_line(exc))
+            if broken:
+                for fut, task in list(in_flight.items()):
+                    in_flight.pop(fut)
+                    yield failed_result(task, "a worker process died while this video was in flight; rerun to retry")
+                pool.shutdown(wait=False, cancel_futures=True)
+                log.warning("a batch worker process died; starting a fresh pool for the remaining %d videos",
+                            len(queue))
+                pool = new_pool()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
