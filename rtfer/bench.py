@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, StageTimer
+from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ def decode_fps(spec, max_frames: int) -> tuple[float, int]:
 
 
 def run_bench(spec, options: AnalyzeOptions | None = None, max_frames: int = 300) -> BenchResult:
-    from rtfer.capture import open_source
+    """Decode-only speed, then the whole run (the run layer, as ``rtfer analyze`` runs it: same source policy, CSV
+    written on the writer thread) over the first ``max_frames`` frames."""
+    from rtfer.run import Run, open_input
     from rtfer.sinks import CSVSink
 
     options = options or AnalyzeOptions()
@@ -84,25 +86,12 @@ def run_bench(spec, options: AnalyzeOptions | None = None, max_frames: int = 300
     pipe = Pipeline(options)
     pipe.bundle.warmup((1, 4))
     load_s = time.perf_counter() - t0
-    timer = StageTimer()
-    faces = 0
-    with tempfile.TemporaryDirectory() as tmp, open_source(spec, prefetch=options.prefetch) as src:
-        video_fps, width, height = src.fps, src.width, src.height
-        with CSVSink(Path(tmp) / "bench.csv") as sink:
-            t_start = time.perf_counter()
-            results = pipe.run(src)
-            try:
-                for result in itertools.islice(results, max_frames):
-                    tw = time.perf_counter()
-                    sink.append(result)
-                    result.timings_ms["write"] = (time.perf_counter() - tw) * 1e3
-                    timer.add(result.timings_ms)
-                    faces += len(result.faces)
-            finally:
-                results.close()
-            wall = time.perf_counter() - t_start
-    n = timer.frames
+    src = open_input(spec, prefetch=options.prefetch, drop_frames=options.realtime)
+    video_fps, width, height = src.fps, src.width, src.height
+    with tempfile.TemporaryDirectory() as tmp, CSVSink(Path(tmp) / "bench.csv") as sink:
+        stats = Run(pipe, src, sinks=[sink], max_frames=max_frames).execute()
+    n = stats.frames
     return BenchResult(input=str(spec), frames=n, video_fps=video_fps, width=width or 0, height=height or 0,
-                       faces_per_frame=faces / max(n, 1), load_s=load_s, decode_fps=dec_fps,
-                       e2e_fps=n / wall if wall > 0 else 0.0, stage_ms=timer.mean(), describe=pipe.describe(),
+                       faces_per_frame=stats.faces / max(n, 1), load_s=load_s, decode_fps=dec_fps,
+                       e2e_fps=stats.fps, stage_ms=stats.stage_ms, describe=pipe.describe(),
                        options=asdict(options))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from rtfer import __version__
-from rtfer.capture import is_live_spec, redact_url
+from rtfer.capture import redact_url
 from rtfer.errors import RtferError
 
 log = logging.getLogger("rtfer.cli")
@@ -257,101 +257,26 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _check_output(path: str | None, what: str) -> None:
-    if path is None:
-        return
-    from rtfer.errors import OutputError
-
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {what} {path}: folder {parent} does not exist")
-
-
-def _check_outputs(outputs: list[tuple[str, str]], inputs: list[str]) -> None:
-    """Refuse, before anything is opened for writing, an output that is one of the inputs or that another output of
-    the same run also writes (two inputs named clip.mp4 in different folders both default to clip.csv)."""
-    from rtfer.errors import OutputError
-
-    sources = {}
-    for spec in inputs:
-        if not is_live_spec(spec):
-            sources[Path(spec).expanduser().resolve()] = spec
-    seen: dict[Path, str] = {}
-    for path, what in outputs:
-        _check_output(path, what)
-        resolved = Path(path).expanduser().resolve()
-        if resolved in sources:
-            raise OutputError(f"the {what} output {path} is the input {sources[resolved]}: writing it would destroy "
-                              "the input; choose another output path")
-        if resolved in seen:
-            raise OutputError(f"the {what} output {path} would overwrite the {seen[resolved]} output of the same run; "
-                              "give each output its own path (several inputs: use --out-dir DIR)")
-        seen[resolved] = what
-
-
-def _check_summary_format(path: str) -> None:
-    from rtfer.errors import OutputError
-
-    allowed = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
-    if Path(path).suffix.lower() not in allowed:
-        raise OutputError(f"summary plot {path}: the file name must end in {', '.join(allowed)}")
-
-
 def _cmd_analyze(args) -> int:
     options = _options(args)
     if args.out_dir or args.ray or args.workers > 1:
         return _cmd_batch(args, options)
-    from rtfer.errors import InputError
-    from rtfer.pipeline import Pipeline, process_file
+    from rtfer.pipeline import Pipeline
+    from rtfer.run import plan_outputs, run_file
 
-    for spec in args.inputs:
-        p = Path(spec)
-        if p.is_dir() and _has_videos(p):
-            raise InputError(f"{spec} is a folder of videos: use --out-dir DIR to write one CSV per video")
-    if len(args.inputs) > 1:
-        shared = [flag for flag, value in (("-o", args.output), ("--jsonl", args.jsonl),
-                                           ("--annotated", args.annotated), ("--summary", args.summary),
-                                           ("--report", args.report)) if value]
-        if shared:
-            raise InputError(f"several inputs would all write to the one {'/'.join(shared)} path: use --out-dir DIR "
-                             "(outputs per input), or run the inputs one at a time")
-    outputs = [(args.output or _default_output(spec), "CSV") for spec in args.inputs]
-    outputs += [(o, what) for o, what in ((args.jsonl, "JSON Lines"), (args.annotated, "annotated video"),
-                                          (args.summary, "summary plot")) if o]
-    outputs += [(_report_path(args, spec), "HTML report") for spec in args.inputs if args.report is not None]
-    _check_outputs(outputs, args.inputs)
-    if args.summary:
-        _check_summary_format(args.summary)
-    if args.report:
-        _check_report_format(args.report)
+    plans = plan_outputs(args.inputs, csv=args.output, jsonl=args.jsonl, annotated=args.annotated,
+                         summary_png=args.summary, report=args.report, raw=args.raw)
     pipeline = None
-    for spec in args.inputs:
-        output = args.output or _default_output(spec)
+    for plan in plans:
         if pipeline is None:
             pipeline = Pipeline(options)
             d = pipeline.describe()
             log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"], d["detector"])
-        stats = process_file(spec, output, options, pipeline=pipeline, raw=args.raw,
-                             progress=not (args.no_progress or args.quiet),
-                             jsonl=args.jsonl, annotated=args.annotated, summary_png=args.summary,
-                             report=_report_path(args, spec), command=_command_line(args))
+        stats = run_file(plan.input, plan, pipeline=pipeline, options=options,
+                         progress=not (args.no_progress or args.quiet), command=_command_line(args))
         if not args.quiet:
-            _print_run(stats, pipeline.describe(), args, report=_report_path(args, spec))
+            _print_run(stats, pipeline.describe(), plan)
     return 0
-
-
-def _report_path(args, spec: str) -> str | None:
-    """Where ``--report`` writes for ``spec``: the path given, or (``--report`` alone) beside the CSV."""
-    if getattr(args, "report", None) is None:
-        return None
-    return args.report or str(Path(args.output or _default_output(spec)).with_suffix(".html"))
-
-
-def _check_report_format(path: str) -> None:
-    from rtfer.errors import OutputError
-
-    if Path(path).suffix.lower() not in (".html", ".htm"):
-        raise OutputError(f"report {path}: the file name must end in .html")
 
 
 def _command_line(args) -> str:
@@ -360,21 +285,7 @@ def _command_line(args) -> str:
     return command_line(["rtfer", *getattr(args, "argv", sys.argv[1:])])
 
 
-def _has_videos(folder: Path) -> bool:
-    from rtfer.capture import VIDEO_EXTENSIONS
-
-    return any(f.suffix.lower() in VIDEO_EXTENSIONS for f in folder.rglob("*") if f.is_file())
-
-
-def _default_output(spec: str) -> str:
-    if is_live_spec(spec):
-        name = "camera" + spec if spec.isdigit() else "stream"
-    else:
-        name = Path(spec).stem or "output"
-    return f"{name}.csv"
-
-
-def _print_run(stats, describe: dict, args, report: str | None = None) -> None:
+def _print_run(stats, describe: dict, plan) -> None:
     out = sys.stdout
     for w in stats.warnings:
         print(f"rtfer: warning: {redact_url(w)}", file=sys.stderr)
@@ -384,11 +295,8 @@ def _print_run(stats, describe: dict, args, report: str | None = None) -> None:
     print(f"{stats.frames} frames, {stats.faces} faces in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s) "
           f"on {describe['backend']}/{describe['device']}, detector {describe['detector']}; "
           f"mean ms per frame: {stages}", file=out)
-    written = [("CSV", stats.output), ("JSON Lines", args.jsonl), ("annotated video", args.annotated),
-               ("summary plot", args.summary), ("HTML report", report)]
-    for what, path in written:
-        if path:
-            print(f"wrote {what}: {path}", file=out)
+    for path, what in plan.outputs():
+        print(f"wrote {what}: {path}", file=out)
 
 
 def _cmd_batch(args, options) -> int:
@@ -399,7 +307,9 @@ def _cmd_batch(args, options) -> int:
 
         raise InputError("--workers/--ray need --out-dir DIR (one CSV per video)")
     if args.report:
-        _check_report_format(args.report)
+        from rtfer.run import REPORT_FORMATS, check_format
+
+        check_format(args.report, REPORT_FORMATS, "report")
     summary = run_batch(args.inputs, args.out_dir, options, workers=args.workers, ray_address=args.ray,
                         overwrite=args.overwrite, manifest=args.manifest, raw=args.raw,
                         progress=not (args.no_progress or args.quiet), ray_num_cpus=args.ray_cpus,

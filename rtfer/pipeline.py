@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -425,69 +424,14 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
                  pipeline: Pipeline | None = None, raw: bool = False, progress: bool = False, jsonl=None,
                  annotated=None, summary_png=None, cancel: threading.Event | None = None, report=None,
                  command: str | None = None) -> RunStats:
-    """Analyse one input into the requested files. Sinks are opened before any work (so an unwritable output fails
-    fast) and closed — finalised — however the run ends, Ctrl-C included. ``report``: an HTML report path
-    (rtfer.report; ``command`` is the command line it quotes, default sys.argv)."""
-    from contextlib import ExitStack
+    """Analyse one input into the requested files, through the run layer (:func:`rtfer.run.run_file`). Sinks are
+    opened before any work (so an unwritable output fails fast), written on the writer thread and closed, i.e.
+    finalised, however the run ends, Ctrl-C included. ``report``: an HTML report path (rtfer.report; ``command`` is
+    the command line it quotes, default sys.argv)."""
+    from rtfer.run import OutputPlan, run_file
 
-    from rtfer.capture import open_source
-    from rtfer.errors import InputError
-    from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink
-
-    options = options or (pipeline.options if pipeline else AnalyzeOptions())
-    pipe = pipeline or Pipeline(options)
-    src = open_source(input_path, prefetch=options.prefetch, drop_frames=options.realtime)
-    stats = RunStats(input=str(input_path), output=str(output_csv or ""))
-    timer = StageTimer()
-    t_start = time.perf_counter()
-    with ExitStack() as stack:
-        stack.callback(src.close)
-        sinks = []
-        if output_csv is not None:
-            sinks.append(stack.enter_context(CSVSink(output_csv, raw=raw)))
-        if jsonl is not None:
-            sinks.append(stack.enter_context(JSONLSink(jsonl, raw=raw)))
-        if annotated is not None:
-            sinks.append(stack.enter_context(AnnotatedVideoSink(
-                annotated, src.fps or 25.0, audio_from=input_path if src.kind == "video" else None)))
-        from rtfer.sinks import run_title
-
-        summary = stack.enter_context(SummarySink(summary_png, title=run_title(src.name, pipe.describe()["bundle"]),
-                                                  duration_s=src.duration_s))
-        sinks.append(summary)
-        if report is not None:
-            from rtfer.report import ReportSink
-
-            sinks.append(stack.enter_context(ReportSink.for_run(report, src, pipe, command=command)))
-        bar = None
-        if progress and not src.live:  # a file (local or served over http): frames to count
-            from tqdm import tqdm
-
-            bar = stack.enter_context(tqdm(total=src.frame_count, unit="frame", desc=Path(str(input_path)).name,
-                                           leave=False, dynamic_ncols=True))
-        try:
-            keep = options.keep_images or annotated is not None or report is not None
-            for result in pipe.run(src, cancel=cancel, keep_images=keep):
-                t0 = time.perf_counter()
-                for sink in sinks:
-                    sink.append(result)
-                result.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
-                timer.add(result.timings_ms)
-                stats.frames += 1
-                stats.faces += len(result.faces)
-                if bar is not None:
-                    bar.update(1)
-        except KeyboardInterrupt:
-            stats.status = "partial"
-            raise
-        finally:
-            stats.seconds = time.perf_counter() - t_start
-            stats.fps = stats.frames / stats.seconds if stats.seconds > 0 else 0.0
-            stats.warnings = list(getattr(src, "warnings", []))
-            stats.stage_ms = timer.mean()
-            stats.summary = summary.summary() if hasattr(summary, "summary") else None
-    if cancel is not None and cancel.is_set():
-        stats.status = "partial"
-    elif stats.frames == 0 and src.kind in ("stream", "remote_video", "camera"):
-        raise InputError(f"{src.name} delivered no frame" + (f" ({stats.warnings[-1]})" if stats.warnings else ""))
-    return stats
+    plan = OutputPlan(str(input_path), None if output_csv is None else str(output_csv),
+                      None if jsonl is None else str(jsonl), None if annotated is None else str(annotated),
+                      None if summary_png is None else str(summary_png), None if report is None else str(report), raw)
+    return run_file(input_path, plan, pipeline=pipeline, options=options, progress=progress, cancel=cancel,
+                    command=command)

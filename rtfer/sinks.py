@@ -330,16 +330,23 @@ class AnnotatedVideoSink(Sink):
             return
         raise OutputError(f"cannot write video {self.path}: no encoder among {codecs}")
 
-    def append(self, result: FrameResult) -> None:
+    accepts_annotated = True  # the run layer passes the frame the app already annotated for display
+
+    def append(self, result: FrameResult, annotated: np.ndarray | None = None) -> None:
+        """Encode ``result``'s frame, annotated here unless ``annotated`` (the same frame, already annotated) is
+        given."""
         import av
         import cv2
 
-        from rtfer.annotate import annotate
-
         self._ensure_open()
-        if result.image is None:
-            raise ValueError("AnnotatedVideoSink needs FrameResult.image (ask the pipeline to keep frames)")
-        image = annotate(result.image, result, self.scale)
+        if annotated is not None:
+            image = annotated
+        else:
+            from rtfer.annotate import annotate
+
+            if result.image is None:
+                raise ValueError("AnnotatedVideoSink needs FrameResult.image (ask the pipeline to keep frames)")
+            image = annotate(result.image, result, self.scale)
         if self._stream is None:
             h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
             self._add_stream(w, h)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rtfer.backends import BACKENDS
+from rtfer.run import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ def save_screenshot(window, path: Path, colors: int = 0) -> Path:
     image = window.grab().toImage()
     if colors > 0:
         from PIL import Image
-
         from PyQt6.QtGui import QImage
 
         rgb = image.convertToFormat(QImage.Format.Format_RGB888)
@@ -84,11 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error("--screenshot needs --quit-after SECONDS")
     source = args.source
     if source is not None:
-        from rtfer.capture import open_source
         from rtfer.errors import RtferError
+        from rtfer.run import check_input
 
         try:  # fail fast with a plain message, before any window opens
-            open_source(source).close()
+            check_input(source)
         except RtferError as exc:
             return _error(str(exc))
         source = int(source) if source.strip().isdigit() and not Path(source).exists() else source

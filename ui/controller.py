@@ -1,31 +1,43 @@
-"""Qt-free controller: owns a :class:`rtfer.pipeline.Pipeline` on a worker thread and reports through callbacks.
+"""Qt-free controller: a client of the run layer (:mod:`rtfer.run`) on a worker thread, reporting through callbacks.
 
 The UI (or a test) calls :meth:`Controller.start`, :meth:`pause`, :meth:`seek`, :meth:`stop`,
 :meth:`start_recording` / :meth:`stop_recording` and :meth:`export_summary` from its own thread; the worker
-thread loads the bundle, opens the source, runs the pipeline and calls the callbacks (``on_result``,
-``on_error``, ``on_progress``, ``on_info``, ``on_state``, ``on_finished``) *from the worker thread*. Cancel is
-cooperative (a :class:`threading.Event` handed to ``Pipeline.run``). Whatever stops a run (end of input, stop,
-error) closes the recording sinks, so the CSV on disk is always complete up to the last processed frame.
+thread loads the bundle, opens the source (the run layer's policy: live sources drop frames, ``realtime`` paces
+files), runs a :class:`rtfer.run.Run` and calls the callbacks (``on_result``, ``on_error``, ``on_progress``,
+``on_info``, ``on_state``, ``on_finished``) *from the worker thread*. The run annotates each frame once, for the
+display and the recorded video, and writes the recording and the summary on its writer thread. Cancel is
+cooperative. Whatever stops a run (end of input, stop, error) closes the recording, so the CSV on disk is always
+complete up to the last processed frame.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtfer.capture import is_live_spec
-from rtfer.errors import OutputError, RtferError
-from rtfer.types import Frame, FrameResult
+from rtfer.errors import RtferError
+from rtfer.run import (
+    PacedSource,
+    Pacing,
+    Recording,
+    Run,
+    SharedSummary,
+    is_live_spec,
+    list_cameras,
+    open_input,
+    write_summary,
+)
+from rtfer.types import FrameResult
 from ui.timeline_model import TimelineBuffer
+
+__all__ = ["Callbacks", "Controller", "LiveStats", "PacedSource", "is_live_spec", "list_cameras"]
 
 log = logging.getLogger(__name__)
 
@@ -55,89 +67,6 @@ class Callbacks:
     on_finished: Callable[[str], None] = lambda reason: None
 
 
-def list_cameras(max_index: int = 6) -> list[int]:
-    """Indices of webcams that open, probing ``cv2.VideoCapture(0..max_index-1)``.
-
-    On Linux an index without a ``/dev/videoN`` node is skipped without opening anything, which keeps the probe
-    instant on machines without cameras.
-    """
-    import cv2
-
-    found = []
-    for index in range(max_index):
-        if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{index}"):
-            continue
-        cap = cv2.VideoCapture(index)
-        try:
-            if cap is not None and cap.isOpened():
-                found.append(index)
-        finally:
-            if cap is not None:
-                cap.release()
-    log.info("cameras found: %s", found)
-    return found
-
-
-class PacedSource:
-    """Wraps a file :class:`rtfer.capture.Source` to play at real time.
-
-    Frames are released when the wall clock reaches their timestamp; a frame whose time has already passed (the
-    pipeline is slower than real time) is skipped and counted in :attr:`dropped`, the file equivalent of
-    latest-frame-wins. Time spent paused does not count. ``clock`` and ``sleep`` (default: the monotonic clock and a
-    wait that a cancel interrupts) can be replaced by a fake clock, so pacing is tested without real time.
-    """
-
-    def __init__(self, inner: Any, paused: threading.Event, cancel: threading.Event, lag_s: float = 0.1, *,
-                 clock: Callable[[], float] | None = None, sleep: Callable[[float], Any] | None = None) -> None:
-        self._inner = inner
-        self._paused = paused
-        self._cancel = cancel
-        self._lag_s = lag_s
-        self._clock = clock or time.monotonic
-        self._sleep = sleep or cancel.wait
-        self._t0: float | None = None  # wall clock that corresponds to media time 0 (shifted by pauses)
-        self._skipped = 0
-
-    def __getattr__(self, name: str) -> Any:  # kind, name, fps, frame_count, duration_s, width, height, warnings
-        return getattr(self._inner, name)
-
-    @property
-    def dropped(self) -> int:
-        return self._skipped + int(getattr(self._inner, "dropped", 0) or 0)
-
-    def __iter__(self) -> Iterator[Frame]:
-        return self
-
-    def __next__(self) -> Frame:
-        while True:
-            frame = next(self._inner)
-            if self._paused.is_set():
-                started = self._clock()
-                while self._paused.is_set() and not self._cancel.is_set():
-                    self._sleep(0.02)
-                if self._t0 is not None:
-                    self._t0 += self._clock() - started
-            now = self._clock()
-            if self._t0 is None:
-                self._t0 = now - frame.time_s
-            due = self._t0 + frame.time_s
-            if now - due > self._lag_s:
-                self._skipped += 1
-                continue
-            if due > now:
-                self._sleep(due - now)
-            return frame
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __enter__(self) -> PacedSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class _Stats:
     """Running fps over a sliding window and exponential moving averages of stage timings."""
 
@@ -164,7 +93,7 @@ class _Stats:
 
 
 def _default_pipeline_factory(options: Any, bundle: Any = None) -> Any:
-    from rtfer.pipeline import Pipeline
+    from rtfer.run import Pipeline
 
     return Pipeline(options, bundle=bundle)
 
@@ -202,14 +131,11 @@ class Controller:
         self._cache_lock = threading.Lock()
         self.timeline = TimelineBuffer()
         self.scale = "emotion"  # annotation label: emotion | sentiment5 | sentiment3
-        self._summary: Any = None  # rtfer.sinks.SummaryAccumulator of the current run (bounded memory)
-        self._summary_lock = threading.Lock()
+        self._summary = SharedSummary()  # everything processed since start (bounded memory), seeks included
         self._source_name = ""
         self._run: _Run | None = None
         self._lock = threading.Lock()
-        self._rec_lock = threading.Lock()
-        self._sinks: list[Any] = []
-        self._recording_paths: list[Path] = []
+        self._recording = Recording(on_error=lambda message: self._report(self._run, message))
         self._source_fps: float | None = None
         self._source_kind: str | None = None
         self._duration_s: float | None = None
@@ -251,7 +177,7 @@ class Controller:
 
     @property
     def recording(self) -> bool:
-        return bool(self._sinks)
+        return self._recording.active
 
     @property
     def paused(self) -> bool:
@@ -269,10 +195,7 @@ class Controller:
         self.stop(timeout=stop_timeout)
         self.last_error = None
         self.timeline.clear()
-        from rtfer.sinks import SummaryAccumulator
-
-        with self._summary_lock:
-            self._summary = SummaryAccumulator()
+        self._summary = SharedSummary()
         if dataclasses.is_dataclass(options):
             fields = {f.name for f in dataclasses.fields(options)}
             wanted = {"keep_images": True}
@@ -344,60 +267,23 @@ class Controller:
 
         Raises :class:`OutputError` when a file cannot be created.
         """
-        from rtfer.sinks import AnnotatedVideoSink, CSVSink
-
-        self.stop_recording()
-        sinks: list[Any] = []
-        try:
-            sinks.append(_open_sink(CSVSink(Path(csv_path), raw=raw)))
-            if video_path is not None:
-                sinks.append(_open_sink(AnnotatedVideoSink(Path(video_path), fps=self._source_fps or 25.0)))
-        except Exception as exc:
-            for sink in sinks:
-                _close_sink(sink)
-            if isinstance(exc, RtferError):
-                raise
-            raise OutputError(f"cannot start recording to {csv_path}: {exc}") from exc
-        with self._rec_lock:
-            self._sinks = sinks
-            self._recording_paths = [Path(csv_path)] + ([Path(video_path)] if video_path is not None else [])
-        log.info("recording to %s", ", ".join(map(str, self._recording_paths)))
+        self._recording.start(csv_path, video_path, raw=raw, fps=self._source_fps)
 
     def stop_recording(self) -> list[Path]:
         """Close (finalise) the recording files; returns their paths (empty when nothing was recording)."""
-        with self._rec_lock:
-            sinks, paths = self._sinks, self._recording_paths
-            self._sinks, self._recording_paths = [], []
-        errors = []
-        for sink in sinks:
-            try:
-                _close_sink(sink)
-            except Exception as exc:  # noqa: BLE001 - report, keep closing the others
-                errors.append(str(exc))
-        if errors:
-            raise OutputError(f"recording could not be finalised: {errors[0]}")
-        return paths
+        return self._recording.stop()
 
     def export_summary(self, png_path: str | os.PathLike) -> Path:
         """Write the summary PNG of everything processed since :meth:`start` (raises OutputError/ValueError).
 
-        The worker keeps adding to the summary; a copy taken under the lock is rendered, so export never blocks
-        the analysis for longer than the copy.
+        The run keeps adding to the summary on its writer thread; a copy taken under its lock is rendered, so export
+        never blocks the analysis for longer than the copy.
         """
-        with self._summary_lock:
-            if self._summary is None or self._summary.frames == 0:
-                raise ValueError("nothing to summarise yet: process a source first")
-            acc = copy.deepcopy(self._summary)
-        from rtfer.sinks import SummarySink
-
-        sink = SummarySink(Path(png_path), title=f"rtfer summary: {self._source_name}" if self._source_name else None,
-                           accumulator=acc)
-        _open_sink(sink)
-        try:
-            _close_sink(sink)
-        except OSError as exc:
-            raise OutputError(f"cannot write summary {png_path}: {exc.strerror or exc}") from None
-        return sink.png_path
+        acc = self._summary.snapshot()
+        if acc.frames == 0:
+            raise ValueError("nothing to summarise yet: process a source first")
+        return write_summary(acc, png_path,
+                             title=f"rtfer summary: {self._source_name}" if self._source_name else None)
 
     # -- worker -----------------------------------------------------------------------------------------------------
     def _make_pipeline(self, run: _Run, options: Any) -> Any:
@@ -423,20 +309,13 @@ class Controller:
                 self._bundle_user = None
 
     def _open(self, run: _Run, spec: Any, realtime: bool, seek_s: float | None) -> Any:
-        from rtfer.capture import open_source
-
-        # cameras and live streams drop frames; an http(s) URL is left to open_source (a recorded file does not)
-        source = open_source(spec, drop_frames=None if str(spec).lower().startswith(("http://", "https://"))
-                             else is_live_spec(spec))
-        if seek_s is not None and source.kind == "video":
-            source.seek(seek_s)
+        pacing = Pacing(run.paused, run.stop, clock=self._clock, sleep=self._sleep) if realtime else None
+        source = open_input(spec, seek_s=seek_s, pacing=pacing)
         if run is self._run:
             self._source_kind = source.kind
             self._source_name = str(getattr(source, "name", "") or "")
             self._source_fps = source.fps
             self._duration_s = source.duration_s
-        if realtime and source.kind == "video":  # folders/images have no timeline to pace against
-            return PacedSource(source, run.paused, run.stop, clock=self._clock, sleep=self._sleep)
         return source
 
     def _work(self, run: _Run, spec: Any, options: Any, realtime: bool) -> None:
@@ -462,7 +341,8 @@ class Controller:
                     run.cancel = cancel
                     if run.stop.is_set():
                         cancel.set()
-                self._consume(run, pipeline.run(source, cancel=cancel), source, cancel, stats)
+                self._consume(run, Run(pipeline, source, sinks=[self._recording, self._summary], cancel=cancel,
+                                       paused=run.paused, annotate=lambda: self.scale), source, cancel, stats)
                 source.close()
                 source = None
                 with self._lock:
@@ -503,59 +383,15 @@ class Controller:
             self.last_error = message
         self._emit(run, "on_error", message)
 
-    def _consume(self, run: _Run, results: Iterator[FrameResult], source: Any, cancel: threading.Event,
-                 stats: _Stats) -> None:
-        from rtfer.annotate import annotate
-
+    def _consume(self, run: _Run, job: Run, source: Any, cancel: threading.Event, stats: _Stats) -> None:
+        frames = job.frames()
         try:
-            for result in results:
-                while run.paused.is_set() and not cancel.is_set():
-                    time.sleep(0.02)
+            for result, annotated in frames:
                 if cancel.is_set() or run is not self._run:
                     break
-                self._record(run, result)
-                with self._summary_lock:
-                    self._summary.update(result)
                 self.timeline.append(result)
                 snapshot = stats.update(result, int(getattr(source, "dropped", 0) or 0), self._duration_s)
-                annotated = None
-                if result.image is not None:
-                    annotated = annotate(result.image, result, scale=self.scale)
                 self._emit(run, "on_result", result, annotated, snapshot)
                 self._emit(run, "on_progress", float(result.time_s), self._duration_s)
         finally:
-            close = getattr(results, "close", None)
-            if callable(close):
-                close()  # stops the pipeline's threads when we left the loop early
-
-    def _record(self, run: _Run, result: FrameResult) -> None:
-        with self._rec_lock:
-            sinks = list(self._sinks)
-            try:
-                for sink in sinks:
-                    sink.append(result)
-                return
-            except Exception as exc:  # noqa: BLE001 - a full disk stops the recording, not the analysis
-                message = f"recording stopped: {exc}"
-        try:
-            self.stop_recording()
-        except RtferError:
-            pass
-        self._report(run, message)
-
-
-def _open_sink(sink: Any) -> Any:
-    opener = getattr(sink, "open", None)
-    if callable(opener):
-        opener()
-    else:
-        sink.__enter__()
-    return sink
-
-
-def _close_sink(sink: Any) -> None:
-    closer = getattr(sink, "close", None)
-    if callable(closer):
-        closer()
-    else:
-        sink.__exit__(None, None, None)
+            frames.close()  # stops the pipeline's threads when we left the loop early; writes what is queued

@@ -17,7 +17,7 @@ from PyQt6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence, 
 from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow,
                              QPushButton, QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
-from rtfer.pipeline import STAGES
+from rtfer.run import STAGES
 from ui.bridge import ControllerBridge
 from ui.controller import Controller, LiveStats, list_cameras
 from ui.settings import SCALES, AppSettings, SettingsDialog
@@ -267,11 +267,11 @@ class MainWindow(QMainWindow):
     def load_model(self, folder: str) -> bool:
         """Use the bundle in ``folder`` from now on (stored in the settings; a running source restarts with it).
         A folder that is not a valid bundle is a message, and the current model stays."""
-        from rtfer.bundle import BundleSpec
         from rtfer.errors import BundleError
+        from rtfer.run import read_bundle_spec
 
         try:
-            spec = BundleSpec.read(folder)
+            spec = read_bundle_spec(folder)
             spec.verify()
         except BundleError as exc:
             self.show_error(f"cannot load the model: {exc}")

@@ -10,24 +10,26 @@ from PyQt6.QtCore import QSettings
 from PyQt6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                              QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget)
 
+from rtfer.run import BACKENDS as BACKEND_NAMES
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+BACKENDS = ("auto", *BACKEND_NAMES)
 SCALES = ("emotion", "sentiment5", "sentiment3")
 
 
 def smoothing_methods() -> tuple[str, ...]:
-    """The smoothers :mod:`rtfer.smoothing` offers."""
-    from rtfer.smoothing import METHODS
+    """The smoothers the runtime offers."""
+    from rtfer.run import smoothing_methods as methods
 
-    return tuple(METHODS)
+    return methods()
 
 
 def detector_names() -> tuple[str, ...]:
-    """``auto`` plus the detectors registered in :mod:`rtfer.detection`."""
-    from rtfer.detection import DETECTORS
+    """``auto`` plus the detectors the runtime registers."""
+    from rtfer.run import detector_names as names
 
-    return ("auto", *DETECTORS)
+    return ("auto", *names())
 
 
 @dataclass
@@ -49,8 +51,8 @@ class AppSettings:
     last_dir: str = ""
 
     def to_options(self) -> Any:
-        """The :class:`rtfer.pipeline.AnalyzeOptions` for these settings (images kept for the live view)."""
-        from rtfer.pipeline import AnalyzeOptions
+        """The :class:`rtfer.run.AnalyzeOptions` for these settings (images kept for the live view)."""
+        from rtfer.run import AnalyzeOptions
 
         return AnalyzeOptions(bundle=self.bundle, backend=self.backend, device=self.device, detector=self.detector,
                               every=int(self.every), max_faces=int(self.max_faces), smoothing=self.smoothing,

@@ -386,10 +386,10 @@ def test_camera_sources_open_in_drop_frames_mode(monkeypatch, group_video, fake_
     ctl = Controller(pipeline_factory=fake_factory)
     ctl.start(0, fake_options, realtime=False)
     assert ctl.wait(10) and ctl.last_error is None
-    assert calls == [(0, {"drop_frames": True})]
+    assert [(spec, kwargs["drop_frames"]) for spec, kwargs in calls] == [(0, True)]
     ctl.start(str(group_video), fake_options)
     assert ctl.wait(10)
-    assert calls[1] == (str(group_video), {"drop_frames": False})
+    assert (calls[1][0], calls[1][1]["drop_frames"]) == (str(group_video), False)
 
 
 def test_cached_bundle_is_not_lent_to_a_run_while_a_stale_worker_still_uses_it(group_video, fake_options):

@@ -1,0 +1,653 @@
+"""The run layer: the one way an input goes through a :class:`~rtfer.pipeline.Pipeline` into its outputs.
+
+``rtfer analyze`` (one input or several), ``rtfer bench``, batch mode (per video, through
+:func:`rtfer.pipeline.process_file`) and the desktop app are thin clients of this module. It owns:
+
+- the **source policy** (:func:`open_input`): live vs file, prefetch, frame dropping, seeking and real-time pacing;
+- the **output plan** (:func:`plan_outputs`): one :class:`OutputPlan` per input, checked before anything is opened
+  for writing, so no output overwrites an input or another output of the same run;
+- the **sinks on a writer thread** (:class:`SinkWriter`), fed by a bounded queue, so CSV writing, annotation and video
+  encoding never run on the inference thread and a slow disk holds the pipeline back instead of filling memory;
+- the **timings and the summary** of a run (:class:`Run` → :class:`~rtfer.pipeline.RunStats`).
+
+The path of one frame: the source's reader thread decodes it → the pipeline's front thread detects, tracks and aligns
+→ the consumer thread (the caller of :meth:`Run.frames`) classifies, stacks and smooths it, annotates it once when the
+app shows it, and hands it to the writer → the writer thread appends it to every sink (timeline, video, summary,
+report) and adds its stage timings to the run's totals.
+
+The app imports only this module and the core types and labels: the names it needs from elsewhere in the runtime are
+re-exported here.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rtfer.backends import BACKENDS
+from rtfer.capture import VIDEO_EXTENSIONS, is_live_spec
+from rtfer.errors import InputError, OutputError, RtferError
+from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, RunStats, StageTimer
+from rtfer.sinks import SummaryAccumulator, write_summary_png
+from rtfer.types import Frame, FrameResult
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+REPORT_FORMATS = (".html", ".htm")
+WRITER_QUEUE = 16  # frames between the consumer and the writer thread (kept images included: bounded memory)
+
+
+# ---------------------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class Pacing:
+    """Real-time playback of a file: frames are released at their timestamps (see :class:`PacedSource`)."""
+
+    paused: threading.Event
+    cancel: threading.Event
+    clock: Callable[[], float] | None = None
+    sleep: Callable[[float], Any] | None = None
+
+
+def open_input(spec: Any, *, prefetch: int = 8, drop_frames: bool | None = None, seek_s: float | None = None,
+               pacing: Pacing | None = None):
+    """Open ``spec`` (file, folder, image, camera index or URL) under the run layer's source policy.
+
+    ``drop_frames`` None: cameras and live streams drop frames (latest frame wins), files, local or served over http,
+    never do. ``seek_s`` starts a video file there; ``pacing`` plays a video file at its own frame rate, skipping the
+    frames whose time has passed (folders and images have no timeline to pace against).
+    """
+    from rtfer.capture import open_source
+
+    if drop_frames is None and not str(spec).lower().startswith(("http://", "https://")):
+        drop_frames = is_live_spec(spec)  # an http URL may be a recorded file: open_source probes it
+    source = open_source(spec, prefetch=prefetch, drop_frames=drop_frames)
+    try:
+        if seek_s is not None and source.kind == "video":
+            source.seek(seek_s)
+    except BaseException:
+        source.close()
+        raise
+    if pacing is not None and source.kind == "video":
+        return PacedSource(source, pacing.paused, pacing.cancel, clock=pacing.clock, sleep=pacing.sleep)
+    return source
+
+
+def check_input(spec: Any) -> None:
+    """Raise the one-line :class:`~rtfer.errors.RtferError` that opening ``spec`` gives, or nothing."""
+    open_input(spec, prefetch=0).close()
+
+
+class PacedSource:
+    """Wraps a file :class:`rtfer.capture.Source` to play at real time.
+
+    Frames are released when the wall clock reaches their timestamp; a frame whose time has already passed (the
+    pipeline is slower than real time) is skipped and counted in :attr:`dropped`, the file equivalent of
+    latest-frame-wins. Time spent paused does not count. ``clock`` and ``sleep`` (default: the monotonic clock and a
+    wait that a cancel interrupts) can be replaced by a fake clock, so pacing is tested without real time.
+    """
+
+    def __init__(self, inner: Any, paused: threading.Event, cancel: threading.Event, lag_s: float = 0.1, *,
+                 clock: Callable[[], float] | None = None, sleep: Callable[[float], Any] | None = None) -> None:
+        self._inner = inner
+        self._paused = paused
+        self._cancel = cancel
+        self._lag_s = lag_s
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or cancel.wait
+        self._t0: float | None = None  # wall clock that corresponds to media time 0 (shifted by pauses)
+        self._skipped = 0
+
+    def __getattr__(self, name: str) -> Any:  # kind, name, fps, frame_count, duration_s, width, height, warnings
+        return getattr(self._inner, name)
+
+    @property
+    def dropped(self) -> int:
+        return self._skipped + int(getattr(self._inner, "dropped", 0) or 0)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self
+
+    def __next__(self) -> Frame:
+        while True:
+            frame = next(self._inner)
+            if self._paused.is_set():
+                started = self._clock()
+                while self._paused.is_set() and not self._cancel.is_set():
+                    self._sleep(0.02)
+                if self._t0 is not None:
+                    self._t0 += self._clock() - started
+            now = self._clock()
+            if self._t0 is None:
+                self._t0 = now - frame.time_s
+            due = self._t0 + frame.time_s
+            if now - due > self._lag_s:
+                self._skipped += 1
+                continue
+            if due > now:
+                self._sleep(due - now)
+            return frame
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> PacedSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def list_cameras(max_index: int = 6) -> list[int]:
+    """Indices of the cameras OpenCV can open, probing ``0 .. max_index - 1``.
+
+    On Linux an index without a ``/dev/videoN`` node is skipped without opening anything, which keeps the probe
+    instant on machines without cameras.
+    """
+    import os
+
+    import cv2
+
+    found = []
+    for index in range(max_index):
+        if sys.platform.startswith("linux") and not os.path.exists(f"/dev/video{index}"):
+            continue
+        cap = cv2.VideoCapture(index)
+        try:
+            if cap is not None and cap.isOpened():
+                found.append(index)
+        finally:
+            if cap is not None:
+                cap.release()
+    log.info("cameras found: %s", found)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------ output plan
+@dataclass
+class OutputPlan:
+    """Where one input's outputs go. Paths are as the user gave them; None = not written."""
+
+    input: str
+    csv: str | None = None
+    jsonl: str | None = None
+    annotated: str | None = None
+    summary_png: str | None = None
+    report: str | None = None
+    raw: bool = False
+
+    def outputs(self) -> list[tuple[str, str]]:
+        """``(path, what)`` for every output this input writes."""
+        named = (("CSV", self.csv), ("JSON Lines", self.jsonl), ("annotated video", self.annotated),
+                 ("summary plot", self.summary_png), ("HTML report", self.report))
+        return [(str(path), what) for what, path in named if path]
+
+    @property
+    def keep_images(self) -> bool:
+        """The annotated video and the report need each frame's image."""
+        return self.annotated is not None or self.report is not None
+
+    def open_sinks(self, stack: ExitStack, source, pipeline, *, command: str | None = None) -> tuple[list, Any]:
+        """Open this plan's sinks on ``stack`` (closed, i.e. finalised, however the run ends): ``(sinks, summary)``.
+        The summary sink is always there (the table the CLI prints); it writes a PNG only when asked."""
+        from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink, run_title
+
+        sinks: list = []
+        if self.csv is not None:
+            sinks.append(stack.enter_context(CSVSink(self.csv, raw=self.raw)))
+        if self.jsonl is not None:
+            sinks.append(stack.enter_context(JSONLSink(self.jsonl, raw=self.raw)))
+        if self.annotated is not None:
+            audio = self.input if getattr(source, "kind", None) == "video" else None
+            sinks.append(stack.enter_context(AnnotatedVideoSink(self.annotated, source.fps or 25.0, audio_from=audio)))
+        describe = pipeline.describe() if callable(getattr(pipeline, "describe", None)) else {}
+        summary = stack.enter_context(SummarySink(
+            self.summary_png, title=run_title(str(getattr(source, "name", self.input)), describe.get("bundle")),
+            duration_s=getattr(source, "duration_s", None)))
+        sinks.append(summary)
+        if self.report is not None:
+            from rtfer.report import ReportSink
+
+            sinks.append(stack.enter_context(ReportSink.for_run(self.report, source, pipeline, command=command)))
+        return sinks, summary
+
+
+def default_output(spec: str) -> str:
+    """The CSV an input writes when ``-o`` is not given: its stem in the current folder (camera0.csv, stream.csv)."""
+    if is_live_spec(spec):
+        name = "camera" + spec if str(spec).isdigit() else "stream"
+    else:
+        name = Path(spec).stem or "output"
+    return f"{name}.csv"
+
+
+def check_format(path: str | None, allowed: Sequence[str], what: str) -> None:
+    if path and Path(path).suffix.lower() not in allowed:
+        raise OutputError(f"{what} {path}: the file name must end in {', '.join(allowed)}")
+
+
+def check_plans(plans: Sequence[OutputPlan]) -> None:
+    """Refuse, before anything is opened for writing: an output folder that does not exist, a summary or report with
+    a format we cannot write, an output that is one of the inputs, and two outputs of the same run on one path (two
+    inputs named clip.mp4 in different folders both default to clip.csv)."""
+    sources: dict[Path, str] = {}
+    for plan in plans:
+        if not is_live_spec(plan.input):
+            sources[Path(plan.input).expanduser().resolve()] = plan.input
+    seen: dict[Path, str] = {}
+    for plan in plans:
+        for path, what in plan.outputs():
+            resolved = Path(path).expanduser().resolve()
+            if not resolved.parent.is_dir():
+                raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} does not exist")
+            if resolved in sources:
+                raise OutputError(f"the {what} output {path} is the input {sources[resolved]}: writing it would "
+                                  "destroy the input; choose another output path")
+            if resolved in seen:
+                raise OutputError(f"the {what} output {path} would overwrite the {seen[resolved]} output of the same "
+                                  "run; give each output its own path (several inputs: use --out-dir DIR)")
+            seen[resolved] = what
+    for plan in plans:
+        check_format(plan.summary_png, SUMMARY_FORMATS, "summary plot")
+        check_format(plan.report, REPORT_FORMATS, "report")
+
+
+def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | None = None,
+                 annotated: str | None = None, summary_png: str | None = None, report: str | None = None,
+                 raw: bool = False) -> list[OutputPlan]:
+    """One checked :class:`OutputPlan` per input. ``report`` "" = beside each CSV. A folder of videos, or one
+    explicit output path shared by several inputs, is refused: each input must get its own outputs."""
+    for spec in inputs:
+        p = Path(spec)
+        if p.is_dir() and any(f.suffix.lower() in VIDEO_EXTENSIONS for f in p.rglob("*") if f.is_file()):
+            raise InputError(f"{spec} is a folder of videos: use --out-dir DIR to write one CSV per video")
+    if len(inputs) > 1:
+        shared = [flag for flag, value in (("-o", csv), ("--jsonl", jsonl), ("--annotated", annotated),
+                                           ("--summary", summary_png), ("--report", report)) if value]
+        if shared:
+            raise InputError(f"several inputs would all write to the one {'/'.join(shared)} path: use --out-dir DIR "
+                             "(outputs per input), or run the inputs one at a time")
+    plans = []
+    for spec in inputs:
+        out = csv or default_output(spec)
+        where = None if report is None else (report or str(Path(out).with_suffix(".html")))
+        plans.append(OutputPlan(str(spec), out, jsonl, annotated, summary_png, where, raw))
+    check_plans(plans)
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------------------- writer
+_END = object()
+
+
+class SinkWriter:
+    """Appends each frame to the sinks on a thread of its own, fed by a bounded queue.
+
+    :meth:`submit` blocks while the queue is full (a slow disk holds the pipeline back; no row is ever dropped) and
+    raises the writer's error, such as a full disk, in the submitting thread. :meth:`close` writes what is queued and
+    joins the thread; the sinks themselves are closed by their owner. Sinks with ``accepts_annotated`` receive the
+    frame annotated once by the consumer (the app shows the same image), others annotate themselves if they need to.
+    """
+
+    def __init__(self, sinks: Iterable[Any], *, maxsize: int = WRITER_QUEUE, timer: StageTimer | None = None,
+                 name: str = "rtfer-writer") -> None:
+        self.sinks = list(sinks)
+        self.timer = timer
+        self.written = 0
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, result: FrameResult, annotated=None) -> None:
+        self._raise()
+        while True:
+            try:
+                self._q.put((result, annotated), timeout=0.1)
+                return
+            except queue.Full:
+                self._raise()
+                if not self._thread.is_alive():
+                    raise OutputError("the output writer stopped")
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread and raise its error, if any."""
+        if self._thread.is_alive():
+            self._q.put(_END)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _END:
+                return
+            if self._error is not None:
+                continue  # failed: drain so that the submitter never blocks, and report the first error
+            result, annotated = item
+            t0 = time.perf_counter()
+            try:
+                for sink in self.sinks:
+                    if annotated is not None and getattr(sink, "accepts_annotated", False):
+                        sink.append(result, annotated=annotated)
+                    else:
+                        sink.append(result)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the submitting thread
+                self._error = exc
+                continue
+            self.written += 1
+            if self.timer is not None:
+                self.timer.add({**result.timings_ms, "write": (time.perf_counter() - t0) * 1e3})
+
+
+# -------------------------------------------------------------------------------------------------------------- run
+class Processed(NamedTuple):
+    """A frame as :meth:`Run.frames` yields it: the result, and its annotated image when the run annotates."""
+
+    result: FrameResult
+    annotated: Any = None
+
+
+class Run:
+    """One input through one pipeline into sinks, with its timings and summary.
+
+    ``source``: an open source (:func:`open_input`) or a spec, opened with the pipeline options' policy. ``plan``: the
+    outputs this run opens and finalises itself; ``sinks``: more sinks owned by the caller (opened and closed by it,
+    e.g. the app's recording and its summary, which outlive one run). ``annotate``: a label scale (or a function
+    returning the current one, which the app's user may switch mid-run); each frame that carries an image is
+    annotated once, for :meth:`frames` and for the sinks that accept it. ``paused``: an event that
+    holds the run. ``max_frames``: stop after that many (bench).
+    """
+
+    def __init__(self, pipeline: Pipeline, source: Any, *, plan: OutputPlan | None = None, sinks: Iterable[Any] = (),
+                 cancel: threading.Event | None = None, paused: threading.Event | None = None,
+                 annotate: str | Callable[[], str] | None = None, keep_images: bool | None = None, progress: bool = False,
+                 max_frames: int | None = None, command: str | None = None,
+                 writer_queue: int = WRITER_QUEUE) -> None:
+        self.pipeline = pipeline
+        self.spec = source
+        self.plan = plan
+        self.extra_sinks = list(sinks)
+        self.cancel = cancel
+        self.paused = paused
+        self.annotate = annotate
+        self.keep_images = keep_images
+        self.progress = progress
+        self.max_frames = max_frames
+        self.command = command
+        self.writer_queue = writer_queue
+        name = str(plan.input if plan is not None else getattr(source, "name", source))
+        self.stats = RunStats(input=name, output=str(plan.csv or "") if plan is not None else "")
+        self.source = None
+
+    def execute(self) -> RunStats:
+        """Run to the end of the input (or the cancel, or ``max_frames``) and return the stats."""
+        for _ in self.frames():
+            pass
+        return self.stats
+
+    def frames(self) -> Iterator[Processed]:
+        """Yield each processed frame; the sinks receive it on the writer thread. Closing the generator early stops
+        the pipeline; outputs are finalised however the run ends, Ctrl-C included."""
+        o = getattr(self.pipeline, "options", None)
+        src = self.spec
+        if not (hasattr(src, "__next__") and hasattr(src, "kind")):
+            src = open_input(src, prefetch=getattr(o, "prefetch", 8), drop_frames=getattr(o, "realtime", None))
+        self.source = src
+        stats, timer = self.stats, StageTimer()
+        t_start = time.perf_counter()
+        summary = None
+        with ExitStack() as stack:
+            stack.callback(src.close)
+            sinks = list(self.extra_sinks)
+            if self.plan is not None:
+                owned, summary = self.plan.open_sinks(stack, src, self.pipeline, command=self.command)
+                sinks += owned
+            writer = SinkWriter(sinks, maxsize=self.writer_queue, timer=timer)
+            stack.callback(self._finish, writer, timer, t_start, summary)
+            keep = self.keep_images
+            if self.plan is not None and self.plan.keep_images:
+                keep = True
+            kwargs = {"keep_images": keep} if keep is not None else {}
+            bar = self._progress_bar(stack, src)
+            results = self.pipeline.run(src, cancel=self.cancel, **kwargs)
+            stack.callback(_close, results)
+            annotate = None
+            if self.annotate is not None:
+                from rtfer.annotate import annotate
+            try:
+                for result in results:
+                    while self.paused is not None and self.paused.is_set() and not self._cancelled():
+                        time.sleep(0.02)
+                    if self._cancelled():
+                        break
+                    image = None
+                    if annotate is not None and result.image is not None:
+                        scale = self.annotate() if callable(self.annotate) else self.annotate
+                        image = annotate(result.image, result, scale=scale)
+                    writer.submit(result, image)
+                    stats.frames += 1
+                    stats.faces += len(result.faces)
+                    if bar is not None:
+                        bar.update(1)
+                    yield Processed(result, image)
+                    if self.max_frames is not None and stats.frames >= self.max_frames:
+                        break
+            except (KeyboardInterrupt, GeneratorExit):
+                stats.status = "partial"
+                raise
+        if self._cancelled():
+            stats.status = "partial"
+        elif stats.frames == 0 and getattr(src, "kind", None) in ("stream", "remote_video", "camera"):
+            raise InputError(f"{src.name} delivered no frame" + (f" ({stats.warnings[-1]})" if stats.warnings else ""))
+
+    def _cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def _finish(self, writer: SinkWriter, timer: StageTimer, t_start: float, summary) -> None:
+        """Write what is queued (the error of a failed writer wins over none), then record the stats."""
+        try:
+            writer.close()
+        finally:
+            stats = self.stats
+            stats.seconds = time.perf_counter() - t_start
+            stats.fps = stats.frames / stats.seconds if stats.seconds > 0 else 0.0
+            stats.warnings = list(getattr(self.source, "warnings", []))
+            stats.stage_ms = timer.mean()
+            stats.summary = summary.summary() if summary is not None else None
+
+    def _progress_bar(self, stack: ExitStack, src):
+        if not self.progress or getattr(src, "live", False):
+            return None
+        from tqdm import tqdm
+
+        return stack.enter_context(tqdm(total=getattr(src, "frame_count", None), unit="frame",
+                                        desc=Path(str(self.stats.input)).name, leave=False, dynamic_ncols=True))
+
+
+def _close(generator) -> None:
+    close = getattr(generator, "close", None)
+    if callable(close):
+        close()  # stops the pipeline's threads when the run ends early
+
+
+def run_file(input_path: Any, plan: OutputPlan, *, pipeline: Pipeline | None = None,
+             options: AnalyzeOptions | None = None, progress: bool = False, cancel: threading.Event | None = None,
+             command: str | None = None) -> RunStats:
+    """Analyse one input into the outputs of ``plan`` (opened before any work, so an unwritable output fails fast)."""
+    options = options or (pipeline.options if pipeline is not None else AnalyzeOptions())
+    pipe = pipeline or Pipeline(options)
+    src = open_input(input_path, prefetch=options.prefetch, drop_frames=options.realtime)
+    keep = True if options.keep_images else None
+    return Run(pipe, src, plan=plan, cancel=cancel, keep_images=keep, progress=progress,
+               command=command).execute()
+
+
+# --------------------------------------------------------------------------------------------- the app's summaries
+class SharedSummary:
+    """A summary that the writer thread updates and another thread may copy (the app's export), across the runs of
+    one session (a seek starts a new run; the summary goes on)."""
+
+    def __init__(self) -> None:
+        self._acc = SummaryAccumulator()
+        self._lock = threading.Lock()
+
+    def append(self, result: FrameResult) -> None:
+        with self._lock:
+            self._acc.update(result)
+
+    @property
+    def frames(self) -> int:
+        return self._acc.frames
+
+    def snapshot(self) -> SummaryAccumulator:
+        with self._lock:
+            return copy.deepcopy(self._acc)
+
+
+def write_summary(acc: SummaryAccumulator, png_path: Any, *, title: str | None = None) -> Path:
+    """Render ``acc`` into ``png_path`` (checked first); raises :class:`~rtfer.errors.OutputError` on failure."""
+    from rtfer.sinks import prepare_output_path
+
+    path = prepare_output_path(Path(png_path), "summary", written_at_end=True)
+    try:
+        return write_summary_png(acc, path, title=title)
+    except OSError as exc:
+        raise OutputError(f"cannot write summary {png_path}: {exc.strerror or exc}") from None
+
+
+class Recording:
+    """The app's recording: a CSV timeline and optionally the annotated video, switched on and off while a source
+    runs. It is a sink of every run (appended to on the writer thread, with the frame the app already annotated);
+    a write error stops the recording, not the analysis, and is passed to ``on_error``."""
+
+    accepts_annotated = True
+
+    def __init__(self, on_error: Callable[[str], Any] | None = None) -> None:
+        self.on_error = on_error
+        self._lock = threading.Lock()
+        self._sinks: list[Any] = []
+        self._paths: list[Path] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._sinks)
+
+    def start(self, csv_path: Any, video_path: Any = None, *, raw: bool = False, fps: float | None = None) -> None:
+        """Start writing from the next frame on; raises :class:`~rtfer.errors.OutputError` when a file cannot be
+        created (nothing is left open then)."""
+        from rtfer.sinks import AnnotatedVideoSink, CSVSink
+
+        self.stop()
+        sinks: list[Any] = []
+        try:
+            sinks.append(CSVSink(Path(csv_path), raw=raw).open())
+            if video_path is not None:
+                sinks.append(AnnotatedVideoSink(Path(video_path), fps=fps or 25.0).open())
+        except Exception as exc:
+            for sink in sinks:
+                sink.close()
+            if isinstance(exc, RtferError):
+                raise
+            raise OutputError(f"cannot start recording to {csv_path}: {exc}") from exc
+        with self._lock:
+            self._sinks = sinks
+            self._paths = [Path(csv_path)] + ([Path(video_path)] if video_path is not None else [])
+        log.info("recording to %s", ", ".join(map(str, self._paths)))
+
+    def stop(self) -> list[Path]:
+        """Close (finalise) the files; returns their paths (empty when nothing was recording)."""
+        with self._lock:
+            sinks, paths = self._sinks, self._paths
+            self._sinks, self._paths = [], []
+            errors = []
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # noqa: BLE001 - report, keep closing the others
+                    errors.append(str(exc))
+        if errors:
+            raise OutputError(f"recording could not be finalised: {errors[0]}")
+        return paths
+
+    def append(self, result: FrameResult, annotated=None) -> None:
+        with self._lock:
+            if not self._sinks:
+                return
+            try:
+                for sink in self._sinks:
+                    if annotated is not None and getattr(sink, "accepts_annotated", False):
+                        sink.append(result, annotated=annotated)
+                    else:
+                        sink.append(result)
+                return
+            except Exception as exc:  # noqa: BLE001 - a full disk stops the recording, not the analysis
+                message = f"recording stopped: {exc}"
+        try:
+            self.stop()
+        except RtferError:
+            pass
+        if self.on_error is not None:
+            self.on_error(message)
+
+
+def detector_names() -> tuple[str, ...]:
+    from rtfer.detection import DETECTORS
+
+    return tuple(DETECTORS)
+
+
+def smoothing_methods() -> tuple[str, ...]:
+    from rtfer.smoothing import METHODS
+
+    return tuple(METHODS)
+
+
+def read_bundle_spec(path: Any):
+    """The :class:`~rtfer.bundle.BundleSpec` of a bundle folder or name (raises :class:`~rtfer.errors.BundleError`)."""
+    from rtfer.bundle import BundleSpec
+
+    return BundleSpec.read(path)
+
+
+__all__ = [
+    "BACKENDS",
+    "STAGES",
+    "AnalyzeOptions",
+    "OutputPlan",
+    "PacedSource",
+    "Pacing",
+    "Pipeline",
+    "Processed",
+    "Recording",
+    "Run",
+    "RunStats",
+    "SharedSummary",
+    "SinkWriter",
+    "check_format",
+    "check_input",
+    "check_plans",
+    "default_output",
+    "detector_names",
+    "is_live_spec",
+    "list_cameras",
+    "open_input",
+    "plan_outputs",
+    "read_bundle_spec",
+    "run_file",
+    "smoothing_methods",
+    "write_summary",
+]
