@@ -115,7 +115,7 @@ def test_top_moments_find_the_swing():
 def test_summary_png_axis_from_zero_legends_outside_faces_capped(tmp_path):
     from matplotlib.figure import Figure
 
-    from rtfer.sinks import _video_figure
+    from rtfer.sinks import video_figure as _video_figure
 
     acc = SummaryAccumulator()
     for k in range(40):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rtfer import sinks
+from rtfer.sinks import timeline
 from rtfer.annotate import EMOTION_COLORS_BGR, annotate, face_labels
 from rtfer.capture import open_source
 from rtfer.errors import OutputError
@@ -87,6 +88,24 @@ def test_untracked_faces_use_their_index():
     assert [r["face_id"] for r in result_records(res)] == [0, 1]
 
 
+def test_package_layering_and_reexports():
+    """rtfer.sinks is a package, one module per job: base at the bottom, no cycles, no private imports between its
+    modules, no heavy module at import time; the package re-exports the defining modules' objects."""
+    import subprocess
+    import sys
+
+    from package_helpers import assert_layered
+
+    graph = assert_layered("rtfer.sinks")
+    assert graph["rtfer.sinks.base"] == set() and graph["rtfer.sinks.plot"] == set()
+    assert graph["rtfer.sinks.timeline"] == graph["rtfer.sinks.video"] == {"rtfer.sinks.base"}
+    assert graph["rtfer.sinks.summary"] == {"rtfer.sinks.base", "rtfer.sinks.plot"}
+    code = ("import sys, rtfer.sinks as s, rtfer.sinks.video as v, rtfer.sinks.summary as m; "
+            "assert s.AnnotatedVideoSink is v.AnnotatedVideoSink and s.SummaryAccumulator is m.SummaryAccumulator; "
+            "heavy = [n for n in ('cv2', 'av', 'matplotlib') if n in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
+
+
 def test_csv_flushes_before_close(tmp_path, monkeypatch):
     path = tmp_path / "live.csv"
     sink = CSVSink(path).open()
@@ -97,7 +116,7 @@ def test_csv_flushes_before_close(tmp_path, monkeypatch):
     sink.append(_result(24, 0.8))  # 50 rows: a batch is due
     header, rows = _read_csv(path)
     assert n_early < 50 and len(rows) == 50  # whole frames, read while the sink is open
-    monkeypatch.setattr(sinks, "FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr(timeline, "FLUSH_SECONDS", 0.05)  # where the sinks read it
     sink.append(_result(25, 0.85))
     time.sleep(0.06)
     sink.append(_result(26, 0.9))  # time threshold passed: flushed
