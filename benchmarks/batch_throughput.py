@@ -75,7 +75,7 @@ def random_bundle(work: Path, archs: list[str]) -> Path:
     import torch
 
     from rtfer.models import create_model
-    from training.export import write_bundle
+    from rtfer.training.export import write_bundle
 
     torch.manual_seed(0)
     members = []

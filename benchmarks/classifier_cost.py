@@ -10,7 +10,7 @@ member's input size (the network's cost does not depend on the content).
     python benchmarks/classifier_cost.py --record   # also store the batch-1 figures in bundle.json (rtfer info)
     python benchmarks/classifier_cost.py --precision fp32,int8 --threads 1,2 --opt-level basic,all   # a grid
 
-``--precision`` takes rtfer's --precision values (int8 needs INT8 members: ``python -m training quantize``);
+``--precision`` takes rtfer's --precision values (int8 needs INT8 members: ``python -m rtfer.training quantize``);
 ``--threads`` and ``--opt-level`` are the onnxruntime session options (intra-op threads, graph optimisation level);
 a comma-separated list of each measures every combination.
 

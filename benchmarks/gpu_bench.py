@@ -71,7 +71,7 @@ def tiny_bundle(work: Path) -> Path:
     import torch
 
     from rtfer.models import create_model
-    from training.export import write_bundle
+    from rtfer.training.export import write_bundle
 
     torch.manual_seed(0)
     return write_bundle(work / "tiny_bundle", [{"model": create_model("ddamfn_tiny").eval(), "name": "ddamfn"},

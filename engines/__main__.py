@@ -1,4 +1,4 @@
-"""``python -m engines build BUNDLE_DIR`` builds engines for every member of a bundle; ``list`` shows the cache.
+"""``python -m rtfer.engines build BUNDLE_DIR`` builds engines for every member of a bundle; ``list`` shows the cache.
 
 bundle.json is read with json only (engines/ must not import rtfer).
 """
@@ -10,9 +10,9 @@ import logging
 import sys
 from pathlib import Path
 
-from engines.builder import PRECISIONS, EngineBuildError, build_engine
-from engines.cache import EngineCache
-from engines.precision import DEFAULT_FP32_POLICY
+from rtfer.engines.builder import PRECISIONS, EngineBuildError, build_engine
+from rtfer.engines.cache import EngineCache
+from rtfer.engines.precision import DEFAULT_FP32_POLICY
 
 
 def bundle_members(bundle_dir: Path) -> list[tuple[Path, int]]:
@@ -31,7 +31,7 @@ def bundle_members(bundle_dir: Path) -> list[tuple[Path, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engines", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rtfer.engines", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or find cached) engines for every member of a bundle")
     b.add_argument("bundle", type=Path, help="bundle folder (with bundle.json)")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                 device=args.device, force=args.force)
             print(f"{onnx_path.name}: {path}")
     except EngineBuildError as exc:
-        print(f"python -m engines: error: {exc}", file=sys.stderr)
+        print(f"python -m rtfer.engines: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

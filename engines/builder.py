@@ -12,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from engines.cache import EngineCache, EngineSpec, GpuInfo, sha256_file
-from engines.precision import DEFAULT_FP32_POLICY, Fp32Policy, as_policy, fp32_node_names, mark_fp32_layers, \
-    onnx_node_name
+from rtfer.engines.cache import EngineCache, EngineSpec, GpuInfo, sha256_file
+from rtfer.engines.precision import DEFAULT_FP32_POLICY, Fp32Policy, as_policy, fp32_node_names, \
+    mark_fp32_layers, onnx_node_name
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ class EngineCache:
         self.meta_path(spec).unlink(missing_ok=True)
 
     def entries(self) -> list[dict]:
-        """Metadata of every engine in the cache (for ``python -m engines list``)."""
+        """Metadata of every engine in the cache (for ``python -m rtfer.engines list``)."""
         out = []
         for meta_path in sorted(self.root.glob("*.json")):
             try:

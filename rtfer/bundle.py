@@ -12,8 +12,9 @@ bundle.json (format_version 1)::
      "training": {...}, "metrics": {...},
      "quantization": {"int8": {"accepted": bool, "format", "calibration", "val", "cost_ms_per_face", ...}}}
 
-A member may carry ``"int8": {"file", "sha256", "from_sha256"}``: its INT8 ONNX file (``python -m training quantize``),
-made from the FP member file whose sha256 is ``from_sha256`` (a re-exported member makes its INT8 file stale).
+A member may carry ``"int8": {"file", "sha256", "from_sha256"}``: its INT8 ONNX file
+(``python -m rtfer.training quantize``), made from the FP member file whose sha256 is ``from_sha256`` (a re-exported
+member makes its INT8 file stale).
 
 Preprocessing reads these fields; nothing about a member is hard-coded elsewhere.
 """
@@ -165,7 +166,7 @@ class BundleSpec:
 
     def int8_status(self) -> tuple[bool, bool, str]:
         """(usable, accepted, why not): INT8 files exist for every member and were made from the current FP files;
-        accepted = they passed the accuracy gate when quantised (``python -m training quantize``)."""
+        accepted = they passed the accuracy gate when quantised (``python -m rtfer.training quantize``)."""
         for m in self.members:
             q = m.int8
             if not q.get("file"):
@@ -248,7 +249,7 @@ def resolve_precision(requested: str, spec: BundleSpec, backend: str, device: st
             raise BackendError(f"--precision int8 runs on onnxruntime on the CPU only, not {backend} on {device}")
         if not usable:
             raise BundleError(f"bundle {spec.name} has no usable INT8 members ({why}); make them with "
-                              "`python -m training quantize BUNDLE --calib VAL`")
+                              "`python -m rtfer.training quantize BUNDLE --calib VAL`")
         if not accepted:
             log.warning("bundle %s: its INT8 members did not pass the accuracy gate (%s); running them as asked",
                         spec.name, spec.int8.get("reason", "see bundle.json quantization.int8"))

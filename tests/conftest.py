@@ -88,7 +88,7 @@ def tiny_bundle(request) -> Path:
         pass
     torch = pytest.importorskip("torch")
     from rtfer.models import create_model
-    from training.export import write_bundle
+    from rtfer.training.export import write_bundle
 
     torch.manual_seed(0)
     write_bundle(folder, [{"model": create_model("ddamfn_tiny").eval(), "name": "ddamfn"},

@@ -269,7 +269,7 @@ def _parse_onnx_into(network: INetworkDefinition, path: str) -> list[str]:
     """Fill ``network`` from an ONNX file; returns parser errors (empty on success)."""
     import onnx
 
-    from engines.precision import onnx_node_name
+    from rtfer.engines.precision import onnx_node_name
 
     try:
         model = onnx.shape_inference.infer_shapes(onnx.load(path))

@@ -459,7 +459,7 @@ def test_rtfer_app_goes_through_the_entry_point_not_an_import(monkeypatch, capsy
 
     import rtfer.cli as cli
 
-    assert "ui" not in cli.__dict__ and "from ui" not in open(cli.__file__).read()
+    assert "ui" not in cli.__dict__ and "rtfer.ui" not in open(cli.__file__).read()
     called = []
 
     class EP:

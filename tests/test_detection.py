@@ -230,7 +230,7 @@ def test_missing_scrfd_raises_one_line_error_and_auto_falls_back(monkeypatch, tm
 def test_fit_template_on_fer2013_images(centerface, fer2013_dir):
     import cv2
 
-    from training.fit_template import collect_landmarks, fit_template, list_images
+    from rtfer.training.fit_template import collect_landmarks, fit_template, list_images
 
     paths = list_images(fer2013_dir / "val", limit=12, seed=0)
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]

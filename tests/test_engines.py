@@ -13,10 +13,10 @@ import sys
 import onnx
 import pytest
 
-from engines import EngineBuildError, EngineCache, EngineSpec, GpuInfo, build_engine, fp32_node_names
-from engines.__main__ import main as engines_main
-from engines.cache import default_cache_dir
-from engines.precision import Fp32Policy, mark_fp32_layers
+from rtfer.engines import EngineBuildError, EngineCache, EngineSpec, GpuInfo, build_engine, fp32_node_names
+from rtfer.engines.__main__ import main as engines_main
+from rtfer.engines.cache import default_cache_dir
+from rtfer.engines.precision import Fp32Policy, mark_fp32_layers
 from fake_tensorrt import ILayer, INetworkDefinition, ITensor, make_fake_tensorrt, write_test_onnx
 
 GPU = GpuInfo("NVIDIA Fake 4090", (8, 9))
@@ -158,7 +158,7 @@ def test_corrupted_entry_is_rebuilt(trt, onnx_path, tmp_path, damage, caplog):
         path.write_bytes(b"\0" * len(good))
     else:
         path.with_suffix(".json").unlink()
-    with caplog.at_level(logging.WARNING, logger="engines.cache"):
+    with caplog.at_level(logging.WARNING, logger="rtfer.engines.cache"):
         again = _build(onnx_path, cache)
     assert again == path and again.read_bytes() == good and trt.state.builds == 2
     assert "rebuilding" in caplog.text
@@ -178,7 +178,7 @@ def test_timing_cache_is_shared_per_gpu_and_version(trt, onnx_path, tmp_path):
 def test_unreadable_timing_cache_is_ignored(trt, onnx_path, tmp_path, caplog):
     cache = EngineCache(tmp_path)
     cache.save_timing_cache(GPU, "10.3.0", b"not a timing cache")
-    with caplog.at_level(logging.WARNING, logger="engines.builder"):
+    with caplog.at_level(logging.WARNING, logger="rtfer.engines.builder"):
         assert _build(onnx_path, cache).is_file()
     assert "ignoring unreadable timing cache" in caplog.text
     assert cache.load_timing_cache(GPU, "10.3.0").startswith(b"FAKE-TIMING-CACHE")
@@ -232,7 +232,7 @@ def test_cli_builds_every_bundle_member(trt, model, tmp_path, monkeypatch, capsy
     write_test_onnx(bundle / "b.onnx", input_size=16, seed=2)
     (bundle / "bundle.json").write_text(json.dumps({"format": "rtfer-bundle", "members": [
         {"name": "a", "file": "a.onnx", "input_size": 8}, {"name": "b", "file": "b.onnx", "input_size": 16}]}))
-    monkeypatch.setattr("engines.builder.detect_gpu", lambda device=0: GPU)
+    monkeypatch.setattr("rtfer.engines.builder.detect_gpu", lambda device=0: GPU)
     cache = tmp_path / "cache"
     assert engines_main(["build", str(bundle), "--max-batch", "16", "--cache", str(cache)]) == 0
     assert trt.state.builds == 2
@@ -272,7 +272,7 @@ def test_policy_on_the_torch_dynamo_export_form():
 def test_detect_gpu_reads_nvidia_smi_and_fails_clearly(monkeypatch):
     import subprocess
 
-    import engines.builder as builder
+    import rtfer.engines.builder as builder
 
     monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without torch
     monkeypatch.setattr(builder.shutil, "which", lambda name: "/usr/bin/nvidia-smi")

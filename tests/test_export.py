@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("timm")
 
 from rtfer.models import create_model, inference_state_keys  # noqa: E402
-from training.export import check_parity, export_onnx, fp16_weights, write_bundle  # noqa: E402
+from rtfer.training.export import check_parity, export_onnx, fp16_weights, write_bundle  # noqa: E402
 
 #: Face boxes (x1, y1, x2, y2) in insightface's t1.jpg group photo, found once with the CenterFace detector.
 GROUP_PHOTO_FACES = ((60, 269, 168, 394), (746, 345, 847, 480), (1135, 270, 1226, 395), (464, 267, 572, 412),

@@ -176,7 +176,7 @@ def test_convnext_offline_pretrained_message(monkeypatch):
 
 
 def test_reference_checkpoint_class_rows_are_remapped(tmp_path):
-    from training.reference import load_reference_ddamfn
+    from rtfer.training.reference import load_reference_ddamfn
 
     torch.manual_seed(1)
     ref = create_model("ddamfn_tiny").eval()  # same key layout as the reference (checked above), cheap to run
@@ -201,7 +201,7 @@ def test_mfn_pretrained_from_pickled_reference_module(tmp_path):
     """MFN_msceleb.pth is a pickled networks.MixedFeatureNet.MixedFeatureNet module; load it without that code."""
     import types
 
-    from training.reference import load_mfn_pretrained
+    from rtfer.training.reference import load_mfn_pretrained
 
     target = create_model("ddamfn_tiny")
     names = ("conv1", "conv2_dw", "conv_23", "conv_3", "conv_34", "conv_4", "conv_45", "conv_5", "conv_6_sep")
@@ -251,7 +251,7 @@ def test_runtime_model_code_never_unpickles():
 
 def test_bundle_from_reference_checkpoint(tmp_path):
     import rtfer
-    from training.reference import bundle_from_reference
+    from rtfer.training.reference import bundle_from_reference
 
     torch.manual_seed(2)
     ref = create_model("ddamfn_tiny").eval()

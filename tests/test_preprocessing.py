@@ -1,5 +1,5 @@
 """One preprocessing: the runtime (rtfer.bundle.preprocess, numpy/OpenCV) and the training evaluation path
-(training.augment.to_float, torch) must feed a member the same tensor for the same aligned face.
+(rtfer.training.augment.to_float, torch) must feed a member the same tensor for the same aligned face.
 
 Checked on real aligned crops (the six faces of insightface's group photo, detected with CenterFace and aligned with
 the default bundle's template), in the three situations that occur:
@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from rtfer.bundle import MemberSpec, preprocess  # noqa: E402
-from training.augment import to_float  # noqa: E402
+from rtfer.training.augment import to_float  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -175,7 +175,8 @@ def test_the_app_imports_only_the_run_layer_and_the_core_types_and_labels():
             names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
                      else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             for name in names:
-                if name == "rtfer" or name.startswith("rtfer."):
+                own = name == "rtfer.ui" or name.startswith("rtfer.ui.")
+                if (name == "rtfer" or name.startswith("rtfer.")) and not own:
                     seen.setdefault(name, path.name)
     assert seen, "the app uses the runtime"
     assert set(seen) <= allowed, {k: v for k, v in seen.items() if k not in allowed}

@@ -59,8 +59,9 @@ def test_parse_device():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """A one-member bundle (ddamfn_tiny at 64 px, random BN statistics) written by training.export.write_bundle."""
-    from training.export import write_bundle
+    """A one-member bundle (ddamfn_tiny at 64 px, random BN statistics) written by
+    rtfer.training.export.write_bundle."""
+    from rtfer.training.export import write_bundle
 
     torch.manual_seed(0)
     model = create_model("ddamfn_tiny", input_size=64).eval()

@@ -1,4 +1,5 @@
-"""Training, evaluation, ensemble fitting and bundle export for rtfer (``python -m training --help``).
+"""Training, evaluation, ensemble fitting and bundle export for rtfer (``python -m rtfer.training --help``).
 
-Needs the ``train`` extra (torch, timm, scikit-learn); the runtime package ``rtfer`` never imports it.
+Needs the ``train`` extra (torch, timm, scikit-learn). The folder ``training/`` installs as ``rtfer.training``;
+the runtime (the rest of ``rtfer``) never imports it.
 """

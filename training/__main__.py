@@ -1,4 +1,4 @@
-"""``python -m training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize}``."""
+"""``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize}``."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rtfer.errors import RtferError
 
-log = logging.getLogger("training")
+log = logging.getLogger("rtfer.training")
 
 #: CLI flags of ``train`` that are shortcuts for config keys.
 TRAIN_FLAGS = {"epochs": "run.epochs", "out": "run.out", "device": "run.device", "seed": "run.seed",
@@ -86,7 +86,7 @@ def _add_export(sub) -> None:
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--interim", action="store_true", help="mark the bundle as trained with a reduced recipe")
     p.add_argument("--template", default="",
-                   help="alignment template JSON ([[x, y] * 5] in crop units, or training.fit_template output, "
+                   help="alignment template JSON ([[x, y] * 5] in crop units, or rtfer.training.fit_template output, "
                         "whose detector is recorded too)")
     p.add_argument("--detector", default="", help="the detector whose landmarks the template fits (bundle.json "
                                                    "alignment.detector; --detector auto at run time uses it)")
@@ -137,7 +137,7 @@ def _add_quantize(sub) -> None:
 
 
 def cmd_quantize(a) -> int:
-    from training.quantize import quantize_bundle, summary_table
+    from rtfer.training.quantize import quantize_bundle, summary_table
 
     if a.calib_count < 0 or a.cost_threads < 1 or a.max_drop < 0:
         raise RtferError("--calib-count must be >= 0, --cost-threads >= 1 and --max-drop >= 0")
@@ -149,14 +149,14 @@ def cmd_quantize(a) -> int:
 
 
 def cmd_curves(a) -> int:
-    from training.runlog import plot_runs
+    from rtfer.training.runlog import plot_runs
 
     log.info("wrote %s", plot_runs(a.runs, a.out, a.title))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rtfer.training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_pack(a) -> int:
-    from training.data import DataSpec, pack, read_spec, stratified_split
+    from rtfer.training.data import DataSpec, pack, read_spec, stratified_split
 
     spec = DataSpec(kind=a.kind, root=a.root, split=a.split, votes=a.votes, min_votes=a.min_votes)
     if a.kind == "ferplus" and not a.votes:
@@ -185,8 +185,8 @@ def cmd_pack(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from training.config import load_config
-    from training.train import fit
+    from rtfer.training.config import load_config
+    from rtfer.training.train import fit
 
     overrides = list(a.overrides)
     for flag, key in TRAIN_FLAGS.items():
@@ -206,10 +206,10 @@ def cmd_train(a) -> int:
 def cmd_evaluate(a) -> int:
     import numpy as np
 
-    from training.data import load_split
-    from training.engine import predict_logits
-    from training.evaluate import evaluate_logits, fit_temperature, write_report
-    from training.train import load_checkpoint, preprocessing, resolve_device
+    from rtfer.training.data import load_split
+    from rtfer.training.engine import predict_logits
+    from rtfer.training.evaluate import evaluate_logits, fit_temperature, write_report
+    from rtfer.training.train import load_checkpoint, preprocessing, resolve_device
 
     model, _ = load_checkpoint(a.checkpoint)
     model.to(resolve_device(a.device))
@@ -232,9 +232,9 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_gradcam(a) -> int:
-    from training.data import load_split
-    from training.gradcam import gradcam_grid
-    from training.train import load_checkpoint
+    from rtfer.training.data import load_split
+    from rtfer.training.gradcam import gradcam_grid
+    from rtfer.training.train import load_checkpoint
 
     model, _ = load_checkpoint(a.checkpoint)
     out = gradcam_grid(model, load_split(a.data), a.out, per_class=a.per_class, layer=a.layer or None, seed=a.seed)
@@ -243,7 +243,7 @@ def cmd_gradcam(a) -> int:
 
 
 def cmd_fit_stacker(a) -> int:
-    from training.stacker import fit_ensemble_from_runs
+    from rtfer.training.stacker import fit_ensemble_from_runs
 
     result = fit_ensemble_from_runs(a.runs, a.out, choose=a.choose, metric=a.metric, folds=a.folds, seed=a.seed)
     log.info("chose %s; ablation in %s", result.chosen, Path(a.out) / "ablation.md")
@@ -251,7 +251,7 @@ def cmd_fit_stacker(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from training.bundling import export_bundle
+    from rtfer.training.bundling import export_bundle
 
     names = [n.strip() for n in a.names.split(",")] if a.names else None
     template, alignment = None, {}
@@ -274,9 +274,9 @@ def cmd_export(a) -> int:
 
 
 def cmd_import_reference(a) -> int:
-    from training.reference import bundle_from_reference
+    from rtfer.training.reference import bundle_from_reference
 
-    from training.bundling import parity_crops
+    from rtfer.training.bundling import parity_crops
 
     folder = bundle_from_reference(a.checkpoint, a.out, name=a.name, parity_images=parity_crops(a.parity_images),
                                    trust_pickle=a.trust_pickle)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[a.command](a)
     except (RtferError, FileNotFoundError) as exc:
-        print(f"python -m training: error: {exc}", file=sys.stderr)
+        print(f"python -m rtfer.training: error: {exc}", file=sys.stderr)
         return 2
 
 

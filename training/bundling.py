@@ -1,4 +1,4 @@
-"""From training runs to a bundle: member checkpoints + the fitted ensemble -> training.export.write_bundle.
+"""From training runs to a bundle: member checkpoints + the fitted ensemble -> rtfer.training.export.write_bundle.
 
 Gathers what bundle.json records about training (recipe per member, data, wall time) and the measured validation
 metrics (per member and for the ensemble), and uses real validation crops for the ORT-vs-torch parity check.
@@ -21,7 +21,7 @@ def parity_crops(source: str | Path | None, count: int = 32, seed: int = 0) -> n
     """Up to ``count`` uint8 RGB crops (n, S, S, 3) from a packed .npz or an image-class folder."""
     if not source:
         return None
-    from training.data import load_split
+    from rtfer.training.data import load_split
 
     data = load_split(str(source))
     idx = np.sort(np.random.default_rng(seed).choice(len(data), size=min(count, len(data)), replace=False))
@@ -58,12 +58,12 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
     probabilities (onnxruntime) against the checkpoints' torch probabilities combined by the same ensemble; the
     result goes into bundle.json ``metrics.end_to_end_parity``.
     """
-    from training.export import write_bundle
-    from training.train import load_checkpoint
+    from rtfer.training.export import write_bundle
+    from rtfer.training.train import load_checkpoint
 
     ens_path = Path(ensemble_json)
     if not ens_path.is_file():
-        raise InputError(f"ensemble file {ens_path} does not exist (run `python -m training fit-stacker` first)")
+        raise InputError(f"ensemble file {ens_path} does not exist (run `python -m rtfer.training fit-stacker` first)")
     fit = json.loads(ens_path.read_text(encoding="utf-8"))
     if len(fit["member_names"]) != len(checkpoints):
         raise InputError(f"the ensemble was fitted on {len(fit['member_names'])} members but {len(checkpoints)} "
@@ -126,7 +126,7 @@ def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
 
     from rtfer.bundle import MemberSpec, preprocess
     from rtfer.ensemble import softmax
-    from training.train import load_checkpoint, preprocessing
+    from rtfer.training.train import load_checkpoint, preprocessing
 
     out = []
     for i, path in enumerate(checkpoints):

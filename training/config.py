@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from rtfer.errors import InputError
-from training.augment import AugmentConfig
+from rtfer.training.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DataConfig:
-    """Splits are packed .npz files (``python -m training pack``) or image-class folders (decoded in memory)."""
+    """Splits are packed .npz files (``python -m rtfer.training pack``) or image-class folders (decoded in memory)."""
 
     train: str = ""
     val: str = ""

@@ -339,7 +339,7 @@ class Packed:
 def load_packed(path: str | Path) -> Packed:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"packed dataset {path} does not exist (create it with `python -m training pack`)")
+        raise InputError(f"packed dataset {path} does not exist (create it with `python -m rtfer.training pack`)")
     with np.load(path, allow_pickle=False) as z:
         if "classes" in z and tuple(str(c) for c in z["classes"]) != CLASSES:
             raise InputError(f"{path} uses class order {list(z['classes'])}, expected {list(CLASSES)}")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.augment import BatchAugment, to_float
-from training.data import BatchLoader, Packed
-from training.losses import attention_diversity_loss, classification_loss, distillation_loss
-from training.sam import SAM, bn_update
+from rtfer.training.augment import BatchAugment, to_float
+from rtfer.training.data import BatchLoader, Packed
+from rtfer.training.losses import attention_diversity_loss, classification_loss, distillation_loss
+from rtfer.training.sam import SAM, bn_update
 
 log = logging.getLogger(__name__)
 

@@ -145,7 +145,7 @@ class CalibrationError:
 
 @dataclass
 class EvalReport:
-    """Everything ``python -m training evaluate`` reports for one split."""
+    """Everything ``python -m rtfer.training evaluate`` reports for one split."""
 
     split: str
     classification: ClassificationResult

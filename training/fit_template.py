@@ -4,7 +4,7 @@ FER2013 images are 48x48 gray crops framed much tighter than the ArcFace templat
 (upscaled to 192 px so that the face is large enough at detection scale) and taking the per-coordinate median of
 the landmarks, in crop units, gives the template a bundle trained on FER2013 should align with.
 
-    python -m training.fit_template --data /work/shared/data/fer2013/val --limit 2000 --out template.json
+    python -m rtfer.training.fit_template --data /work/shared/data/fer2013/val --limit 2000 --out template.json
 """
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ def symmetrize(template: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.fit_template", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rtfer.training.fit_template",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder of face images (searched recursively)")
     parser.add_argument("--limit", type=int, default=2000, help="random subset size (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    for name in dict.fromkeys(("training", "rtfer", __name__)):  # __name__ is "__main__" under python -m
+    for name in dict.fromkeys(("rtfer", __name__)):  # __name__ is "__main__" under python -m
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
 

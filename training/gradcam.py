@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from rtfer.labels import CLASSES
-from training.augment import to_float
-from training.data import Packed
+from rtfer.training.augment import to_float
+from rtfer.training.data import Packed
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def gradcam_grid(model: torch.nn.Module, data: Packed, out: str | Path, *, per_c
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from training.train import preprocessing
+    from rtfer.training.train import preprocessing
 
     size, mean, std, gray = preprocessing(model)
     idx = pick_per_class(data.labels, per_class, seed)

@@ -1,6 +1,6 @@
 """INT8 static quantisation of a bundle's members with ONNX Runtime's quantisation tools.
 
-``python -m training quantize BUNDLE --calib VAL [--val VAL] [--format auto|qdq|qoperator]``
+``python -m rtfer.training quantize BUNDLE --calib VAL [--val VAL] [--format auto|qdq|qoperator]``
 
 For each member: the FP16-stored weights are turned back into FP32 initializers (the quantiser wants an FP32
 graph), ``quant_pre_process`` folds BatchNorm and infers shapes, and ``quantize_static`` calibrates activation ranges
@@ -43,8 +43,8 @@ MAX_DROP_POINTS = 0.5  # the accuracy gate: ensemble val accuracy may drop by at
 # ---- graph preparation ------------------------------------------------------------------------------------------------
 
 def fp32_graph(src: str | Path, dst: str | Path) -> Path:
-    """Undo training.export.fp16_weights: FP16 initializers followed by Cast-to-FP32 become FP32 initializers again
-    (the quantiser calibrates and quantises FP32 weights; a Cast in front of a Conv weight hides it)."""
+    """Undo rtfer.training.export.fp16_weights: FP16 initializers followed by Cast-to-FP32 become FP32 initializers
+    again (the quantiser calibrates and quantises FP32 weights; a Cast in front of a Conv weight hides it)."""
     import onnx
     from onnx import numpy_helper
 
@@ -173,7 +173,7 @@ def _member_probs(spec, backends, crops: np.ndarray) -> list[np.ndarray]:
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    from training.evaluate import ClassificationMetrics
+    from rtfer.training.evaluate import ClassificationMetrics
 
     r = ClassificationMetrics().update(probs, labels).compute()
     return {"accuracy": r.accuracy, "mean_class_accuracy": r.mean_class_accuracy}
@@ -230,7 +230,7 @@ def cost_files(spec, files: list[Path], threads: int = 1, min_seconds: float = 1
 def load_crops(source: str | Path, count: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """(crops (n, S, S, 3) uint8 RGB, labels, description) from a packed .npz or an image-class folder; ``count``
     > 0 draws a stratified-by-chance random subset of that many."""
-    from training.data import DataSpec, load_split
+    from rtfer.training.data import DataSpec, load_split
 
     path = Path(source)
     if path.is_dir():
@@ -328,7 +328,7 @@ def quantize_bundle(bundle: str | Path, calib: str | Path, *, val: str | Path | 
                                      "median; ensemble = preprocess + members + ensemble"},
         "candidates": [{"format": c.fmt, "accuracy": c.val["ensemble"]["accuracy"],
                         "drop_points": round(c.drop_points, 3), "cost_ms_per_face": c.cost} for c in candidates],
-        "tool": f"python -m training quantize (rtfer {rtfer_version}, onnxruntime {ort.__version__})",
+        "tool": f"python -m rtfer.training quantize (rtfer {rtfer_version}, onnxruntime {ort.__version__})",
     }
     meta.setdefault("quantization", {})["int8"] = record
     write_bundle_json(folder, meta)

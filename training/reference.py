@@ -118,7 +118,7 @@ def bundle_from_reference(ckpt: str | Path, out_folder: str | Path, *, name: str
                           metrics: dict | None = None, architecture: str = "ddamfn",
                           trust_pickle: bool = False) -> Path:
     """A single-member bundle (soft vote of one) from a reference DDAMFN checkpoint."""
-    from training.export import write_bundle
+    from rtfer.training.export import write_bundle
 
     model = load_reference_ddamfn(ckpt, architecture=architecture, trust_pickle=trust_pickle)
     return write_bundle(out_folder, [{"model": model, "name": "ddamfn"}], {"method": "soft_vote", "weights": [1.0]},

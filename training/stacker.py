@@ -19,7 +19,7 @@ import numpy as np
 from rtfer.ensemble import LogisticStacker, SoftVote, softmax
 from rtfer.errors import InputError
 from rtfer.labels import CLASSES, NUM_CLASSES
-from training.evaluate import CalibrationError, ClassificationMetrics, fit_temperature, plot_confusion
+from rtfer.training.evaluate import CalibrationError, ClassificationMetrics, fit_temperature, plot_confusion
 
 log = logging.getLogger(__name__)
 

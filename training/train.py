@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from rtfer.errors import InputError
-from training.augment import BatchAugment
-from training.config import TrainConfig, save_config
-from training.data import BatchLoader, Packed, class_balanced_weights, load_split
-from training.engine import ModelEma, StepOptions, lr_lambda, predict_logits, train_one_epoch
-from training.evaluate import ClassificationMetrics, evaluate_logits, nll, write_report
-from training.losses import class_weights
-from training.runlog import RunLog
-from training.sam import SAM
+from rtfer.training.augment import BatchAugment
+from rtfer.training.config import TrainConfig, save_config
+from rtfer.training.data import BatchLoader, Packed, class_balanced_weights, load_split
+from rtfer.training.engine import ModelEma, StepOptions, lr_lambda, predict_logits, train_one_epoch
+from rtfer.training.evaluate import ClassificationMetrics, evaluate_logits, nll, write_report
+from rtfer.training.losses import class_weights
+from rtfer.training.runlog import RunLog
+from rtfer.training.sam import SAM
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         backbone = kwargs.pop("pretrained_path")  # read here, where a pickled reference file may be trusted
     model = create_model(cfg.model.name, **kwargs)
     if backbone:
-        from training.reference import load_mfn_pretrained
+        from rtfer.training.reference import load_mfn_pretrained
 
         report = load_mfn_pretrained(model, backbone, trust_pickle=cfg.model.trust_pickle)
         if report["missing"]:

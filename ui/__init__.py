@@ -1,6 +1,7 @@
-"""rtfer desktop application (PyQt6): thin widgets over the Qt-free :mod:`ui.controller`.
+"""rtfer desktop application (PyQt6): thin widgets over the Qt-free :mod:`rtfer.ui.controller`.
 
-Importing ``ui`` or ``ui.controller`` does not import Qt; the widgets live in ``ui.widgets`` / ``ui.main_window``.
+Importing ``rtfer.ui`` or ``rtfer.ui.controller`` does not import Qt; the widgets live in ``rtfer.ui.widgets`` /
+``rtfer.ui.main_window``.
 """
 from __future__ import annotations
 

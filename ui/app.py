@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from PyQt6.QtWidgets import QApplication
     except ImportError:
         return _error("PyQt6 is required for the desktop app: pip install 'rtfer[ui]'")
-    from ui.main_window import MainWindow
+    from rtfer.ui.main_window import MainWindow
 
     owns_app = QApplication.instance() is None
     app = QApplication.instance() or QApplication(sys.argv[:1])

@@ -12,11 +12,11 @@ from typing import Any
 from PyQt6.QtCore import QObject, pyqtSignal
 
 from rtfer.types import FrameResult
-from ui.controller import Callbacks, LiveStats
+from rtfer.ui.controller import Callbacks, LiveStats
 
 
 class ControllerBridge(QObject):
-    """Signals for a :class:`ui.controller.Controller`; pass :attr:`callbacks` to the controller."""
+    """Signals for a :class:`rtfer.ui.controller.Controller`; pass :attr:`callbacks` to the controller."""
 
     resultReady = pyqtSignal()
     error = pyqtSignal(str)

@@ -35,7 +35,7 @@ from rtfer.run import (
     write_summary,
 )
 from rtfer.types import FrameResult
-from ui.timeline_model import TimelineBuffer
+from rtfer.ui.timeline_model import TimelineBuffer
 
 __all__ = ["Callbacks", "Controller", "LiveStats", "PacedSource", "is_live_spec", "list_cameras"]
 

@@ -1,7 +1,7 @@
 """The main window: source controls, live view, probability bars, timeline, recording, status bar.
 
-Widgets only display and forward clicks; the :class:`ui.controller.Controller` does the work on its thread and
-talks back through :class:`ui.bridge.ControllerBridge` signals.
+Widgets only display and forward clicks; the :class:`rtfer.ui.controller.Controller` does the work on its thread and
+talks back through :class:`rtfer.ui.bridge.ControllerBridge` signals.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from PyQt6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QH
                              QPushButton, QSlider, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from rtfer.run import STAGES
-from ui.bridge import ControllerBridge
-from ui.controller import Controller, LiveStats, list_cameras
-from ui.settings import SCALES, AppSettings, SettingsDialog
-from ui.widgets import SCALE_TITLES, ProbabilityPanel, TimelineWidget, VideoView
+from rtfer.ui.bridge import ControllerBridge
+from rtfer.ui.controller import Controller, LiveStats, list_cameras
+from rtfer.ui.settings import SCALES, AppSettings, SettingsDialog
+from rtfer.ui.widgets import SCALE_TITLES, ProbabilityPanel, TimelineWidget, VideoView
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from PyQt6.QtWidgets import QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidg
 from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX
 from rtfer.labels import CLASSES, scale_levels, to_scale
 from rtfer.types import FrameResult
-from ui.timeline_model import TimelineBuffer, TrackSeries
+from rtfer.ui.timeline_model import TimelineBuffer, TrackSeries
 
 log = logging.getLogger(__name__)
 

@@ -113,7 +113,7 @@ class TensorRTBackend(Backend):
         self.active_device = f"cpu (onnxruntime fallback: {problem})"
 
     def _build(self, index: int, force: bool = False):
-        from engines import EngineBuildError, GpuInfo, build_engine
+        from rtfer.engines import EngineBuildError, GpuInfo, build_engine
 
         gpu = GpuInfo(self.cuda.gpu_name(index), self.cuda.capability(index))
         try:
@@ -125,7 +125,7 @@ class TensorRTBackend(Backend):
 
     def _load_engine(self, index: int) -> None:
         trt = self.trt
-        from engines.builder import make_logger
+        from rtfer.engines.builder import make_logger
 
         self.trt_logger = make_logger(trt)  # must outlive the runtime and engine
         self.runtime = trt.Runtime(self.trt_logger)

@@ -49,7 +49,7 @@ class PlainCNN(nn.Module):
 
 def _plain(widths, num_classes, input_size, drop_rate, pretrained, pretrained_path) -> nn.Module:
     if pretrained or pretrained_path:
-        raise RuntimeError("this baseline has no pretrained weights; train it with python -m training")
+        raise RuntimeError("this baseline has no pretrained weights; train it with python -m rtfer.training")
     if int(input_size) < 16:
         raise ValueError(f"input_size must be at least 16 (four 2x2 max-pools), got {input_size}")
     return _cfg(PlainCNN(widths, num_classes, drop_rate), input_size)
@@ -131,7 +131,8 @@ class ResNet18CbamAttn(nn.Module):
 
 def _cbam_attn(num_classes, input_size, drop_rate, small, pretrained, pretrained_path) -> nn.Module:
     if pretrained or pretrained_path:
-        raise RuntimeError("resnet18_cbam_attn has no downloadable weights here; train it with python -m training")
+        raise RuntimeError("resnet18_cbam_attn has no downloadable weights here; "
+                           "train it with python -m rtfer.training")
     minimum = 16 if small else 64
     if int(input_size) < minimum:
         raise ValueError(f"input_size must be at least {minimum}, got {input_size}")

@@ -323,8 +323,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a checkpoint: a state dict or {"model_state_dict"|"state_dict"|"model": ...}.
 
     Only ``torch.load(weights_only=True)``: the runtime never unpickles code. A pickled module (the reference's
-    MFN_msceleb.pth) is refused here; ``training.reference.read_checkpoint(..., trust_pickle=True)`` reads it when the
-    user vouches for the file.
+    MFN_msceleb.pth) is refused here; ``rtfer.training.reference.read_checkpoint(..., trust_pickle=True)`` reads it
+    when the user vouches for the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -333,8 +333,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickled module or other objects: only safe loading here
         raise ValueError(f"{path.name} is not a plain tensor checkpoint: reading it would unpickle code from the "
-                         "file; if you trust its source, load it through `python -m training` with the trust-pickle "
-                         f"option ({type(exc).__name__})") from None
+                         "file; if you trust its source, load it through `python -m rtfer.training` with the "
+                         f"trust-pickle option ({type(exc).__name__})") from None
     state = state_dict_of(obj)
     if state is None:
         raise ValueError(f"{path.name} holds no recognisable state dict (got {type(obj).__name__})")

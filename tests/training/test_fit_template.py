@@ -1,6 +1,6 @@
 import numpy as np
 
-from training.fit_template import symmetrize
+from rtfer.training.fit_template import symmetrize
 
 
 def test_symmetrize_levels_and_centres_a_tilted_template():

@@ -1,4 +1,4 @@
-"""INT8 static quantisation of bundle members (python -m training quantize) and --precision at run time."""
+"""INT8 static quantisation of bundle members (python -m rtfer.training quantize) and --precision at run time."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def quantized(tiny_bundle, tmp_path_factory):
     """A copy of the tiny bundle with INT8 members (QDQ), calibrated and measured on a small synthetic split."""
-    from training.quantize import quantize_bundle
+    from rtfer.training.quantize import quantize_bundle
 
     tmp = tmp_path_factory.mktemp("quant")
     folder = tmp / "bundle"
@@ -112,7 +112,7 @@ def test_cli_precision_and_info(quantized, tiny_bundle, tmp_path, capsys):
 
 
 def test_quantize_command_bad_input_is_one_line(tiny_bundle, tmp_path, capsys):
-    from training.__main__ import main
+    from rtfer.training.__main__ import main
 
     folder = tmp_path / "b"
     shutil.copytree(tiny_bundle, folder)
@@ -125,7 +125,7 @@ def test_fp32_graph_restores_fp32_weights(tiny_bundle, tmp_path):
     import onnxruntime as ort
 
     from rtfer.bundle import BundleSpec, preprocess
-    from training.quantize import fp32_graph
+    from rtfer.training.quantize import fp32_graph
 
     spec = BundleSpec.read(tiny_bundle)
     m = spec.members[0]

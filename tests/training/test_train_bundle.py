@@ -7,8 +7,8 @@ import numpy as np
 
 import rtfer
 from rtfer.ensemble import make_ensemble
-from training.__main__ import main
-from training.bundling import torch_member_probs
+from rtfer.training.__main__ import main
+from rtfer.training.bundling import torch_member_probs
 
 
 def test_runs_to_bundle_round_trip(tiny_packed, tmp_path):

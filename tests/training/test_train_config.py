@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from rtfer.errors import InputError
-from training.config import TrainConfig, config_from_dict, load_config, save_config
+from rtfer.training.config import TrainConfig, config_from_dict, load_config, save_config
 
 
 def test_defaults_yaml_then_overrides(tmp_path):
@@ -46,9 +46,9 @@ def test_saved_config_round_trips(tmp_path):
 def test_shipped_configs_load():
     from pathlib import Path
 
-    import training
+    import rtfer.training
 
-    folder = Path(training.__file__).parent / "configs"
+    folder = Path(rtfer.training.__file__).parent / "configs"
     names = sorted(p.name for p in folder.glob("*.yaml"))
     assert "ddamfn_rafdb.yaml" in names and "convnextv2_rafdb.yaml" in names
     ref = load_config(folder / "ddamfn_rafdb.yaml")

@@ -9,8 +9,8 @@ import torch
 
 from rtfer.errors import InputError
 from rtfer.labels import CLASSES, FERPLUS_COLUMNS
-from training.data import (BatchLoader, DataSpec, class_balanced_weights, ferplus_targets, load_packed, pack,
-                           read_ferplus, read_image_folder, read_rafdb, read_spec, stratified_split)
+from rtfer.training.data import (BatchLoader, DataSpec, class_balanced_weights, ferplus_targets, load_packed,
+                                 pack, read_ferplus, read_image_folder, read_rafdb, read_spec, stratified_split)
 
 RAF_NAMES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 
@@ -148,7 +148,7 @@ def test_pack_round_trip_and_gray_to_three_channels(fer_folder, tmp_path):
     loader = BatchLoader(data, 5)
     batches = list(loader)
     assert len(batches) == 3 and batches[-1][0].shape == (4, 1, 24, 24)
-    from training.augment import to_float
+    from rtfer.training.augment import to_float
 
     x = to_float(batches[0][0], 32, (0.5,) * 3, (0.5,) * 3)
     assert x.shape == (5, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2])
@@ -164,7 +164,7 @@ def test_pack_color_images_are_rgb(tmp_path, make_image):
 
 
 def test_loader_shuffle_is_seeded_and_weighted_sampling_balances():
-    from training.data import Packed
+    from rtfer.training.data import Packed
 
     labels = np.array([0] * 90 + [1] * 10)
     data = Packed(np.zeros((100, 4, 4, 1), np.uint8), labels)
@@ -179,7 +179,7 @@ def test_loader_shuffle_is_seeded_and_weighted_sampling_balances():
 
 
 def test_pack_cli_rafdb_with_stratified_validation(tmp_path, make_image):
-    from training.__main__ import main
+    from rtfer.training.__main__ import main
 
     lines = []
     for i in range(1, 29):

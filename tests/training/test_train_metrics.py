@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rtfer.labels import CLASSES
-from training.evaluate import (CalibrationError, ClassificationMetrics, ScaleAccuracy, evaluate_logits,
-                               fit_temperature, nll, write_report)
+from rtfer.training.evaluate import (CalibrationError, ClassificationMetrics, ScaleAccuracy, evaluate_logits,
+                                     fit_temperature, nll, write_report)
 
 
 def onehot(pred, k=7):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rtfer.models import create_model
-from training.augment import AugmentConfig, BatchAugment, to_float
-from training.engine import StepOptions, compute_loss, lr_lambda
-from training.losses import attention_diversity_loss, class_weights, classification_loss
-from training.sam import SAM, bn_update
+from rtfer.training.augment import AugmentConfig, BatchAugment, to_float
+from rtfer.training.engine import StepOptions, compute_loss, lr_lambda
+from rtfer.training.losses import attention_diversity_loss, class_weights, classification_loss
+from rtfer.training.sam import SAM, bn_update
 
 
 def test_augment_is_seeded_and_shaped():
@@ -151,7 +151,7 @@ def test_mixed_hard_label_batch_trains_on_the_mixed_distribution():
 
 
 def test_distillation_loss_by_hand():
-    from training.losses import distillation_loss
+    from rtfer.training.losses import distillation_loss
 
     s = torch.tensor([[2.0, 0.0, -1.0]])
     t = torch.tensor([[1.0, 1.0, 0.0]])
@@ -167,7 +167,7 @@ def test_distillation_enters_the_step_loss():
     student = create_model("convnextv2_test", input_size=32)
     teacher = create_model("convnextv2_test", input_size=32).eval()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    from training.losses import distillation_loss
+    from rtfer.training.losses import distillation_loss
 
     with torch.no_grad():
         plain, _ = compute_loss(student, x, y, None, StepOptions())
@@ -177,7 +177,7 @@ def test_distillation_enters_the_step_loss():
 
 
 def test_weight_ema_warms_up_then_uses_its_decay():
-    from training.engine import ModelEma
+    from rtfer.training.engine import ModelEma
 
     model = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():

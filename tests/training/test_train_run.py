@@ -6,9 +6,9 @@ import json
 import numpy as np
 import torch
 
-from training.__main__ import main
-from training.config import load_config
-from training.train import fit, load_checkpoint
+from rtfer.training.__main__ import main
+from rtfer.training.config import load_config
+from rtfer.training.train import fit, load_checkpoint
 
 
 def _cfg(train, val, out, *overrides):
@@ -88,7 +88,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["import-reference", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "b")]) == 2
     assert main(["evaluate", str(tmp_path / "missing.pt"), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("python -m training: error:") for line in err)
+    assert len(err) == 2 and all(line.startswith("python -m rtfer.training: error:") for line in err)
 
 
 def test_init_from_a_bundle_member_onnx(tiny_packed, tiny_bundle, tmp_path):

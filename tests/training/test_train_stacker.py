@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rtfer.ensemble import make_ensemble
-from training.stacker import (cross_validated, fit_ensemble, fit_ensemble_from_runs, fit_logistic, fit_soft_vote,
-                              weight_grid)
+from rtfer.training.stacker import (cross_validated, fit_ensemble, fit_ensemble_from_runs, fit_logistic,
+                                    fit_soft_vote, weight_grid)
 
 
 def members(n=700, seed=0):

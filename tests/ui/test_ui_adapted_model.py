@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("PyQt6")
 
-from ui.main_window import MainWindow  # noqa: E402
+from rtfer.ui.main_window import MainWindow  # noqa: E402
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from ui.main_window import MainWindow  # noqa: E402
-from ui.settings import AppSettings, SettingsDialog  # noqa: E402
+from rtfer.ui.main_window import MainWindow  # noqa: E402
+from rtfer.ui.settings import AppSettings, SettingsDialog  # noqa: E402
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_settings_persist_between_runs(qtbot, qsettings, fake_factory):
 
 
 def test_headless_bad_source_exits_nonzero(tmp_path, capsys):
-    from ui.app import main
+    from rtfer.ui.app import main
 
     code = main(["--source", str(tmp_path / "missing.mp4"), "--screenshot", str(tmp_path / "s.png"),
                  "--quit-after", "1"])
@@ -140,10 +140,10 @@ def test_headless_bad_source_exits_nonzero(tmp_path, capsys):
 
 
 def test_headless_screenshot(qapp, monkeypatch, tmp_path, group_video, fake_factory):
-    import ui.controller
-    from ui.app import main
+    import rtfer.ui.controller
+    from rtfer.ui.app import main
 
-    monkeypatch.setattr(ui.controller, "_default_pipeline_factory", fake_factory)
+    monkeypatch.setattr(rtfer.ui.controller, "_default_pipeline_factory", fake_factory)
     out = tmp_path / "shot.png"
     ini = tmp_path / "s.ini"
     code = main(["--source", str(group_video), "--screenshot", str(out), "--quit-after", "0.5",
@@ -195,7 +195,7 @@ def test_drop_a_video_onto_the_window(qtbot, window, group_video):
 def test_headless_without_source_shows_the_empty_window(qapp, tmp_path):
     from PyQt6.QtGui import QImage
 
-    from ui.app import main
+    from rtfer.ui.app import main
 
     out = tmp_path / "empty.png"
     t0 = time.monotonic()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rtfer.types import Frame
-from ui.controller import Callbacks, Controller, PacedSource, is_live_spec, list_cameras
+from rtfer.ui.controller import Callbacks, Controller, PacedSource, is_live_spec, list_cameras
 
 CSV_COLUMNS = ["source", "frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", "surprise", "fear",
                "disgust", "happiness", "sadness", "anger", "neutral", "emotion", "confidence", "sentiment5",
@@ -247,7 +247,7 @@ def test_camera_probe_lists_the_indices_that_open_and_releases_each(monkeypatch)
 
     import cv2
 
-    import ui.controller as controller
+    import rtfer.ui.controller as controller
 
     opened, released = [], []
 

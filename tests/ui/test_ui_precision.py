@@ -7,8 +7,8 @@ pytest.importorskip("PyQt6")
 
 
 def test_precision_reaches_the_pipeline_options():
-    from ui.app import build_parser
-    from ui.settings import AppSettings
+    from rtfer.ui.app import build_parser
+    from rtfer.ui.settings import AppSettings
 
     assert build_parser().parse_args(["--precision", "int8"]).precision == "int8"
     assert AppSettings().to_options().precision == "auto"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rtfer.types import EmotionScores, Faces, FrameResult
-from ui.timeline_model import TimelineBuffer
+from rtfer.ui.timeline_model import TimelineBuffer
 
 pytest.importorskip("pytestqt")
 
@@ -24,7 +24,7 @@ ANGRY = np.array([0.0, 0.1, 0.2, 0.0, 0.1, 0.5, 0.1], np.float32)
 
 
 def test_video_view_shows_frames(qtbot):
-    from ui.widgets import VideoView
+    from rtfer.ui.widgets import VideoView
 
     view = VideoView()
     qtbot.addWidget(view)
@@ -40,7 +40,7 @@ def test_video_view_shows_frames(qtbot):
 
 
 def test_probability_panel_scales_and_reuse(qtbot):
-    from ui.widgets import ProbabilityPanel
+    from rtfer.ui.widgets import ProbabilityPanel
 
     panel = ProbabilityPanel()
     qtbot.addWidget(panel)
@@ -80,7 +80,7 @@ def test_timeline_buffer_ring_and_tracks():
 
 
 def test_timeline_redraws_on_timer_and_hover(qtbot):
-    from ui.widgets import TimelineWidget
+    from rtfer.ui.widgets import TimelineWidget
 
     buf = TimelineBuffer()
     widget = TimelineWidget(buf, interval_ms=50)
@@ -110,7 +110,7 @@ def test_timeline_redraws_on_timer_and_hover(qtbot):
 
 
 def test_timeline_legend_lists_the_faces_on_screen(qtbot):
-    from ui.widgets import TimelineWidget
+    from rtfer.ui.widgets import TimelineWidget
 
     buf = TimelineBuffer()
     widget = TimelineWidget(buf, interval_ms=10_000)
@@ -126,7 +126,7 @@ def test_timeline_legend_lists_the_faces_on_screen(qtbot):
 def test_timeline_hover_follows_the_mouse(qtbot):
     from PyQt6.QtCore import QPointF
 
-    from ui.widgets import TimelineWidget
+    from rtfer.ui.widgets import TimelineWidget
 
     buf = TimelineBuffer()
     widget = TimelineWidget(buf, interval_ms=10_000)
