@@ -29,6 +29,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bundle", default="default", help="model bundle: a built-in name or a folder (default: default)")
     from rtfer.backends import BACKENDS
     from rtfer.detection import DETECTORS
+    from rtfer.pipeline import DEFAULT_CLASSIFY_RATE, DEFAULT_DET_FACE_PX
     from rtfer.smoothing import METHODS
 
     g.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
@@ -46,6 +47,10 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-faces", type=int, default=50, metavar="N", help="keep at most N faces per frame (default 50)")
     g.add_argument("--det-width", type=int, default=640, metavar="PX",
                    help="downscale frames to this width for detection (default 640)")
+    g.add_argument("--det-face-px", type=int, default=DEFAULT_DET_FACE_PX, metavar="PX",
+                   help=f"with only large faces in view, detect on a frame downscaled until the smallest face is "
+                        f"about PX wide, with a full-width pass every second (default {DEFAULT_DET_FACE_PX}; "
+                        f"0 = always detect at --det-width)")
     g.add_argument("--min-face", type=int, default=20, metavar="PX", help="drop faces smaller than this (default 20)")
     g.add_argument("--det-threshold", type=float, default=0.5, help="detector score threshold (default 0.5)")
     g.add_argument("--smoothing", default="hmm", choices=list(METHODS),
@@ -54,7 +59,6 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="0 (none) .. 1 (very sticky); default 0.5")
     g.add_argument("--batch-frames", type=int, default=8, metavar="N",
                    help="frames whose faces share one inference call on files (default 8)")
-    from rtfer.pipeline import DEFAULT_CLASSIFY_RATE
     from rtfer.smoothing import CONFIDENCE_TEMPERATURE
 
     g.add_argument("--classify-rate", type=_classify_rate, default=DEFAULT_CLASSIFY_RATE, metavar="K",
@@ -81,6 +85,7 @@ def _options(args):
     try:
         return AnalyzeOptions(bundle=args.bundle, backend=args.backend, device=args.device, detector=args.detector,
                               every=args.every, max_faces=args.max_faces, det_width=args.det_width,
+                              det_face_px=args.det_face_px,
                               min_face=args.min_face, det_threshold=args.det_threshold, smoothing=args.smoothing,
                               smoothing_strength=args.smoothing_strength, batch_frames=args.batch_frames,
                               allow_fallback=args.allow_fallback, precision=args.precision,

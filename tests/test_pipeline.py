@@ -230,3 +230,58 @@ def test_classify_schedule_plans_a_batch_of_frames_before_classifying_it():
     ids = np.array([4])
     due = [bool(sched.due(ids, k / 30, sm)[0]) for k in range(8)]  # the pipeline plans 8 frames, then infers
     assert due == [True, False, False, True, False, False, True, False]
+
+
+def test_detection_width_drops_for_large_faces_with_a_full_pass_every_tenth_call():
+    from rtfer.pipeline import DetectionWidth
+    from rtfer.types import Faces
+
+    def faces(side: float) -> Faces:
+        return Faces(np.array([[10, 10, 10 + side, 10 + side]], np.float32), np.zeros((1, 5, 2), np.float32),
+                     np.array([0.9], np.float32))
+
+    w = DetectionWidth(640, 96)
+    assert w.next() is None, "the first call sees the full frame"
+    w.observe(faces(240), 480, None)  # a 240 px face in a 480 px frame: 96 px needs a 192 px frame
+    widths = []
+    for _ in range(20):
+        widths.append(w.next())
+        w.observe(faces(240), 480, widths[-1])
+    assert widths.count(None) == 2 and set(widths) == {192, None}, widths
+    assert widths.index(None) == 9, "one full-width pass in every ten calls"
+    w.observe(Faces.empty(), 480, 192)
+    assert w.next() is None, "a call that finds nothing goes back to the full width"
+    w.observe(faces(30), 640, None)  # a small face: downscaling would lose it
+    assert w.next() is None
+    off = DetectionWidth(640, 0)
+    off.observe(faces(240), 480, None)
+    assert off.next() is None
+
+
+def test_pipeline_detects_a_close_up_face_on_a_smaller_frame(tiny_bundle, group_video):
+    """The pipeline asks the detector for a smaller frame once the faces it saw are large (det_face_px), and never
+    with det_face_px 0; the faces found stay (nearly) the same. The group video's faces are small, so the test asks
+    for only 48 px per face at detection scale."""
+    from rtfer.detection import create_detector
+
+    class Spy:
+        def __init__(self) -> None:
+            self.inner = create_detector("centerface", det_width=640)
+            self.widths: list = []
+            self.name = "spy"
+
+        def detect(self, image, det_width=None):
+            self.widths.append(det_width)
+            return self.inner.detect(image, det_width=det_width)
+
+    counts = {}
+    for px in (0, 48):
+        spy = Spy()
+        pipe = Pipeline(AnalyzeOptions(bundle=str(tiny_bundle), every=1, det_face_px=px), detector=spy)
+        counts[px] = [len(r.faces) for r in pipe.run(str(group_video))]
+        if px == 0:
+            assert set(spy.widths) == {None}
+        else:
+            assert any(w is not None and w < 640 for w in spy.widths), spy.widths
+    same = np.mean(np.asarray(counts[0]) == np.asarray(counts[48]))
+    assert same >= 0.9 and sum(counts[48]) >= 0.95 * sum(counts[0]), counts

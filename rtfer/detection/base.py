@@ -169,19 +169,21 @@ class Detector(abc.ABC):
         provider = self.providers[0] if self.providers else "?"
         return f"{self.name} (det_width={self.options.det_width}, {provider})"
 
-    def detection_size(self, width: int, height: int) -> tuple[int, int, float]:
-        """(width, height, scale) of the resized frame fed to the network: downscaled to det_width, never up."""
-        scale = min(1.0, float(self.options.det_width) / float(width))
+    def detection_size(self, width: int, height: int, det_width: int | None = None) -> tuple[int, int, float]:
+        """(width, height, scale) of the resized frame fed to the network: downscaled to ``det_width`` (default the
+        detector's own), never up."""
+        scale = min(1.0, float(det_width or self.options.det_width) / float(width))
         return max(1, int(round(width * scale))), max(1, int(round(height * scale))), scale
 
-    def detect(self, image_bgr: np.ndarray) -> Faces:
-        """Detect faces in one BGR frame (gray is accepted and converted). Returns Faces in frame pixels."""
+    def detect(self, image_bgr: np.ndarray, det_width: int | None = None) -> Faces:
+        """Detect faces in one BGR frame (gray is accepted and converted). Returns Faces in frame pixels.
+        ``det_width`` overrides the detection width for this call (the pipeline lowers it while faces are large)."""
         import cv2
 
         t0 = time.perf_counter()
         image = to_bgr(image_bgr)
         h, w = image.shape[:2]
-        dw, dh, scale = self.detection_size(w, h)
+        dw, dh, scale = self.detection_size(w, h, det_width)
         small = image if scale == 1.0 else cv2.resize(image, (dw, dh), interpolation=cv2.INTER_AREA)
         m = self.stride_multiple
         pw, ph = -(-dw // m) * m, -(-dh // m) * m
