@@ -47,13 +47,65 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def linear_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one assignment of a rectangular cost matrix: ``(rows, cols)`` sorted by row, as
+    ``scipy.optimize.linear_sum_assignment`` gives. The Hungarian method with shortest augmenting paths, O(n^2 m)
+    with numpy over the columns: the tracker's matrices are at most ``max_faces`` square, and importing
+    scipy.optimize instead would cost a third of a second before the first frame is tracked."""
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.ndim != 2:
+        raise ValueError(f"cost must be a 2-D matrix, got shape {cost.shape}")
+    if not np.isfinite(cost).all():
+        raise ValueError("cost contains non-finite values")
+    if cost.shape[0] > cost.shape[1]:
+        cols, rows = linear_assignment(cost.T)
+        order = np.argsort(rows)
+        return rows[order], cols[order]
+    n, m = cost.shape
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a = np.zeros((n + 1, m + 1))
+    a[1:, 1:] = cost
+    u, v = np.zeros(n + 1), np.zeros(m + 1)
+    p = np.zeros(m + 1, np.int64)  # p[j]: the row matched to column j (1-based; 0 = free)
+    way = np.zeros(m + 1, np.int64)
+    for i in range(1, n + 1):
+        p[0], j0 = i, 0
+        minv = np.full(m + 1, np.inf)
+        used = np.zeros(m + 1, bool)
+        while True:
+            used[j0] = True
+            i0 = p[j0]
+            free = ~used
+            free[0] = False
+            cur = a[i0] - u[i0] - v
+            better = free & (cur < minv)
+            minv[better] = cur[better]
+            way[better] = j0
+            masked = np.where(free, minv, np.inf)
+            j1 = int(np.argmin(masked))
+            delta = masked[j1]
+            u[p[used]] += delta
+            v[used] -= delta
+            minv[free] -= delta
+            j0 = j1
+            if p[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            p[j0] = p[j1]
+            j0 = j1
+    cols = np.flatnonzero(p[1:]) + 1
+    rows = p[cols] - 1
+    order = np.argsort(rows)
+    return rows[order], cols[order] - 1
+
+
 def _assign(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
     """Maximum-total-IoU one-to-one assignment, keeping pairs with IoU >= threshold."""
     if iou.size == 0:
         return []
-    from scipy.optimize import linear_sum_assignment
-
-    rows, cols = linear_sum_assignment(1.0 - iou)
+    rows, cols = linear_assignment(1.0 - iou)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= threshold]
 
 

@@ -265,3 +265,38 @@ def test_tracking_benchmark_counts_ids_jumps_and_carried_boxes():
     frames[25] = (25, 25 / 30, np.array([1]), np.array([_box(100, 100)], np.float32), np.array([False]))
     long_gap = [(k, t, ids, b, np.zeros(len(ids), bool) if k > 3 else c) for k, t, ids, b, c in frames]
     assert bench.id_stats(long_gap, every=3)["carried_max"] > 20
+
+
+def test_linear_assignment_matches_scipy_on_random_and_rectangular_matrices():
+    """The tracker's own Hungarian method (no scipy import before the first frame) finds an optimal assignment."""
+    from scipy.optimize import linear_sum_assignment
+
+    from rtfer.tracking import linear_assignment
+
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1), (1, 5), (5, 1), (3, 3), (7, 4), (4, 9), (20, 20), (50, 47)]
+    for n, m in shapes * 5:
+        cost = rng.random((n, m))
+        if rng.random() < 0.3:
+            cost = np.round(cost, 1)  # ties
+        rows, cols = linear_assignment(cost)
+        ref_rows, ref_cols = linear_sum_assignment(cost)
+        assert len(rows) == min(n, m) and len(set(cols.tolist())) == len(cols)
+        assert list(rows) == sorted(rows) and len(set(rows.tolist())) == len(rows)
+        assert cost[rows, cols].sum() == pytest.approx(cost[ref_rows, ref_cols].sum(), abs=1e-9), (n, m)
+    rows, cols = linear_assignment(np.zeros((0, 3)))
+    assert rows.size == cols.size == 0
+    with pytest.raises(ValueError):
+        linear_assignment(np.array([[np.inf]]))
+
+
+def test_tracking_never_imports_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from rtfer.tracking import Tracker; from rtfer.types import Faces; "
+            "t = Tracker(); b = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32); "
+            "f = Faces(b, np.zeros((2, 5, 2), np.float32), np.array([0.9, 0.9], np.float32)); "
+            "t.update(f, 0); t.update(f, 1); print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
