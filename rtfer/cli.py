@@ -199,7 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="rtfer: %(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the entry point owns the root handler: keep credentials out
         handler.addFilter(_RedactFilter())
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM finalises outputs like Ctrl-C
+    try:
+        return _dispatch(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests, notebooks) leaves no trace
+
+
+def _dispatch(args) -> int:
     try:
         if args.command == "analyze":
             return _cmd_analyze(args)

@@ -532,3 +532,11 @@ def test_batch_frames_does_not_change_the_numbers(tmp_path, capsys, tiny_bundle,
                     continue
                 assert abs(fa - fb) <= 1e-4 + 1e-4 * abs(fa), \
                     f"--batch-frames {n}, frame {a['frame']}, face {a['face_id']}: {key} {va} != {vb}"
+
+
+def test_main_in_process_leaves_the_sigterm_handler_as_it_was(capsys):
+    from rtfer.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["analyze", "/nonexistent/clip.mp4"]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
