@@ -15,7 +15,7 @@ BUILTIN = sorted(p.parent.name for p in builtin_bundles_dir().glob(f"*/{BUNDLE_F
 
 
 def test_the_default_and_the_accurate_bundle_ship():
-    assert {"default", "accurate"} <= set(BUILTIN)
+    assert {"default", "fast"} <= set(BUILTIN)
 
 
 @pytest.mark.parametrize("name", BUILTIN)

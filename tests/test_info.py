@@ -19,9 +19,9 @@ def test_info_tables_name_every_section(capsys):
 
 
 def test_info_names_another_builtin_bundle(capsys):
-    assert main(["info", "--bundle", "accurate"]) == 0
+    assert main(["info", "--bundle", "fast"]) == 0
     out = capsys.readouterr().out
-    assert "bundle accurate" in out and "resnet18_cbam_attn" in out
+    assert "bundle fast" in out and "convnextv2" in out and "resnet18_cbam_attn" not in out
 
 
 def test_info_json_is_complete(capsys):
@@ -30,7 +30,7 @@ def test_info_json_is_complete(capsys):
     info = json.loads(text)  # the whole document parses: nothing is cut
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
-    assert [m["name"] for m in info["members"]] == ["ddamfn", "convnextv2"]
+    assert [m["name"] for m in info["members"]] == ["ddamfn", "convnextv2", "resnet18_cbam_attn"]
     assert info["ensemble"]["accuracy"] > 0.5 and len(info["ensemble"]["recall"]) == 7
     assert info["validation"]["count"] > 0 and info["ablation"]
     assert info["devices"][0]["device"] == "cpu" and info["auto_choice"]["backend"]
