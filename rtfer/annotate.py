@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX, color_bgr
-from rtfer.labels import CLASSES, scale_levels, to_scale
+from rtfer.labels import CLASSES, LABEL_SCALES, scale_levels, to_scale
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ EMOTION_COLORS_BGR: dict[str, tuple[int, int, int]] = {c: color_bgr(c) for c in 
 #: BGR colour per sentiment level (purple = negative ... green = positive).
 LEVEL_COLORS_BGR: dict[str, tuple[int, int, int]] = {c: color_bgr(c) for c in LEVEL_COLORS_HEX}
 UNTRACKED_COLOR_BGR = (255, 255, 255)
-SCALES = ("emotion", "sentiment5", "sentiment3")
+SCALES = LABEL_SCALES  # the one list, in rtfer.labels
 
 
 def face_labels(probs: np.ndarray, scale: str = "emotion") -> tuple[list[str], np.ndarray]:
@@ -28,7 +28,7 @@ def face_labels(probs: np.ndarray, scale: str = "emotion") -> tuple[list[str], n
     probs = np.asarray(probs, dtype=np.float32).reshape(-1, len(CLASSES))
     if scale == "emotion":
         names, p = CLASSES, probs
-    elif scale in ("sentiment5", "sentiment3"):
+    elif scale in SCALES:
         names, p = scale_levels(scale), to_scale(probs, scale)
     else:
         raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")

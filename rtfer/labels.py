@@ -61,6 +61,8 @@ SCALES: dict[str, dict[str, tuple[str, ...]]] = {
         "neutral": ("neutral",),
     },
 }
+#: Every scale a face's label can be shown on: the 7 classes, then the sentiment scales (annotation, UI, CLI).
+LABEL_SCALES: tuple[str, ...] = ("emotion", "sentiment5", "sentiment3")
 
 
 def scale_levels(scale: str) -> tuple[str, ...]:

@@ -10,12 +10,13 @@ from PyQt6.QtCore import QSettings
 from PyQt6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                              QHBoxLayout, QLabel, QPushButton, QSpinBox, QWidget)
 
+from rtfer.labels import LABEL_SCALES
 from rtfer.run import BACKENDS as BACKEND_NAMES
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", *BACKEND_NAMES)
-SCALES = ("emotion", "sentiment5", "sentiment3")
+SCALES = LABEL_SCALES
 
 
 def smoothing_methods() -> tuple[str, ...]:
