@@ -288,6 +288,15 @@ def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | 
 _END = object()
 
 
+def append_to(sinks: Iterable[Any], result: FrameResult, annotated=None) -> None:
+    """Append one frame to each sink; sinks with ``accepts_annotated`` get the frame already annotated, if it is."""
+    for sink in sinks:
+        if annotated is not None and getattr(sink, "accepts_annotated", False):
+            sink.append(result, annotated=annotated)
+        else:
+            sink.append(result)
+
+
 class SinkWriter:
     """Appends each frame to the sinks on a thread of its own, fed by a bounded queue.
 
@@ -340,11 +349,7 @@ class SinkWriter:
             result, annotated = item
             t0 = time.perf_counter()
             try:
-                for sink in self.sinks:
-                    if annotated is not None and getattr(sink, "accepts_annotated", False):
-                        sink.append(result, annotated=annotated)
-                    else:
-                        sink.append(result)
+                append_to(self.sinks, result, annotated)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the submitting thread
                 self._error = exc
                 continue
@@ -418,10 +423,8 @@ class Run:
                 sinks += owned
             writer = SinkWriter(sinks, maxsize=self.writer_queue, timer=timer)
             stack.callback(self._finish, writer, timer, t_start, summary)
-            keep = self.keep_images
-            if self.plan is not None and self.plan.keep_images:
-                keep = True
-            kwargs = {"keep_images": keep} if keep is not None else {}
+            keep = True if self.plan is not None and self.plan.keep_images else self.keep_images
+            kwargs = {"keep_images": keep} if keep is not None else {}  # None: the pipeline's own option
             bar = self._progress_bar(stack, src)
             results = self.pipeline.run(src, cancel=self.cancel, **kwargs)
             stack.callback(_close, results)
@@ -491,9 +494,7 @@ def run_file(input_path: Any, plan: OutputPlan, *, pipeline: Pipeline | None = N
     options = options or (pipeline.options if pipeline is not None else AnalyzeOptions())
     pipe = pipeline or Pipeline(options)
     src = open_input(input_path, prefetch=options.prefetch, drop_frames=options.realtime)
-    keep = True if options.keep_images else None
-    return Run(pipe, src, plan=plan, cancel=cancel, keep_images=keep, progress=progress,
-               command=command).execute()
+    return Run(pipe, src, plan=plan, cancel=cancel, progress=progress, command=command).execute()
 
 
 # --------------------------------------------------------------------------------------------- the app's summaries
@@ -508,10 +509,6 @@ class SharedSummary:
     def append(self, result: FrameResult) -> None:
         with self._lock:
             self._acc.update(result)
-
-    @property
-    def frames(self) -> int:
-        return self._acc.frames
 
     def snapshot(self) -> SummaryAccumulator:
         with self._lock:
@@ -588,11 +585,7 @@ class Recording:
             if not self._sinks:
                 return
             try:
-                for sink in self._sinks:
-                    if annotated is not None and getattr(sink, "accepts_annotated", False):
-                        sink.append(result, annotated=annotated)
-                    else:
-                        sink.append(result)
+                append_to(self._sinks, result, annotated)
                 return
             except Exception as exc:  # noqa: BLE001 - a full disk stops the recording, not the analysis
                 message = f"recording stopped: {exc}"
