@@ -64,6 +64,9 @@ def linear_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, m = cost.shape
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    best = cost.argmin(axis=1)
+    if len(np.unique(best)) == n:  # every row's cheapest column is its own: that is optimal (the usual tracking case)
+        return np.arange(n), best
     a = np.zeros((n + 1, m + 1))
     a[1:, 1:] = cost
     u, v = np.zeros(n + 1), np.zeros(m + 1)
