@@ -479,8 +479,7 @@ def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = N
     the command line it quotes, default sys.argv)."""
     from rtfer.run import OutputPlan, run_file
 
-    plan = OutputPlan(str(input_path), None if output_csv is None else str(output_csv),
-                      None if jsonl is None else str(jsonl), None if annotated is None else str(annotated),
-                      None if summary_png is None else str(summary_png), None if report is None else str(report), raw)
+    paths = [None if p is None else str(p) for p in (output_csv, jsonl, annotated, summary_png, report)]
+    plan = OutputPlan(str(input_path), *paths, raw=raw)
     return run_file(input_path, plan, pipeline=pipeline, options=options, progress=progress, cancel=cancel,
                     command=command)

@@ -519,11 +519,7 @@ def write_summary(acc: SummaryAccumulator, png_path: Any, *, title: str | None =
     """Render ``acc`` into ``png_path`` (checked first); raises :class:`~rtfer.errors.OutputError` on failure."""
     from rtfer.sinks import prepare_output_path
 
-    path = prepare_output_path(Path(png_path), "summary", written_at_end=True)
-    try:
-        return write_summary_png(acc, path, title=title)
-    except OSError as exc:
-        raise OutputError(f"cannot write summary {png_path}: {exc.strerror or exc}") from None
+    return write_summary_png(acc, prepare_output_path(Path(png_path), "summary", written_at_end=True), title=title)
 
 
 class Recording:
