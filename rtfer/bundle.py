@@ -14,7 +14,8 @@ bundle.json (format_version 1)::
 
 A member may carry ``"int8": {"file", "sha256", "from_sha256"}``: its INT8 ONNX file
 (``python -m rtfer.training quantize``), made from the FP member file whose sha256 is ``from_sha256`` (a re-exported
-member makes its INT8 file stale).
+member makes its INT8 file stale). With ``"kept_fp": true`` the file is the member's own FP file: INT8 was not faster
+for that member, so it runs FP when the bundle runs INT8.
 
 Preprocessing reads these fields; nothing about a member is hard-coded elsewhere.
 """
@@ -58,7 +59,7 @@ class MemberSpec:
     arch_kwargs: dict = field(default_factory=dict)
     temperature: float = 1.0
     tta_flip: bool = False  # average the logits of the crop and its mirror image (costs a second pass)
-    int8: dict = field(default_factory=dict)  # {"file", "sha256", "from_sha256"} of the INT8 member file, if any
+    int8: dict = field(default_factory=dict)  # {"file", "sha256", "from_sha256"[, "kept_fp"]} of the INT8 member file
 
     @classmethod
     def from_dict(cls, d: dict) -> MemberSpec:
@@ -297,15 +298,20 @@ class Bundle:
         self.members = spec.members
         self.backends = [backends.create_backend(self.backend_name, spec.path / self.member_file(m),
                                                  device=self.device, member=m.to_dict(), allow_fallback=allow_fallback,
-                                                 max_batch=max_batch, precision=self.precision)
+                                                 max_batch=max_batch, precision=self.member_precision(m))
                          for m in spec.members]
         self.ensemble: Ensemble = make_ensemble(spec.ensemble, len(spec.members), spec.temperature)
         log.info("bundle %s %s: %d members on %s", spec.name, spec.version, len(self.members),
                  self.backends[0].describe())
 
     def member_file(self, member: MemberSpec) -> str:
-        """The ONNX file that runs for ``member`` at this bundle's precision."""
+        """The ONNX file that runs for ``member`` at this bundle's precision (under INT8, a member where INT8 did not
+        pay keeps its FP file: ``"kept_fp"`` in its ``int8`` entry)."""
         return member.int8["file"] if self.precision == "int8" else member.file
+
+    def member_precision(self, member: MemberSpec) -> str:
+        """What ``member`` runs at: the bundle's precision, except FP for an INT8 bundle's kept-FP member."""
+        return "fp32" if self.precision == "int8" and member.int8.get("kept_fp") else self.precision
 
     @property
     def input_sizes(self) -> list[int]:

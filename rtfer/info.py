@@ -203,7 +203,8 @@ def render_info(info: dict[str, Any]) -> str:
         val = q.get("val") or {}
         fp, i8 = (val.get("fp") or {}).get("ensemble") or {}, (val.get("int8") or {}).get("ensemble") or {}
         out.append("\nint8 members")
-        out.append(_kv([("status", state), ("format", q.get("format")),
+        runs = [("runs", ", ".join(f"{k} {v}" for k, v in q["members"].items()))] if q.get("members") else []
+        out.append(_kv([("status", state), ("format", q.get("format")), *runs,
                         ("val accuracy", f"{_pct(fp.get('accuracy'))} fp -> {_pct(i8.get('accuracy'))} int8 "
                                          f"({val.get('count', '?')} images)")]))
         cost = q.get("cost_ms_per_face") or {}

@@ -14,8 +14,13 @@ precision (``--precision auto``) only when the ensemble loses at most ``max_drop
 With ``--format auto`` both ONNX Runtime formats are built and measured (QDQ: QuantizeLinear/DequantizeLinear pairs
 that ORT fuses into integer kernels; QOperator: QLinearConv/QLinearMatMul nodes); the faster accepted one is kept.
 
-Writes ``<member>.int8.onnx`` next to each member file, the member's ``int8`` entry (file, sha256, and the sha256 of
-the FP file it was made from) and ``quantization.int8`` in bundle.json.
+INT8 is chosen per member: a member whose INT8 network is not at least ``MIN_GAIN`` (5%) faster than its FP network
+on one thread (depthwise-heavy nets such as DDAMFN often are not) keeps its FP file under ``--precision int8``; the
+mixed set is measured like the others (accuracy and cost) and competes with them.
+
+Writes ``<member>.int8.onnx`` next to each member file that runs INT8, the member's ``int8`` entry (file, sha256, and
+the sha256 of the FP file it was made from; ``"kept_fp": true`` with the FP file where INT8 did not pay) and
+``quantization.int8`` in bundle.json.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("qdq", "qoperator")
 METHODS = ("minmax", "entropy", "percentile")
 MAX_DROP_POINTS = 0.5  # the accuracy gate: ensemble val accuracy may drop by at most this many points
+MIN_GAIN = 0.05  # a member runs INT8 only if that is at least this much faster than its FP network
 
 
 # ---- graph preparation ------------------------------------------------------------------------------------------------
@@ -256,17 +262,30 @@ class Candidate:
     val: dict
     cost: dict[str, float]
     drop_points: float
+    int8_members: tuple[bool, ...] = ()  # per member: runs INT8 (True) or keeps its FP file
 
     @property
     def accepted(self) -> bool:
         return self.drop_points <= MAX_DROP_POINTS
 
+    @property
+    def label(self) -> str:
+        return self.fmt if all(self.int8_members) else f"{self.fmt}+fp"
+
+
+def int8_pays(names: list[str], fp_cost: dict[str, float], int8_cost: dict[str, float],
+              min_gain: float = MIN_GAIN) -> tuple[bool, ...]:
+    """Per member: is its INT8 network at least ``min_gain`` faster than its FP network (ms per face)?"""
+    return tuple(int8_cost[n] < (1.0 - min_gain) * fp_cost[n] for n in names)
+
 
 def quantize_bundle(bundle: str | Path, calib: str | Path, *, val: str | Path | None = None, fmt: str = "auto",
                     method: str = "minmax", calib_count: int = 512, per_channel: bool = True, seed: int = 0,
-                    max_drop: float = MAX_DROP_POINTS, cost_threads: int = 1, min_seconds: float = 1.0) -> dict:
+                    max_drop: float = MAX_DROP_POINTS, cost_threads: int = 1, min_seconds: float = 1.0,
+                    per_member: bool = True) -> dict:
     """Add INT8 members to the bundle folder ``bundle`` and record FP vs INT8 in its bundle.json; returns the
-    ``quantization.int8`` record. The FP member files and everything else in the bundle stay as they are."""
+    ``quantization.int8`` record. The FP member files and everything else in the bundle stay as they are.
+    ``per_member``: also measure the set where each member runs INT8 only if that pays (:func:`int8_pays`)."""
     from rtfer import __version__ as rtfer_version
     from rtfer.bundle import BUNDLE_FILE, BundleSpec, resolve_bundle_path, sha256_file, write_bundle_json
 
@@ -295,17 +314,31 @@ def quantize_bundle(bundle: str | Path, calib: str | Path, *, val: str | Path | 
             v = evaluate_files(spec, files, val_crops, val_labels)
             c = cost_files(spec, files, cost_threads, min_seconds)
             drop = 100 * (fp_val["ensemble"]["accuracy"] - v["ensemble"]["accuracy"])
-            candidates.append(Candidate(f, files, v, c, drop))
+            candidates.append(Candidate(f, files, v, c, drop, (True,) * len(files)))
             log.info("int8 %s: ensemble val accuracy %.4f (%+.2f points), %.2f ms per face", f,
                      v["ensemble"]["accuracy"], -drop, c["ensemble"])
+            pays = int8_pays([m.name for m in spec.members], fp_cost, c)
+            if per_member and any(pays) and not all(pays):
+                files = [q if use else fp for q, fp, use in zip(files, fp_files, pays)]
+                v = evaluate_files(spec, files, val_crops, val_labels)
+                c = cost_files(spec, files, cost_threads, min_seconds)
+                drop = 100 * (fp_val["ensemble"]["accuracy"] - v["ensemble"]["accuracy"])
+                candidates.append(Candidate(f, files, v, c, drop, pays))
+                log.info("int8 %s, FP where INT8 does not pay (%s): ensemble val accuracy %.4f (%+.2f points), "
+                         "%.2f ms per face", f, ", ".join(m.name for m, use in zip(spec.members, pays) if not use),
+                         v["ensemble"]["accuracy"], -drop, c["ensemble"])
         accepted = [c for c in candidates if c.drop_points <= max_drop]
         best = min(accepted, key=lambda c: c.cost["ensemble"]) if accepted else min(candidates,
                                                                                    key=lambda c: c.drop_points)
         meta = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
-        for m, src, md in zip(spec.members, best.files, meta["members"]):
+        for m, src, use, md in zip(spec.members, best.files, best.int8_members, meta["members"]):
             name = f"{Path(m.file).stem}.int8.onnx"
-            shutil.copyfile(src, folder / name)
-            md["int8"] = {"file": name, "from_sha256": sha256_file(folder / m.file)}
+            if use:
+                shutil.copyfile(src, folder / name)
+                md["int8"] = {"file": name, "from_sha256": sha256_file(folder / m.file)}
+            else:  # INT8 did not pay for this member: it runs its FP file under --precision int8
+                (folder / name).unlink(missing_ok=True)
+                md["int8"] = {"file": m.file, "from_sha256": sha256_file(folder / m.file), "kept_fp": True}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -318,6 +351,8 @@ def quantize_bundle(bundle: str | Path, calib: str | Path, *, val: str | Path | 
         "reason": (f"ensemble val accuracy {'drops' if best.drop_points > 0 else 'changes'} by "
                    f"{best.drop_points:+.2f} points ({'<=' if best.drop_points <= max_drop else '>'} {max_drop})"),
         "format": best.fmt.upper() if best.fmt == "qdq" else "QOperator",
+        "members": {m.name: "int8" if use else "fp (int8 not faster)" for m, use in zip(spec.members,
+                                                                                       best.int8_members)},
         "weights": "int8 per-channel" if per_channel else "int8 per-tensor", "activations": "uint8",
         "calibration": {"data": calib_note, "method": method, "seed": seed},
         "val": {"data": val_note, "count": int(len(val_labels)), "fp": val_record(fp_val),
@@ -326,7 +361,7 @@ def quantize_bundle(bundle: str | Path, calib: str | Path, *, val: str | Path | 
         "cost_ms_per_face": {"fp": fp_cost, "int8": best.cost,
                              "note": f"onnxruntime {ort.__version__}, {cost_threads} intra-op thread(s), batch 1, "
                                      "median; ensemble = preprocess + members + ensemble"},
-        "candidates": [{"format": c.fmt, "accuracy": c.val["ensemble"]["accuracy"],
+        "candidates": [{"format": c.label, "accuracy": c.val["ensemble"]["accuracy"],
                         "drop_points": round(c.drop_points, 3), "cost_ms_per_face": c.cost} for c in candidates],
         "tool": f"python -m rtfer.training quantize (rtfer {rtfer_version}, onnxruntime {ort.__version__})",
     }

@@ -135,3 +135,44 @@ def test_fp32_graph_restores_fp32_weights(tiny_bundle, tmp_path):
     x = preprocess(np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8), m)
     run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]  # noqa: E731
     assert np.allclose(run(out), run(tiny_bundle / m.file), atol=1e-4)
+
+
+def test_int8_pays_keeps_fp_where_int8_is_not_faster():
+    from rtfer.training.quantize import int8_pays
+
+    fp = {"a": 5.0, "b": 2.0, "c": 10.0}
+    assert int8_pays(["a", "b", "c"], fp, {"a": 5.4, "b": 1.5, "c": 9.8}) == (False, True, False)  # c: < 5% faster
+    assert int8_pays(["a", "b", "c"], fp, {"a": 4.0, "b": 1.0, "c": 3.9}) == (True, True, True)
+
+
+def test_member_where_int8_does_not_pay_keeps_its_fp_file(tiny_bundle, tmp_path, monkeypatch):
+    """quantize measures the mixed set; the member it keeps in FP runs its FP file (and FP backend) under int8."""
+    import rtfer
+    from rtfer.bundle import BundleSpec
+    from rtfer.training import quantize
+
+    def fake_cost(spec, files, threads=1, min_seconds=1.0):  # INT8 pays for the second member only
+        cost = {m.name: (3.0 if k == 0 else 1.0) if ".qdq." in f.name else 2.0
+                for k, (m, f) in enumerate(zip(spec.members, files))}
+        return {**cost, "ensemble": sum(cost.values())}
+
+    monkeypatch.setattr(quantize, "cost_files", fake_cost)
+    folder = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, folder)
+    val = tmp_path / "val.npz"
+    np.savez_compressed(val, **synthetic_split(3, 1, size=48))
+    record = quantize.quantize_bundle(folder, val, fmt="qdq", calib_count=8, max_drop=100.0, min_seconds=0.05)
+    first, second = BundleSpec.read(folder).members
+    assert [c["format"] for c in record["candidates"]] == ["qdq", "qdq+fp"]
+    assert record["members"] == {first.name: "fp (int8 not faster)", second.name: "int8"}
+    assert record["cost_ms_per_face"]["int8"]["ensemble"] == 3.0  # the cheaper, mixed set was kept
+    assert first.int8 == {"file": first.file, "from_sha256": first.sha256, "sha256": first.sha256, "kept_fp": True}
+    assert second.int8["file"].endswith(".int8.onnx") and (folder / second.int8["file"]).is_file()
+    assert not (folder / f"{first.file[:-5]}.int8.onnx").exists()
+
+    b = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu", precision="int8")
+    assert b.precision == "int8" and [x.model_path.name for x in b.backends] == [first.file, second.int8["file"]]
+    assert [x.active_device for x in b.backends] == ["cpu", "cpu (int8)"]
+    crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    fp = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu", precision="fp32")
+    assert np.allclose(b.member_probs(crops)[0], fp.member_probs(crops)[0], atol=1e-6)
