@@ -212,3 +212,71 @@ def test_earlier_systems_networks_train_export_and_run_in_a_bundle(tmp_path, fac
         rows = [r for r in csv.DictReader(f) if r["emotion"]]
     assert rows and all(abs(sum(float(r[c]) for c in ("surprise", "fear", "disgust", "happiness", "sadness",
                                                           "anger", "neutral")) - 1) < 1e-3 for r in rows)
+
+
+def _prelu_graph(slope: np.ndarray, fp16: bool) -> "onnx.ModelProto":
+    """x (2, C, 5, 5) -> PRelu(x, slope) with the slope a (C,) weight reshaped to (C, 1, 1), stored FP32 or (as
+    fp16_weights writes it) FP16 behind a Cast."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = len(slope)
+    w = numpy_helper.from_array(slope.astype(np.float16 if fp16 else np.float32), "prelu.weight")
+    shape = numpy_helper.from_array(np.array([c, 1, 1], np.int64), "shape")
+    nodes = [helper.make_node("Cast", ["prelu.weight"], ["w32"], to=TensorProto.FLOAT)] if fp16 else []
+    nodes += [helper.make_node("Reshape", ["w32" if fp16 else "prelu.weight", "shape"], ["a"]),
+              helper.make_node("PRelu", ["x", "a"], ["y"], name="act")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, c, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, c, 5, 5])], [w, shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_prelu_as_max_is_exact_for_slopes_up_to_one(fp16):
+    import onnxruntime as ort
+
+    from rtfer.training.export import prelu_as_max
+
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"x": x})[0]
+    proto = _prelu_graph(np.array([-0.3, 0.0, 0.5, 1.0]), fp16)
+    before = run(proto)
+    assert prelu_as_max(proto) == 1
+    assert [n.op_type for n in proto.graph.node if n.op_type in ("PRelu", "Mul", "Max")] == ["Mul", "Max"]
+    onnx.checker.check_model(proto, full_check=True)
+    np.testing.assert_array_equal(run(proto), before)
+    steep = _prelu_graph(np.array([0.2, 1.5, 0.1, 0.3]), fp16)  # a slope above 1: max(x, a*x) would differ
+    assert prelu_as_max(steep) == 0 and any(n.op_type == "PRelu" for n in steep.graph.node)
+
+
+def test_export_rewrites_ddamfn_prelu(exported):
+    ops = [n.op_type for n in onnx.load(str(exported["ddamfn_tiny"])).graph.node]
+    assert "PRelu" not in ops and ops.count("Max") >= 1  # parity of this file: test_parity_fp32_and_fp16_weights
+
+
+def test_rewrite_graphs_upgrades_an_older_bundle_in_place(models, face_crops, tmp_path, monkeypatch, capsys):
+    import rtfer
+    from rtfer.bundle import BundleSpec
+    from rtfer.training import export
+    from rtfer.training.__main__ import main
+
+    with monkeypatch.context() as patch:  # a bundle as export wrote it before the rewrite existed
+        patch.setattr(export, "prelu_as_max", lambda proto: 0)
+        folder = write_bundle(tmp_path / "old", [{"model": models["ddamfn_tiny"], "name": "ddamfn"}],
+                              {"method": "soft_vote", "weights": [1.0]}, name="old", version="0", interim=True)
+    file = folder / "ddamfn.onnx"
+    assert any(n.op_type == "PRelu" for n in onnx.load(str(file)).graph.node)
+    before_sha = BundleSpec.read(folder).members[0].sha256
+    before = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu").predict(face_crops)
+
+    assert main(["rewrite-graphs", str(folder)]) == 0
+    assert "ddamfn: " in capsys.readouterr().out
+    spec = BundleSpec.read(folder)
+    spec.verify()
+    assert spec.members[0].sha256 != before_sha and "prelu_as_max" in spec.raw["graph_rewrites"]
+    assert not any(n.op_type == "PRelu" for n in onnx.load(str(file)).graph.node)
+    after = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu").predict(face_crops)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    torch_probs = rtfer.load_bundle(folder, backend="torch", device="cpu").predict(face_crops)
+    np.testing.assert_allclose(torch_probs, after, atol=1e-5)  # the torch backend still rebuilds it from the file
+    assert main(["rewrite-graphs", str(tmp_path / "missing")]) == 2

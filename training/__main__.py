@@ -1,4 +1,4 @@
-"""``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize}``."""
+"""``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,rewrite-graphs}``."""
 from __future__ import annotations
 
 import argparse
@@ -136,6 +136,20 @@ def _add_quantize(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_rewrite(sub) -> None:
+    p = sub.add_parser("rewrite-graphs", help="apply export's graph rewrites (PRelu -> Max(x, a*x)) to an existing "
+                                              "bundle's members, checking that the logits stay the same")
+    p.add_argument("bundle", help="bundle folder (changed in place; INT8 files made before become stale)")
+
+
+def cmd_rewrite_graphs(a) -> int:
+    from rtfer.training.export import rewrite_bundle_graphs
+
+    counts = rewrite_bundle_graphs(a.bundle)
+    print(", ".join(f"{k}: {v} PRelu rewritten" for k, v in counts.items()))
+    return 0
+
+
 def cmd_quantize(a) -> int:
     from rtfer.training.quantize import quantize_bundle, summary_table
 
@@ -160,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
-                _add_curves, _add_quantize):
+                _add_curves, _add_quantize, _add_rewrite):
         add(sub)
     return parser
 
@@ -286,7 +300,7 @@ def cmd_import_reference(a) -> int:
 
 COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
             "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
-            "curves": cmd_curves, "quantize": cmd_quantize}
+            "curves": cmd_curves, "quantize": cmd_quantize, "rewrite-graphs": cmd_rewrite_graphs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import logging
 import tempfile
@@ -56,6 +57,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
         log.warning("export_onnx: graph optimisation skipped (%s); ONNX Runtime optimises at load time", exc)
         proto = _torch_export(m, x, opset).model_proto
     _constants_to_nodes(proto, set(keys))
+    prelu_as_max(proto)
     for node in proto.graph.node:  # exporter debug records (stack traces with local paths): not for shipping
         del node.metadata_props[:]
         node.doc_string = ""
@@ -129,6 +131,84 @@ def _constants_to_nodes(proto: onnx.ModelProto, weights: set[str]) -> None:
     old = list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes + old)
+
+
+def _weight_value(name: str, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto]):
+    """The constant value behind ``name``: an initializer, possibly through Cast/Reshape/Identity/(Un)Squeeze nodes
+    (which do not change the values); None when it is computed from anything else."""
+    for _ in range(8):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = producers.get(name)
+        if node is None or node.op_type not in ("Cast", "Reshape", "Identity", "Unsqueeze", "Squeeze"):
+            return None
+        name = node.input[0]
+    return None
+
+
+def prelu_as_max(proto: onnx.ModelProto) -> int:
+    """Rewrite ``PRelu(x, a)`` as ``Max(x, Mul(x, a))`` wherever every slope is <= 1 (there the two are equal:
+    for x > 0, a*x <= x; for x < 0, a*x >= x; negative slopes included). ONNX Runtime's CPU PRelu is a slow
+    generic broadcast kernel, about 15 times a Relu over the same tensor and a third of DDAMFN's time; the Mul + Max
+    pair costs about 2.5 Relus. The weights and their names stay as they are. Returns how many nodes were rewritten."""
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    nodes, done = [], 0
+    for node in graph.node:
+        slope = _weight_value(node.input[1], producers, inits) if node.op_type == "PRelu" else None
+        if slope is None or not slope.size or float(np.max(slope)) > 1.0:
+            nodes.append(node)
+            continue
+        scaled = f"{node.output[0]}__scaled"
+        base = node.name or node.output[0]
+        nodes += [helper.make_node("Mul", [node.input[0], node.input[1]], [scaled], name=f"{base}_mul"),
+                  helper.make_node("Max", [node.input[0], scaled], [node.output[0]], name=f"{base}_max")]
+        done += 1
+    if done:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        log.debug("prelu_as_max: %d PRelu nodes -> Max(x, a*x)", done)
+    return done
+
+
+def rewrite_bundle_graphs(folder: str | Path, atol: float = 1e-5) -> dict[str, int]:
+    """Apply export's graph rewrites (:func:`prelu_as_max`) to the FP member files of an existing bundle, in place.
+
+    Each rewritten member must give the same logits as before on random inputs (``atol``), or nothing is written.
+    The weights are untouched; the files' sha256 change, so INT8 files made from the old files become stale (run
+    ``quantize`` again). bundle.json records ``graph_rewrites``. Returns {member: PRelu nodes rewritten}."""
+    import onnxruntime as ort
+
+    from rtfer.bundle import BundleSpec
+
+    folder = Path(folder)
+    spec = BundleSpec.read(folder)
+    spec.verify()
+    counts: dict[str, int] = {}
+    rewritten: dict[str, onnx.ModelProto] = {}
+    for m in spec.members:
+        proto = onnx.load(str(folder / m.file))
+        counts[m.name] = prelu_as_max(proto)
+        if not counts[m.name]:
+            continue
+        x = np.random.default_rng(0).standard_normal((4, 3, m.input_size, m.input_size)).astype(np.float32)
+        run = lambda model: ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(  # noqa: E731
+            None, {"input": x})[0]
+        diff = float(np.abs(run(str(folder / m.file)) - run(proto.SerializeToString())).max())
+        if diff > atol:
+            raise BundleError(f"rewriting {m.file} changed its logits by {diff:.2g} (> {atol}); bundle left as it was")
+        rewritten[m.file] = proto
+    if rewritten:
+        for file, proto in rewritten.items():
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, str(folder / file))
+        meta = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
+        meta["graph_rewrites"] = {"prelu_as_max": {k: v for k, v in counts.items() if v}}
+        write_bundle_json(folder, meta)
+        BundleSpec.read(folder).verify()
+    log.info("%s: PRelu -> Max(x, a*x) in %s", folder, ", ".join(f"{k} ({v})" for k, v in counts.items()))
+    return counts
 
 
 # ---- FP16 weight storage ---------------------------------------------------------------------------------------------
