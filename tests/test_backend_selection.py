@@ -104,3 +104,23 @@ def test_cuda_available_per_backend(machine):
     machine(torch_cuda=True, ort_cuda=False)
     assert backends.cuda_available() and backends.cuda_available("torch") and backends.cuda_available("tensorrt")
     assert not backends.cuda_available("onnxruntime")
+
+
+def test_classifier_sessions_take_every_core_and_the_detector_half(tiny_bundle, monkeypatch):
+    """Without $RTFER_ORT_THREADS: classifier members get every core, the detector half (batch workers set the
+    variable so that N processes share the cores, and then it rules both)."""
+    import os
+
+    import rtfer
+    from rtfer.backends import onnxruntime as ortb
+    from rtfer.detection import create_detector
+
+    monkeypatch.delenv("RTFER_ORT_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert (ortb.classifier_threads(), ortb.default_threads()) == (4, 2)
+    bundle = rtfer.load_bundle(tiny_bundle, backend="onnxruntime", device="cpu")
+    assert {b.session.get_session_options().intra_op_num_threads for b in bundle.backends} == {4}
+    detector = create_detector("centerface")
+    assert detector.session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setenv("RTFER_ORT_THREADS", "1")
+    assert (ortb.classifier_threads(), ortb.default_threads()) == (1, 1)

@@ -39,13 +39,24 @@ def select_providers(device: str, available: list[str], allow_fallback: bool = F
 
 
 def default_threads() -> int:
-    """Intra-op threads per session: $RTFER_ORT_THREADS, else half the cores. The pipeline runs the detector and the
-    classifiers concurrently on two threads, so each session taking every core only makes them fight (measured on
-    2 cores: 1 thread each is 2-3x faster end to end than onnxruntime's default)."""
+    """Intra-op threads of the detector's session: $RTFER_ORT_THREADS, else half the cores. The pipeline runs the
+    detector and the classifiers concurrently on two threads (measured on 2 cores: onnxruntime's default, every
+    core and spin-waiting in each session, was 2-3x slower end to end)."""
     env = os.environ.get("RTFER_ORT_THREADS", "").strip()
     if env and int(env) > 0:
         return int(env)
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def classifier_threads() -> int:
+    """Intra-op threads of a classifier member's session: $RTFER_ORT_THREADS, else every core. The detector runs on
+    every ``--every``-th frame only, so with several faces a frame's classifier batch can use the core the detector
+    leaves idle; without spin-waiting an idle intra-op thread costs nothing (six-face classroom, 2 cores: 1.6-1.9x
+    -> 2.0-2.1x real time in ``rtfer bench``; one face unchanged)."""
+    env = os.environ.get("RTFER_ORT_THREADS", "").strip()
+    if env and int(env) > 0:
+        return int(env)
+    return max(1, os.cpu_count() or 1)
 
 
 #: $RTFER_ORT_OPT_LEVEL values -> onnxruntime graph optimisation levels (default: all).
@@ -85,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         providers = select_providers(self.device, ort.get_available_providers(), self.allow_fallback)
-        opts = session_options()
+        opts = session_options(classifier_threads())
         provider_args: list = []
         from rtfer.devices import parse_device
 
