@@ -286,6 +286,7 @@ def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | 
 
 # ----------------------------------------------------------------------------------------------------------- writer
 _END = object()
+_POLL_S = 0.1  # how often the writer thread looks at its queue without a wake-up
 
 
 def append_to(sinks: Iterable[Any], result: FrameResult, annotated=None) -> None:
@@ -329,9 +330,13 @@ class SinkWriter:
 
     def close(self) -> None:
         """Write everything queued, stop the thread and raise its error, if any."""
-        if self._thread.is_alive():
-            self._q.put(_END)
-            self._thread.join()
+        while self._thread.is_alive():
+            try:
+                self._q.put(_END, timeout=_POLL_S)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
         self._raise()
 
     def _raise(self) -> None:
@@ -341,7 +346,14 @@ class SinkWriter:
 
     def _loop(self) -> None:
         while True:
-            item = self._q.get()
+            # Poll rather than wait for a wake-up: a Ctrl-C that lands inside the submitting (main) thread's
+            # Queue.put, between Condition.notify's release of this thread's waiter and its removal from the
+            # waiter list, leaves the next put's notify releasing that stale waiter instead: a wait without a
+            # timeout would then sleep forever with _END queued, and close() would hang on join().
+            try:
+                item = self._q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
             if item is _END:
                 return
             if self._error is not None:

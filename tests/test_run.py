@@ -106,6 +106,35 @@ def test_writer_queue_is_bounded_so_a_slow_disk_holds_the_producer_back():
     assert done == list(range(10)) and writer.written == 10
 
 
+def test_writer_closes_even_when_an_interrupted_put_left_a_stale_waiter():
+    """Ctrl-C inside the main thread's Queue.put, between Condition.notify releasing the writer's waiter and removing
+    it from the waiter list, leaves that stale waiter first in line: the next notify (close's end marker) releases
+    it instead of the writer's new one. The writer must still see the marker (it once slept forever: a hang on
+    Ctrl-C, about one run in seven on a loaded machine)."""
+    import time
+
+    written = []
+
+    class Sink:
+        def append(self, result):
+            written.append(result.index)
+
+    writer = SinkWriter([Sink()])
+    writer.submit(_result(0))
+    deadline = time.monotonic() + 5
+    while not (written and writer._q.not_empty._waiters) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the writer wrote frame 0 and waits for the next item
+    stale = threading.Lock()
+    stale.acquire()  # as a waiter the interrupted notify released and its owner re-acquired
+    with writer._q.mutex:
+        writer._q.not_empty._waiters.appendleft(stale)
+    closer = threading.Thread(target=writer.close, daemon=True)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), "close() hung: the writer thread never saw the end marker"
+    assert written == [0]
+
+
 def test_max_frames_stops_early_and_cancel_marks_the_run_partial():
     assert Run(_Pipeline(), _ListSource(6), max_frames=3).execute().frames == 3
     cancel = threading.Event()
