@@ -213,14 +213,23 @@ def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
     frames = [f for k in range(48) for f in pan_frames(group_photo, 40, out_width=320, start=0 if k % 2 else 300)]
     write_test_video(video, frames, fps=25)
     out = tmp_path / "o.csv"
+    # a test run started as a shell background job (`pytest &`) inherits SIGINT ignored, and Python then leaves it
+    # ignored (as it should for a background job): give the child the default disposition, as a terminal would
     proc = subprocess.Popen([sys.executable, "-m", "rtfer.cli", "analyze", str(video), "-o", str(out),
-                             "--every", "1", "--classify-rate", "all", *_common(tiny_bundle)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                             "--every", "1", "--classify-rate", "all", *_common(tiny_bundle)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack: say where it hung
+        _, err = proc.communicate()
+        pytest.fail(f"rtfer analyze did not stop within 30 s of Ctrl-C; its threads:\n{err[-8000:]}")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     rows = _rows(out)
