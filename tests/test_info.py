@@ -13,7 +13,7 @@ def test_info_tables_name_every_section(capsys):
     for heading in ("bundle default", "members", "ensemble", "validation", "ablation", "detector", "backends",
                     "devices", "auto choice"):
         assert heading in out, heading
-    assert "ddamfn" in out and "convnextv2" in out and "onnxruntime" in out and "cpu" in out
+    assert "ddamfn" in out and "resnet18_cbam_attn" in out and "onnxruntime" in out and "cpu" in out
     acc = BundleSpec.read(resolve_bundle_path("default")).raw["metrics"]["ensemble"]["accuracy"]
     assert f"{acc:.1%}" in out  # the ensemble's validation accuracy, read from bundle.json
 
@@ -30,7 +30,7 @@ def test_info_json_is_complete(capsys):
     info = json.loads(text)  # the whole document parses: nothing is cut
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
-    assert [m["name"] for m in info["members"]] == ["ddamfn", "convnextv2", "resnet18_cbam_attn"]
+    assert [m["name"] for m in info["members"]] == ["ddamfn", "resnet18_cbam_attn"]
     assert info["ensemble"]["accuracy"] > 0.5 and len(info["ensemble"]["recall"]) == 7
     assert info["validation"]["count"] > 0 and info["ablation"]
     assert info["devices"][0]["device"] == "cpu" and info["auto_choice"]["backend"]
