@@ -330,12 +330,17 @@ class Bundle:
 
     def member_probs(self, crops_by_size: dict[int, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Per-member probabilities (n, 7). ``crops_by_size`` maps an input size to crops aligned at that size
-        (the pipeline aligns once per size); a single array is resized per member."""
+        (the pipeline aligns once per size); a single array is resized per member. Members that preprocess alike
+        (same crops, size, colour mode, mean and std) share one preprocessed batch."""
         out = []
+        prepared: dict[tuple, np.ndarray] = {}
         for m, b in zip(self.members, self.backends):
             crops = crops_by_size.get(m.input_size, next(iter(crops_by_size.values()))) \
                 if isinstance(crops_by_size, dict) else crops_by_size
-            x = preprocess(crops, m)
+            key = (id(crops), m.input_size, m.color, tuple(m.mean), tuple(m.std))
+            x = prepared.get(key)
+            if x is None:
+                x = prepared[key] = preprocess(crops, m)
             logits = b.infer(x)
             if m.tta_flip:  # the mirror image's logits, averaged (as in training's flip TTA)
                 logits = (logits + b.infer(np.ascontiguousarray(x[..., ::-1]))) / 2

@@ -73,3 +73,22 @@ def test_downscaling_agrees_within_the_stated_tolerance(aligned):
     # and a shifted crop is far outside that tolerance, so the check can fail
     shifted = _training(np.roll(aligned[112], 6, axis=2), 48, True)
     assert np.abs(runtime - shifted).mean() > 2 * diff.mean()
+
+
+def test_members_that_preprocess_alike_share_one_batch(aligned, monkeypatch):
+    """The default bundle's two members both take 48 px grey crops with the same mean/std: one preprocessing for both,
+    and the same probabilities as preprocessing for each."""
+    import rtfer.bundle as bundle_module
+
+    bundle = bundle_module.load_bundle("default", backend="onnxruntime", device="cpu", precision="fp32")
+    sizes = {(m.input_size, m.color, tuple(m.mean), tuple(m.std)) for m in bundle.members}
+    assert len(bundle.members) == 2 and len(sizes) == 1
+    crops = {48: aligned[48]}
+    calls = []
+    real = bundle_module.preprocess
+    monkeypatch.setattr(bundle_module, "preprocess", lambda c, m: calls.append(m.name) or real(c, m))
+    shared = bundle.member_probs(crops)
+    assert len(calls) == 1
+    for k, m in enumerate(bundle.members):
+        expected = bundle_module.softmax(bundle.backends[k].infer(real(crops[48], m)), m.temperature)
+        np.testing.assert_allclose(shared[k], expected, rtol=0, atol=1e-6)
