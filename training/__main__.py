@@ -1,4 +1,5 @@
-"""``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,rewrite-graphs}``."""
+"""``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,
+rewrite-graphs}``."""
 from __future__ import annotations
 
 import argparse

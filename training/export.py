@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 import logging
 import tempfile
@@ -203,10 +202,9 @@ def rewrite_bundle_graphs(folder: str | Path, atol: float = 1e-5) -> dict[str, i
         for file, proto in rewritten.items():
             onnx.checker.check_model(proto, full_check=True)
             onnx.save(proto, str(folder / file))
-        meta = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
+        meta = spec.raw  # bundle.json as read above; write_bundle_json re-hashes the members and re-reads it
         meta["graph_rewrites"] = {"prelu_as_max": {k: v for k, v in counts.items() if v}}
         write_bundle_json(folder, meta)
-        BundleSpec.read(folder).verify()
     log.info("%s: PRelu -> Max(x, a*x) in %s", folder, ", ".join(f"{k} ({v})" for k, v in counts.items()))
     return counts
 

@@ -308,28 +308,27 @@ def quantize_bundle(bundle: str | Path, calib: str | Path, *, val: str | Path | 
     fp_val = evaluate_files(spec, fp_files, val_crops, val_labels)
     fp_cost = cost_files(spec, fp_files, cost_threads, min_seconds)
     log.info("fp: ensemble val accuracy %.4f, %.2f ms per face", fp_val["ensemble"]["accuracy"], fp_cost["ensemble"])
+
+    def measure(fmt_: str, int8_files: list[Path], use: tuple[bool, ...]) -> Candidate:
+        """The candidate where member k runs its INT8 file if use[k], else its FP file: val accuracy and cost."""
+        files = [q if u else fp for q, fp, u in zip(int8_files, fp_files, use)]
+        v = evaluate_files(spec, files, val_crops, val_labels)
+        c = cost_files(spec, files, cost_threads, min_seconds)
+        cand = Candidate(fmt_, files, v, c, 100 * (fp_val["ensemble"]["accuracy"] - v["ensemble"]["accuracy"]), use)
+        log.info("int8 %s: ensemble val accuracy %.4f (%+.2f points), %.2f ms per face", cand.label,
+                 v["ensemble"]["accuracy"], -cand.drop_points, c["ensemble"])
+        return cand
+
     tmp = Path(tempfile.mkdtemp(prefix="rtfer-quant-"))
     try:
         candidates = []
         for f in formats:
             files = [quantize_member(folder / m.file, tmp / f"{Path(m.file).stem}.{f}.onnx", m, calib_crops,
                                      fmt=f, method=method, per_channel=per_channel) for m in spec.members]
-            v = evaluate_files(spec, files, val_crops, val_labels)
-            c = cost_files(spec, files, cost_threads, min_seconds)
-            drop = 100 * (fp_val["ensemble"]["accuracy"] - v["ensemble"]["accuracy"])
-            candidates.append(Candidate(f, files, v, c, drop, (True,) * len(files)))
-            log.info("int8 %s: ensemble val accuracy %.4f (%+.2f points), %.2f ms per face", f,
-                     v["ensemble"]["accuracy"], -drop, c["ensemble"])
-            pays = int8_pays([m.name for m in spec.members], fp_cost, c)
-            if per_member and any(pays) and not all(pays):
-                files = [q if use else fp for q, fp, use in zip(files, fp_files, pays)]
-                v = evaluate_files(spec, files, val_crops, val_labels)
-                c = cost_files(spec, files, cost_threads, min_seconds)
-                drop = 100 * (fp_val["ensemble"]["accuracy"] - v["ensemble"]["accuracy"])
-                candidates.append(Candidate(f, files, v, c, drop, pays))
-                log.info("int8 %s, FP where INT8 does not pay (%s): ensemble val accuracy %.4f (%+.2f points), "
-                         "%.2f ms per face", f, ", ".join(m.name for m, use in zip(spec.members, pays) if not use),
-                         v["ensemble"]["accuracy"], -drop, c["ensemble"])
+            candidates.append(measure(f, files, (True,) * len(files)))
+            pays = int8_pays([m.name for m in spec.members], fp_cost, candidates[-1].cost)
+            if per_member and any(pays) and not all(pays):  # FP where INT8 does not pay
+                candidates.append(measure(f, files, pays))
         accepted = [c for c in candidates if c.drop_points <= max_drop]
         best = min(accepted, key=lambda c: c.cost["ensemble"]) if accepted else min(candidates,
                                                                                    key=lambda c: c.drop_points)

@@ -38,14 +38,18 @@ def select_providers(device: str, available: list[str], allow_fallback: bool = F
     return chosen or ["CPUExecutionProvider"]
 
 
+def _threads_from_env(default: int) -> int:
+    """$RTFER_ORT_THREADS when set to a positive count (batch workers set it so that N processes share the cores),
+    else ``default``."""
+    env = os.environ.get("RTFER_ORT_THREADS", "").strip()
+    return int(env) if env and int(env) > 0 else max(1, default)
+
+
 def default_threads() -> int:
     """Intra-op threads of the detector's session: $RTFER_ORT_THREADS, else half the cores. The pipeline runs the
     detector and the classifiers concurrently on two threads (measured on 2 cores: onnxruntime's default, every
     core and spin-waiting in each session, was 2-3x slower end to end)."""
-    env = os.environ.get("RTFER_ORT_THREADS", "").strip()
-    if env and int(env) > 0:
-        return int(env)
-    return max(1, (os.cpu_count() or 2) // 2)
+    return _threads_from_env((os.cpu_count() or 2) // 2)
 
 
 def classifier_threads() -> int:
@@ -53,10 +57,7 @@ def classifier_threads() -> int:
     every ``--every``-th frame only, so with several faces a frame's classifier batch can use the core the detector
     leaves idle; without spin-waiting an idle intra-op thread costs nothing (six-face classroom, 2 cores: 1.6-1.9x
     -> 2.0-2.1x real time in ``rtfer bench``; one face unchanged)."""
-    env = os.environ.get("RTFER_ORT_THREADS", "").strip()
-    if env and int(env) > 0:
-        return int(env)
-    return max(1, os.cpu_count() or 1)
+    return _threads_from_env(os.cpu_count() or 1)
 
 
 #: $RTFER_ORT_OPT_LEVEL values -> onnxruntime graph optimisation levels (default: all).
