@@ -26,6 +26,7 @@ class DataConfig:
     test: str = ""  # evaluated once at the end with the selected checkpoint (RAF-DB protocol)
     soft_targets: bool = False  # FER+ vote distributions as targets (when the packed file has them)
     weighted_sampling: bool = False
+    folder_label_weight: float = 0.0  # blend soft targets with the image folder's class (FER2013's original label)
     batch_size: int = 128
     eval_batch_size: int = 256
 

@@ -405,6 +405,28 @@ class BatchLoader:
             yield x, y, s
 
 
+def mix_folder_labels(data: Packed, weight: float) -> Packed:
+    """Blend each soft target with the one-hot class of the image's folder: ``(1 - weight) * soft + weight * folder``.
+
+    For FER2013 packed with FER+ votes the folder is the original FER2013 label: the emotion the image was searched
+    for (often posed), where FER+ gives the emotion a crowd perceives. 28% of the images FER+ calls surprise were
+    collected as fear, for example. Labels (the FER+ majority, used for validation) are unchanged."""
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"data.folder_label_weight must be in [0, 1], got {weight}")
+    if weight == 0.0:
+        return data
+    if data.soft is None or data.files is None:
+        raise InputError("data.folder_label_weight needs soft targets and file paths (a set packed from FER+ votes)")
+    names, which = np.unique([Path(str(f)).parent.name for f in data.files], return_inverse=True)
+    try:
+        folder_labels = remap_labels(which, tuple(str(n) for n in names))
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"data.folder_label_weight: a folder is not an emotion class name ({exc})") from None
+    onehot = np.eye(NUM_CLASSES, dtype=np.float32)[folder_labels]
+    soft = ((1.0 - weight) * data.soft + weight * onehot).astype(np.float32)
+    return Packed(data.images, data.labels, soft, data.files)
+
+
 def class_balanced_weights(labels: np.ndarray, power: float = 1.0) -> np.ndarray:
     """Per-sample weights ∝ (1/class count)^power, for weighted sampling."""
     counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)

@@ -19,7 +19,7 @@ import torch
 from rtfer.errors import InputError
 from rtfer.training.augment import BatchAugment
 from rtfer.training.config import TrainConfig, save_config
-from rtfer.training.data import BatchLoader, Packed, class_balanced_weights, load_split
+from rtfer.training.data import BatchLoader, Packed, class_balanced_weights, load_split, mix_folder_labels
 from rtfer.training.engine import ModelEma, StepOptions, lr_lambda, predict_logits, train_one_epoch
 from rtfer.training.evaluate import ClassificationMetrics, evaluate_logits, nll, write_report
 from rtfer.training.losses import class_weights
@@ -227,6 +227,7 @@ def fit(cfg: TrainConfig) -> RunResult:
     train, val = load_split(cfg.data.train, None), load_split(cfg.data.val, None)
     if cfg.data.soft_targets and train.soft is None:
         raise InputError(f"data.soft_targets is set but {cfg.data.train} has no soft targets (pack it from FER+ votes)")
+    train = mix_folder_labels(train, cfg.data.folder_label_weight)
     log.info("%s: %d parameters, input %d (%s), %d train / %d val images, device %s", cfg.model.name,
              sum(p.numel() for p in model.parameters()), size, "gray" if gray else "rgb", len(train), len(val),
              device)

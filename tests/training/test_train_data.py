@@ -194,3 +194,26 @@ def test_pack_cli_rafdb_with_stratified_validation(tmp_path, make_image):
     assert len(train) == 21 and len(val) == 7 and val.class_counts().tolist() == [1] * 7
     assert train.images.shape[1:] == (16, 16, 1)
     assert main(["pack", "rafdb", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.npz")]) == 2
+
+
+def test_mix_folder_labels_blends_the_original_fer2013_label_into_soft_targets():
+    from rtfer.training.data import Packed, mix_folder_labels
+
+    soft = np.zeros((3, 7), np.float32)
+    soft[:, CLASSES.index("surprise")] = 1.0  # FER+ says surprise for all three
+    files = np.array(["fer2013/train/fear/a.jpg", "fer2013/train/surprise/b.jpg", "fer2013/train/disgust/c.jpg"])
+    data = Packed(np.zeros((3, 4, 4, 1), np.uint8), np.zeros(3, np.int64), soft, files)
+    mixed = mix_folder_labels(data, 0.25)
+    s, f, d = CLASSES.index("surprise"), CLASSES.index("fear"), CLASSES.index("disgust")
+    assert mixed.soft[0, s] == pytest.approx(0.75) and mixed.soft[0, f] == pytest.approx(0.25)
+    assert mixed.soft[1, s] == pytest.approx(1.0)
+    assert mixed.soft[2, d] == pytest.approx(0.25)
+    np.testing.assert_allclose(mixed.soft.sum(axis=1), 1.0, rtol=1e-6)
+    assert (mixed.labels == data.labels).all() and data.soft[0, f] == 0.0  # labels and the input stay as they were
+    assert mix_folder_labels(data, 0.0) is data
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        mix_folder_labels(data, 1.5)
+    with pytest.raises(InputError, match="file paths"):
+        mix_folder_labels(Packed(data.images, data.labels, soft), 0.25)
+    with pytest.raises(InputError, match="not an emotion class"):
+        mix_folder_labels(Packed(data.images, data.labels, soft, np.array(["x/a.jpg", "x/b.jpg", "y/c.jpg"])), 0.25)
