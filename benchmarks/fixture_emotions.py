@@ -6,6 +6,7 @@ matches the clip's label, plus the mean smoothed confidence against the share of
 
     python benchmarks/fixture_emotions.py                                   # default bundle, ../shared/fixtures/videos
     python benchmarks/fixture_emotions.py --bundle DIR --videos FOLDER --json out.json
+    python benchmarks/fixture_emotions.py --combiner balanced                # the class-balanced combiner
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def clip_label(path: Path) -> str | None:
     return head if head in CLASSES else None
 
 
-def measure(bundle: str, videos: list[Path]) -> list[dict]:
+def measure(bundle: str, videos: list[Path], combiner: str = "default") -> list[dict]:
     from rtfer.labels import CLASSES
     from rtfer.pipeline import AnalyzeOptions, Pipeline
 
-    pipeline = Pipeline(AnalyzeOptions(bundle=bundle, backend="onnxruntime", device="cpu"))
+    pipeline = Pipeline(AnalyzeOptions(bundle=bundle, backend="onnxruntime", device="cpu",
+                                        combiner=combiner))
     rows = []
     for path in videos:
         label = clip_label(path)
@@ -56,6 +58,7 @@ def measure(bundle: str, videos: list[Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="default")
+    p.add_argument("--combiner", default="default", help="the bundle's combiner (rtfer info lists them)")
     p.add_argument("--videos", default=str(DEFAULT_VIDEOS), help="folder of labelled clips")
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         print(f"fixture_emotions: error: no labelled clips (<emotion>_*.mp4) in {folder}", file=sys.stderr)
         return 2
-    rows = measure(a.bundle, videos)
+    rows = measure(a.bundle, videos, a.combiner)
     print("| clip | label | dominant | right | frames labelled right | mean confidence | shares |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 BUNDLE_FILE = "bundle.json"
 FORMAT = "rtfer-bundle"
 FORMAT_VERSION = 1
+#: The name of a bundle's own combiner (bundle.json ``ensemble``); other names live in bundle.json ``combiners``.
+DEFAULT_COMBINER = "default"
 
 
 def builtin_bundles_dir() -> Path:
@@ -99,6 +101,7 @@ class BundleSpec:
     alignment_template: np.ndarray = field(default_factory=lambda: np.array(ARCFACE_TEMPLATE, np.float32))
     interim: bool = False
     raw: dict = field(default_factory=dict)
+    combiners: dict = field(default_factory=dict)  # alternative combiners by name (bundle.json "combiners")
 
     @classmethod
     def read(cls, folder: str | Path) -> BundleSpec:
@@ -139,9 +142,24 @@ class BundleSpec:
         spec = cls(path=folder, name=str(d.get("name", folder.name)), version=str(d.get("version", "0")),
                    members=members, ensemble=dict(d.get("ensemble", {"method": "soft_vote"})),
                    temperature=float(d.get("temperature", 1.0)), classes=classes, alignment_template=template,
-                   interim=bool(d.get("interim", False)), raw=d)
+                   interim=bool(d.get("interim", False)), raw=d, combiners=dict(d.get("combiners") or {}))
         make_ensemble(spec.ensemble, len(members), spec.temperature)  # validate early
+        for cname, c in spec.combiners.items():
+            if cname == DEFAULT_COMBINER:
+                raise BundleError(f"{meta}: a combiner may not be called {DEFAULT_COMBINER!r} (the bundle's own)")
+            make_ensemble(c, len(members), float(c.get("temperature", 1.0)))
         return spec
+
+    def combiner(self, name: str = DEFAULT_COMBINER) -> tuple[dict, float]:
+        """(ensemble object, temperature) of the named combiner: "default" is the bundle's own (``ensemble``),
+        others come from bundle.json ``combiners`` (e.g. "balanced": class-balanced stacking)."""
+        if not name or name == DEFAULT_COMBINER:
+            return self.ensemble, self.temperature
+        if name not in self.combiners:
+            have = ", ".join([DEFAULT_COMBINER, *self.combiners])
+            raise BundleError(f"bundle {self.name} has no combiner {name!r} (it has: {have})")
+        c = self.combiners[name]
+        return c, float(c.get("temperature", 1.0))
 
     @property
     def detector(self) -> str | None:
@@ -291,7 +309,8 @@ class Bundle:
     """A loaded bundle: member backends plus the ensemble. ``predict`` is the public entry point."""
 
     def __init__(self, spec: BundleSpec, backend: str = "auto", device: str = "auto", *,
-                 allow_fallback: bool = False, max_batch: int = 64, precision: str = "auto") -> None:
+                 allow_fallback: bool = False, max_batch: int = 64, precision: str = "auto",
+                 combiner: str = DEFAULT_COMBINER) -> None:
         self.spec = spec
         self.backend_name, self.device = backends.resolve(backend, device, allow_fallback)
         self.precision = resolve_precision(precision, spec, self.backend_name, self.device)
@@ -300,9 +319,12 @@ class Bundle:
                                                  device=self.device, member=m.to_dict(), allow_fallback=allow_fallback,
                                                  max_batch=max_batch, precision=self.member_precision(m))
                          for m in spec.members]
-        self.ensemble: Ensemble = make_ensemble(spec.ensemble, len(spec.members), spec.temperature)
-        log.info("bundle %s %s: %d members on %s", spec.name, spec.version, len(self.members),
-                 self.backends[0].describe())
+        ens, temperature = spec.combiner(combiner)
+        self.combiner = combiner or DEFAULT_COMBINER
+        self.ensemble: Ensemble = make_ensemble(ens, len(spec.members), temperature)
+        log.info("bundle %s %s: %d members on %s%s", spec.name, spec.version, len(self.members),
+                 self.backends[0].describe(),
+                 "" if self.combiner == DEFAULT_COMBINER else f", combiner {self.combiner}")
 
     def member_file(self, member: MemberSpec) -> str:
         """The ONNX file that runs for ``member`` at this bundle's precision (under INT8, a member where INT8 did not
@@ -361,12 +383,14 @@ class Bundle:
 
 def load_bundle(name_or_path: str | Path = "default", backend: str = "auto", device: str = "auto", *,
                 allow_fallback: bool = False, max_batch: int = 64, verify: bool = True,
-                precision: str = "auto") -> Bundle:
+                precision: str = "auto", combiner: str = DEFAULT_COMBINER) -> Bundle:
     """Load a bundle by built-in name ("default") or folder path, on the chosen backend, device and precision
-    (see :data:`PRECISIONS`)."""
+    (see :data:`PRECISIONS`), combining its members with the named combiner (:meth:`BundleSpec.combiner`)."""
     spec = BundleSpec.read(resolve_bundle_path(name_or_path))
+    spec.combiner(combiner)  # an unknown name fails before any model loads
     if verify:
         spec.verify()
     if spec.interim:
         log.info("bundle %s is an interim model (trained with a reduced recipe)", spec.name)
-    return Bundle(spec, backend, device, allow_fallback=allow_fallback, max_batch=max_batch, precision=precision)
+    return Bundle(spec, backend, device, allow_fallback=allow_fallback, max_batch=max_batch, precision=precision,
+                  combiner=combiner)

@@ -38,6 +38,10 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "int8"],
                    help="classifier precision (default auto: INT8 on onnxruntime/CPU when the bundle has accepted "
                         "INT8 members, else the backend's own; logged)")
+    g.add_argument("--combiner", default="default", metavar="NAME",
+                   help="how the bundle's members combine: default (chosen for overall accuracy) or an alternative "
+                        "the bundle carries, e.g. balanced (class-balanced: finds rare emotions such as fear and "
+                        "disgust more often, at some overall accuracy; rtfer info lists them)")
     g.add_argument("--allow-fallback", action="store_true",
                    help="fall back to CPU when the requested GPU/provider is missing instead of failing")
     g.add_argument("--detector", default="auto", choices=["auto", *DETECTORS],
@@ -88,7 +92,7 @@ def _options(args):
                               det_face_px=args.det_face_px,
                               min_face=args.min_face, det_threshold=args.det_threshold, smoothing=args.smoothing,
                               smoothing_strength=args.smoothing_strength, batch_frames=args.batch_frames,
-                              allow_fallback=args.allow_fallback, precision=args.precision,
+                              allow_fallback=args.allow_fallback, precision=args.precision, combiner=args.combiner,
                               classify_rate=args.classify_rate, confidence_temperature=args.confidence_temperature)
     except ValueError as exc:
         raise RtferError(str(exc)) from None

@@ -58,6 +58,7 @@ class AnalyzeOptions:
     allow_fallback: bool = False  # let a missing GPU fall back to CPU instead of failing
     prefetch: int = 8
     precision: str = "auto"  # classifier precision (rtfer.bundle.PRECISIONS): auto = INT8 on CPU when accepted
+    combiner: str = "default"  # how members combine: the bundle's own, or one of its bundle.json "combiners"
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -121,7 +122,8 @@ class Pipeline:
         self.options = options or AnalyzeOptions()
         o = self.options
         self.bundle = bundle if bundle is not None else load_bundle(
-            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback, precision=o.precision)
+            o.bundle, backend=o.backend, device=o.device, allow_fallback=o.allow_fallback, precision=o.precision,
+            combiner=o.combiner)
         # The detector runs on onnxruntime: on a GPU machine it uses CUDA when onnxruntime-gpu is installed and
         # otherwise stays on the CPU with a logged warning (the classifiers still use the GPU).
         from rtfer.devices import parse_device

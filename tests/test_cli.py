@@ -335,6 +335,7 @@ def test_several_inputs_never_share_an_output(tmp_path, capsys, tiny_bundle, gro
     (["--min-face", "-3"], "minimum face"),
     (["--every", "0"], "every"),
     (["--summary", "{tmp}/x.txt"], "must end in"),
+    (["--combiner", "nope"], "has no combiner 'nope' (it has: default"),
 ])
 def test_out_of_range_options_are_refused_before_any_work(tmp_path, capsys, tiny_bundle, group_video, args, needle):
     args = [a.format(tmp=tmp_path) for a in args]

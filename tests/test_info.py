@@ -16,6 +16,8 @@ def test_info_tables_name_every_section(capsys):
     assert "ddamfn" in out and "resnet18_cbam_attn" in out and "onnxruntime" in out and "cpu" in out
     acc = BundleSpec.read(resolve_bundle_path("default")).raw["metrics"]["ensemble"]["accuracy"]
     assert f"{acc:.1%}" in out  # the ensemble's validation accuracy, read from bundle.json
+    balanced = BundleSpec.read(resolve_bundle_path("default")).combiners["balanced"]["metrics"]
+    assert f"balanced  logistic_balanced     {balanced['accuracy']:.1%}" in out  # the --combiner table
 
 
 def test_info_names_another_builtin_bundle(capsys):
@@ -28,6 +30,7 @@ def test_info_json_is_complete(capsys):
     assert main(["info", "--json"]) == 0
     text = capsys.readouterr().out
     info = json.loads(text)  # the whole document parses: nothing is cut
+    assert [c["name"] for c in info["combiners"]] == ["default", "balanced"]
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
     assert [m["name"] for m in info["members"]] == ["ddamfn", "resnet18_cbam_attn"]

@@ -1,5 +1,5 @@
 """``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,
-rewrite-graphs}``."""
+rewrite-graphs,set-combiners}``."""
 from __future__ import annotations
 
 import argparse
@@ -143,6 +143,21 @@ def _add_rewrite(sub) -> None:
     p.add_argument("bundle", help="bundle folder (changed in place; INT8 files made before become stale)")
 
 
+def _add_set_combiners(sub) -> None:
+    p = sub.add_parser("set-combiners", help="give an existing bundle the alternative combiners (e.g. balanced) of "
+                                             "the fit-stacker run it was exported from")
+    p.add_argument("bundle", help="bundle folder (bundle.json changed in place)")
+    p.add_argument("--ensemble", required=True, help="ensemble.json written by fit-stacker for the bundle's members")
+
+
+def cmd_set_combiners(a) -> int:
+    from rtfer.training.bundling import set_combiners
+
+    names = set_combiners(a.bundle, a.ensemble)
+    print(f"{a.bundle}: combiners default" + "".join(f", {n}" for n in names))
+    return 0
+
+
 def cmd_rewrite_graphs(a) -> int:
     from rtfer.training.export import rewrite_bundle_graphs
 
@@ -175,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
-                _add_curves, _add_quantize, _add_rewrite):
+                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners):
         add(sub)
     return parser
 
@@ -301,7 +316,8 @@ def cmd_import_reference(a) -> int:
 
 COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
             "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
-            "curves": cmd_curves, "quantize": cmd_quantize, "rewrite-graphs": cmd_rewrite_graphs}
+            "curves": cmd_curves, "quantize": cmd_quantize, "rewrite-graphs": cmd_rewrite_graphs,
+            "set-combiners": cmd_set_combiners}
 
 
 def main(argv: list[str] | None = None) -> int:

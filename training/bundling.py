@@ -91,6 +91,8 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
     meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
     if crops is not None:
         meta["metrics"]["end_to_end_parity"] = end_to_end_parity(folder, checkpoints, crops, fit, tta_flip=tta_flip)
+    if fit.get("alternatives"):  # alternative combiners (rtfer analyze --combiner NAME)
+        meta["combiners"] = fit["alternatives"]
     confusion = ens_path.parent / "confusion.png"
     if confusion.is_file():  # the ensemble's validation confusion matrix travels with the bundle (rtfer info)
         shutil.copyfile(confusion, Path(folder) / "confusion.png")
@@ -141,3 +143,39 @@ def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
                 logits = (logits + model(torch.flip(x, dims=[3])).numpy()) / 2
         out.append(softmax(logits, temperatures[i] if temperatures else 1.0))
     return out
+
+
+def set_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[str]:
+    """Copy the alternative combiners of ``ensemble_json`` (fit-stacker's output) into an existing bundle's
+    bundle.json ``combiners``, replacing any there. The fit must be the one the bundle was exported from: the same
+    number of members and the same default combiner; anything else was fitted on other members' outputs and would
+    combine the wrong probabilities. Returns the combiner names now in the bundle."""
+    from rtfer.bundle import BUNDLE_FILE, BundleSpec, resolve_bundle_path, write_bundle_json
+    from rtfer.errors import BundleError
+
+    spec = BundleSpec.read(resolve_bundle_path(bundle))
+    ens_path = Path(ensemble_json)
+    if not ens_path.is_file():
+        raise InputError(f"ensemble file {ens_path} does not exist (run `python -m rtfer.training fit-stacker` first)")
+    fit = json.loads(ens_path.read_text(encoding="utf-8"))
+    if len(fit["member_names"]) != len(spec.members) or not _same_combiner(fit["ensemble"], spec.ensemble) \
+            or not np.isclose(float(fit["temperature"]), spec.temperature, rtol=1e-6):
+        raise BundleError(f"{ens_path} was not fitted on bundle {spec.name}'s members (its default combiner differs "
+                          "from the bundle's)")
+    meta = json.loads((spec.path / BUNDLE_FILE).read_text(encoding="utf-8"))
+    meta["combiners"] = dict(fit.get("alternatives") or {})
+    write_bundle_json(spec.path, meta)
+    BundleSpec.read(spec.path)  # the result still parses and validates
+    return list(meta["combiners"])
+
+
+def _same_combiner(a: dict, b: dict) -> bool:
+    if a.get("method") != b.get("method") or set(a) != set(b):
+        return False
+    for k, v in a.items():
+        if k == "method":
+            continue
+        x, y = np.asarray(v, dtype=np.float64), np.asarray(b[k], dtype=np.float64)
+        if x.shape != y.shape or not np.allclose(x, y, rtol=1e-9, atol=1e-12):
+            return False
+    return True

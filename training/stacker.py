@@ -86,6 +86,9 @@ CANDIDATES = {
 #: What ``choose="auto"`` picks from. The class-balanced stacker trades overall accuracy for mean-class accuracy; a
 #: user's video is mostly neutral and happy faces, so it is offered (``choose="logistic_balanced"``), not defaulted.
 AUTO_CANDIDATES = ("soft_vote", "logistic")
+#: Alternative combiners a bundle carries beside its default (bundle.json ``combiners``; ``rtfer analyze --combiner``):
+#: runtime name -> fitted candidate.
+ALTERNATIVES = {"balanced": "logistic_balanced"}
 
 
 def _fit(name: str, member_probs, labels, metric: str, seed: int):
@@ -122,6 +125,7 @@ class StackerFit:
     metric: str
     folds: int
     metrics: dict = field(default_factory=dict)  # for bundle.json: per member and ensemble, validation
+    alternatives: dict = field(default_factory=dict)  # bundle.json "combiners": name -> combiner, temperature, metrics
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,11 +162,18 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
     else:
         raise ValueError(f"choose must be auto, soft_vote, logistic or logistic_balanced, got {choose!r}")
     final = finals[chosen]
-    # Temperature on the out-of-fold log-probabilities (softmax(log p / T) rescales the combiner's logits), so it
-    # is fitted on predictions the combiner did not see; accuracy is unchanged.
-    oof_logp = np.log(np.clip(oofs[chosen], 1e-12, None))
-    temperature = fit_temperature(oof_logp, labels)
-    ece = {"before": _ece(oofs[chosen], labels), "after": _ece(softmax(oof_logp, temperature), labels)}
+    temperature, ece = _tempered(oofs[chosen], labels)
+    alternatives = {}
+    for alt, candidate in ALTERNATIVES.items():
+        if candidate == chosen:
+            continue
+        t, e = _tempered(oofs[candidate], labels)
+        alternatives[alt] = {**finals[candidate].to_dict(), "temperature": t, "fitted_as": candidate,
+                             "metrics": {"cross_validated": True, "folds": folds,
+                                         "accuracy": fitted[candidate]["accuracy"],
+                                         "mean_class_accuracy": fitted[candidate]["mean_class_accuracy"],
+                                         "recall": recall_by_class(oofs[candidate], labels),
+                                         "ece": e["before"], "ece_tempered": e["after"]}}
     metrics = {"split": "validation",
                "members": {n: {**score(p, labels), "recall": recall_by_class(p, labels)}
                            for n, p in zip(names, member_probs)},
@@ -175,7 +186,15 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
                "count": int(len(labels))}
     return StackerFit(chosen=chosen, ensemble=final.to_dict(), temperature=float(temperature), member_names=list(names),
                       member_temperatures=list(member_temperatures or [1.0] * len(names)), ablation=rows,
-                      metric=metric, folds=folds, metrics=metrics)
+                      metric=metric, folds=folds, metrics=metrics, alternatives=alternatives)
+
+
+def _tempered(oof: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
+    """Temperature on the out-of-fold log-probabilities (softmax(log p / T) rescales the combiner's logits), so it
+    is fitted on predictions the combiner did not see (accuracy is unchanged); ECE before and after."""
+    logp = np.log(np.clip(oof, 1e-12, None))
+    t = fit_temperature(logp, labels)
+    return float(t), {"before": _ece(oof, labels), "after": _ece(softmax(logp, t), labels)}
 
 
 def _ece(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -196,6 +215,11 @@ def ablation_markdown(fit: StackerFit) -> str:
     if "ece" in ens:
         lines += ["", f"Chosen combiner's calibration (out-of-fold): ECE {ens['ece']:.4f}, "
                       f"{ens['ece_tempered']:.4f} after temperature {ens['temperature']:.3f}."]
+    for alt, c in fit.alternatives.items():
+        m = c["metrics"]
+        lines += ["", f"Alternative combiner `{alt}` ({c['fitted_as']}, `rtfer analyze --combiner {alt}`): accuracy "
+                      f"{m['accuracy']:.4f}, mean-class {m['mean_class_accuracy']:.4f} (out-of-fold); ECE "
+                      f"{m['ece_tempered']:.4f} after temperature {c['temperature']:.3f}."]
     return "\n".join(lines) + "\n"
 
 

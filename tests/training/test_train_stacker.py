@@ -88,6 +88,16 @@ def test_auto_never_picks_the_balanced_stacker_even_when_it_wins_mean_class():
     fitted = {r["method"]: r for r in fit.ablation if r["fitted"]}
     assert fitted["logistic_balanced"]["mean_class_accuracy"] > fitted["logistic"]["mean_class_accuracy"]
     assert fit.chosen != "logistic_balanced"
+    # ... but the bundle carries it as the "balanced" alternative, with its own temperature and figures
+    alt = fit.alternatives["balanced"]
+    assert alt["fitted_as"] == "logistic_balanced" and alt["method"] == "logistic" and alt["temperature"] > 0
+    assert alt["metrics"]["mean_class_accuracy"] == fitted["logistic_balanced"]["mean_class_accuracy"]
+    assert alt["metrics"]["recall"]["fear"] > fit.metrics["ensemble"]["recall"]["fear"]
+    balanced = make_ensemble(alt, 2, alt["temperature"])(probs)
+    default = make_ensemble(fit.ensemble, 2, fit.temperature)(probs)
+    assert (balanced.argmax(1) == 1).sum() > (default.argmax(1) == 1).sum()  # it finds the rare class more often
+    # chosen outright, it is the bundle's own combiner and no alternative
+    assert fit_ensemble(probs, y, ["a", "b"], choose="logistic_balanced", folds=3).alternatives == {}
 
 
 def test_cross_validated_figures_are_out_of_fold():
