@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="device for the backend: auto, cpu, cuda, cuda:0 (this session only)")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"),
                    help="classifier precision (this session only; auto = INT8 on CPU when the bundle accepted it)")
+    p.add_argument("--combiner", help="how the bundle's members combine: default or an alternative it carries, "
+                                      "e.g. balanced (this session only)")
     p.add_argument("--fast", action="store_true",
                    help="process files as fast as possible instead of at real time (this session only)")
     p.add_argument("--screenshot", type=Path, help="save a PNG of the window before quitting (with --quit-after)")
@@ -110,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else QSettings("rtfer", "rtfer-app"))
     window = MainWindow(qsettings)
     window.set_overrides(bundle=args.bundle, backend=args.backend, device=args.device, precision=args.precision,
-                         realtime=False if args.fast else None)
+                         combiner=args.combiner, realtime=False if args.fast else None)
     window.show()
     if source is not None:
         window.open_source(source)

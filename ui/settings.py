@@ -41,6 +41,7 @@ class AppSettings:
     backend: str = "auto"
     device: str = "auto"
     precision: str = "auto"  # classifier precision (rtfer --precision): auto = INT8 on CPU when the bundle accepted it
+    combiner: str = "default"  # how the bundle's members combine (rtfer --combiner): default or e.g. balanced
     detector: str = "auto"
     every: int = 3
     smoothing: str = "hmm"
@@ -58,7 +59,7 @@ class AppSettings:
         return AnalyzeOptions(bundle=self.bundle, backend=self.backend, device=self.device, detector=self.detector,
                               every=int(self.every), max_faces=int(self.max_faces), smoothing=self.smoothing,
                               smoothing_strength=float(self.smoothing_strength), keep_images=True,
-                              precision=self.precision)
+                              precision=self.precision, combiner=self.combiner or "default")
 
     @classmethod
     def load(cls, qsettings: QSettings) -> AppSettings:
@@ -107,6 +108,11 @@ class SettingsDialog(QDialog):
         row.addWidget(self.bundle, 1)
         row.addWidget(browse)
         form.addRow("Model bundle", row)
+
+        self.combiner = _combo(("default", "balanced"), settings.combiner, editable=True)
+        self.combiner.setToolTip("default: best overall accuracy. balanced: class-balanced, finds rare emotions "
+                                 "(fear, disgust) more often at some overall accuracy (rtfer info lists a bundle's)")
+        form.addRow("Combiner", self.combiner)
 
         self.backend = _combo(BACKENDS, settings.backend)
         form.addRow("Backend", self.backend)
@@ -158,6 +164,7 @@ class SettingsDialog(QDialog):
         """The edited settings (the fields this dialog does not show are kept)."""
         return dataclasses.replace(
             self._settings, bundle=self.bundle.currentText().strip() or "default",
+            combiner=self.combiner.currentText().strip() or "default",
             backend=self.backend.currentText(), device=self.device.currentText().strip() or "auto",
             detector=self.detector.currentText(), every=self.every.value(),
             smoothing=self.smoothing.currentText().strip() or "hmm", smoothing_strength=self.strength.value(),

@@ -112,6 +112,7 @@ def test_settings_persist_between_runs(qtbot, qsettings, fake_factory):
     dialog.max_faces.setValue(7)
     dialog.backend.setCurrentText("onnxruntime")
     dialog.bundle.setCurrentText("/tmp/my-bundle")
+    dialog.combiner.setCurrentText("balanced")
     win.apply_settings(dialog.result_settings())
     win.set_scale("sentiment3")
     win.mode_combo.setCurrentIndex(1)
@@ -121,7 +122,7 @@ def test_settings_persist_between_runs(qtbot, qsettings, fake_factory):
     qtbot.addWidget(again)
     expected = dataclasses.replace(AppSettings(), every=5, smoothing="ema", smoothing_strength=0.25, max_faces=7,
                                    backend="onnxruntime", bundle="/tmp/my-bundle", scale="sentiment3",
-                                   realtime=False)
+                                   realtime=False, combiner="balanced")
     assert again.settings == expected
     assert again.scale_buttons["sentiment3"].isChecked() and again.mode_combo.currentIndex() == 1
     opts = again.settings.to_options()
