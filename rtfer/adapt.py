@@ -850,6 +850,7 @@ def write_adapted_bundle(result: AdaptResult, out: str | Path, *, overwrite: boo
         meta["ensemble"] = params.ensemble
         meta["temperature"] = float(params.temperature)
         meta.pop("metrics", None)  # the base's validation figures do not describe the adapted model
+        meta.pop("combiners", None)  # fitted to the base's member outputs and data: the adaptation chose its own
         if meta.pop("quantization", None) is not None:
             log.info("the base bundle's INT8 members are not carried over (quantise the adapted bundle anew)")
         counts = ex.per_class()

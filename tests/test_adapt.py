@@ -94,6 +94,8 @@ def test_adapted_bundle_records_provenance_and_no_paths(shifted, adapted, base_s
     text = (out / "bundle.json").read_text(encoding="utf-8")
     meta = json.loads(text)
     prov = meta["adaptation"]
+    # the base's alternative combiners were fitted to its own members and data: the adapted bundle drops them
+    assert base_spec.combiners and "combiners" not in meta
     assert prov["base"] == {"name": base_spec.name, "version": base_spec.version, "sha256": A.bundle_hash(base_spec),
                             "members": {m.name: m.sha256 for m in base_spec.members}}
     assert prov["examples"]["per_class"] == {c: PER_CLASS for c in CLASSES}
