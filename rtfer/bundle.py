@@ -312,6 +312,8 @@ class Bundle:
                  allow_fallback: bool = False, max_batch: int = 64, precision: str = "auto",
                  combiner: str = DEFAULT_COMBINER) -> None:
         self.spec = spec
+        ens, temperature = spec.combiner(combiner)  # an unknown name fails before any model loads
+        self.combiner = combiner or DEFAULT_COMBINER
         self.backend_name, self.device = backends.resolve(backend, device, allow_fallback)
         self.precision = resolve_precision(precision, spec, self.backend_name, self.device)
         self.members = spec.members
@@ -319,8 +321,6 @@ class Bundle:
                                                  device=self.device, member=m.to_dict(), allow_fallback=allow_fallback,
                                                  max_batch=max_batch, precision=self.member_precision(m))
                          for m in spec.members]
-        ens, temperature = spec.combiner(combiner)
-        self.combiner = combiner or DEFAULT_COMBINER
         self.ensemble: Ensemble = make_ensemble(ens, len(spec.members), temperature)
         log.info("bundle %s %s: %d members on %s%s", spec.name, spec.version, len(self.members),
                  self.backends[0].describe(),
@@ -387,7 +387,6 @@ def load_bundle(name_or_path: str | Path = "default", backend: str = "auto", dev
     """Load a bundle by built-in name ("default") or folder path, on the chosen backend, device and precision
     (see :data:`PRECISIONS`), combining its members with the named combiner (:meth:`BundleSpec.combiner`)."""
     spec = BundleSpec.read(resolve_bundle_path(name_or_path))
-    spec.combiner(combiner)  # an unknown name fails before any model loads
     if verify:
         spec.verify()
     if spec.interim:

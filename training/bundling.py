@@ -150,7 +150,8 @@ def set_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[str]:
     bundle.json ``combiners``, replacing any there. The fit must be the one the bundle was exported from: the same
     number of members and the same default combiner; anything else was fitted on other members' outputs and would
     combine the wrong probabilities. Returns the combiner names now in the bundle."""
-    from rtfer.bundle import BUNDLE_FILE, BundleSpec, resolve_bundle_path, write_bundle_json
+    from rtfer.bundle import BundleSpec, resolve_bundle_path, write_bundle_json
+    from rtfer.ensemble import make_ensemble
     from rtfer.errors import BundleError
 
     spec = BundleSpec.read(resolve_bundle_path(bundle))
@@ -158,24 +159,16 @@ def set_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[str]:
     if not ens_path.is_file():
         raise InputError(f"ensemble file {ens_path} does not exist (run `python -m rtfer.training fit-stacker` first)")
     fit = json.loads(ens_path.read_text(encoding="utf-8"))
-    if len(fit["member_names"]) != len(spec.members) or not _same_combiner(fit["ensemble"], spec.ensemble) \
-            or not np.isclose(float(fit["temperature"]), spec.temperature, rtol=1e-6):
+    # bundle.json's ensemble was written from this very fit: JSON round-trips floats exactly, so it compares equal
+    if len(fit["member_names"]) != len(spec.members) or fit["ensemble"] != spec.ensemble \
+            or float(fit["temperature"]) != spec.temperature:
         raise BundleError(f"{ens_path} was not fitted on bundle {spec.name}'s members (its default combiner differs "
                           "from the bundle's)")
-    meta = json.loads((spec.path / BUNDLE_FILE).read_text(encoding="utf-8"))
-    meta["combiners"] = dict(fit.get("alternatives") or {})
+    combiners = dict(fit.get("alternatives") or {})
+    for c in combiners.values():  # checked before bundle.json is touched
+        make_ensemble(c, len(spec.members), float(c.get("temperature", 1.0)))
+    meta = spec.raw  # bundle.json as read above; write_bundle_json re-reads and validates what it writes
+    meta["combiners"] = combiners
     write_bundle_json(spec.path, meta)
-    BundleSpec.read(spec.path)  # the result still parses and validates
-    return list(meta["combiners"])
+    return list(combiners)
 
-
-def _same_combiner(a: dict, b: dict) -> bool:
-    if a.get("method") != b.get("method") or set(a) != set(b):
-        return False
-    for k, v in a.items():
-        if k == "method":
-            continue
-        x, y = np.asarray(v, dtype=np.float64), np.asarray(b[k], dtype=np.float64)
-        if x.shape != y.shape or not np.allclose(x, y, rtol=1e-9, atol=1e-12):
-            return False
-    return True
