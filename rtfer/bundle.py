@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,13 @@ class BundleSpec:
         members = [MemberSpec.from_dict(m) for m in d.get("members", [])]
         if not members:
             raise BundleError(f"{meta} lists no members")
+        for m in members:  # every file bundle.json names stays inside the folder: checked before anything is opened
+            confined(folder, m.file, f"member {m.name} file")
+            if m.int8.get("file"):
+                confined(folder, str(m.int8["file"]), f"member {m.name} int8.file")
+        confusion = (d.get("metrics") or {}).get("confusion_png") if isinstance(d.get("metrics"), dict) else None
+        if confusion:
+            confined(folder, str(confusion), "metrics.confusion_png")
         for m in members:
             if not (folder / m.file).is_file():
                 raise BundleError(f"bundle member file {m.file} is missing from {folder}")
@@ -195,6 +203,27 @@ class BundleSpec:
             if q.get("from_sha256") and m.sha256 and q["from_sha256"] != m.sha256:
                 return False, False, f"INT8 file {q['file']} was made from another version of {m.file} (stale)"
         return True, bool(self.int8.get("accepted")), ""
+
+
+def confined(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` for a file that bundle.json names, refused (:class:`BundleError`) unless it is a plain
+    relative path that stays inside the bundle folder: no absolute path, no ``..``, no symlink that leads out.
+    Checked when bundle.json is parsed, before any member file is opened."""
+    meta = folder / BUNDLE_FILE
+    text = str(name)
+    pure = Path(text)
+    if not text or "\0" in text or pure.is_absolute() or text.startswith(("/", "\\")) or pure.drive \
+            or re.match(r"^[A-Za-z]:", text) or ".." in re.split(r"[\\/]", text):
+        raise BundleError(f"{meta}: {what} {text!r} must be a file name inside the bundle folder "
+                          "(no absolute path, no '..')")
+    try:
+        root = folder.resolve()
+        target = (folder / pure).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise BundleError(f"{meta}: {what} {text!r} cannot be resolved ({exc})") from None
+    if target != root and root not in target.parents:
+        raise BundleError(f"{meta}: {what} {text!r} leads outside the bundle folder (to {target}); refused")
+    return folder / pure
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,0 +1,89 @@
+"""Hostile inputs (issue 23, security): bundles whose bundle.json points outside the bundle folder, stream URLs with
+credentials, ``**`` globs through directory symlinks, decompression-bomb images."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import bundle_args, run_cli
+
+BUILTIN = Path(__file__).resolve().parents[1] / "rtfer" / "assets" / "bundles" / "fast"
+
+
+# ------------------------------------------------------------------------------------------------ bundle confinement
+def _bundle_copy(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the built-in fast bundle (the real ONNX files) to tamper with."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(BUILTIN, folder)
+    return folder, json.loads((folder / "bundle.json").read_text(encoding="utf-8"))
+
+
+def _write(folder: Path, meta: dict) -> None:
+    (folder / "bundle.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+@pytest.mark.parametrize("where", ["file", "int8.file"])
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink", "dir_symlink"])
+def test_bundle_member_paths_outside_the_folder_are_refused_before_any_open(tmp_path, monkeypatch, where, kind):
+    from rtfer.bundle import BundleSpec
+    from rtfer.errors import BundleError
+
+    folder, meta = _bundle_copy(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(folder / meta["members"][0]["file"], outside / "evil.onnx")  # a valid ONNX file: it would load
+    name = {"absolute": str(outside / "evil.onnx"), "dotdot": "../elsewhere/evil.onnx",
+            "symlink": "link.onnx", "dir_symlink": "sub/evil.onnx"}[kind]
+    if kind == "symlink":
+        os.symlink(outside / "evil.onnx", folder / "link.onnx")
+    if kind == "dir_symlink":
+        os.symlink(outside, folder / "sub")
+    member = meta["members"][0]
+    if where == "file":
+        member["file"] = name
+    else:
+        member["int8"]["file"] = name
+    _write(folder, meta)
+    opened: list[str] = []
+    real_open = open
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    with pytest.raises(BundleError, match="inside the bundle folder|outside the bundle folder"):
+        BundleSpec.read(folder)
+    assert not any("evil" in p for p in opened), opened  # refused when bundle.json is parsed, nothing else read
+
+
+def test_bundle_reading_etc_passwd_is_a_one_line_error_exit_2(tmp_path, capsys):
+    folder, meta = _bundle_copy(tmp_path)
+    meta["members"][1]["file"] = "../../../../../../../../etc/passwd"
+    _write(folder, meta)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")  # never reached: the bundle is refused first
+    code, out, err = run_cli(["analyze", str(image), "-o", str(tmp_path / "x.csv"), *bundle_args(folder)], capsys)
+    assert code == 2
+    assert err.startswith("rtfer: error: ") and err.count("\n") == 1 and "outside" not in out
+    assert "/etc/passwd" in err and "inside the bundle folder" in err
+
+
+def test_bundle_confusion_png_is_confined_and_plain_names_still_load(tmp_path):
+    from rtfer.bundle import BundleSpec
+    from rtfer.errors import BundleError
+
+    folder, meta = _bundle_copy(tmp_path)
+    os.symlink(folder / meta["members"][0]["file"], folder / "inside-link.onnx")  # a link within the folder is fine
+    meta["members"][0]["file"] = "inside-link.onnx"
+    meta["members"][0]["int8"]["file"] = "./" + meta["members"][0]["int8"]["file"]
+    _write(folder, meta)
+    assert BundleSpec.read(folder).members[0].file == "inside-link.onnx"
+    meta.setdefault("metrics", {})["confusion_png"] = "/etc/hostname"
+    _write(folder, meta)
+    with pytest.raises(BundleError, match="confusion_png"):
+        BundleSpec.read(folder)
