@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = EngineCache(args.cache)
     try:
         if args.command == "list":
-            for e in cache.entries():
+            entries = list(cache.entries())
+            if not entries:
+                print(f"no cached engines in {cache.root} (build them with `python -m rtfer.engines build BUNDLE`)")
+            for e in entries:
                 print(f"{e['path']}  {Path(e.get('source', '?')).name}  {e['precision']}  "
                       f"batch {e['min_batch']}/{e['opt_batch']}/{e['max_batch']}  {e['input_size']}px  "
                       f"{e['gpu_name']}  TensorRT {e['trt_version']}")

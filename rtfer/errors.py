@@ -5,7 +5,9 @@ import re
 
 #: The longest :func:`one_line` text (a manifest cell, a status line).
 MAX_ERROR_CHARS = 500
-_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+#: scheme:// then the user-info: everything up to the LAST "@" before the host (the authority ends at the first
+#: "/", "?", "#" or whitespace; FFmpeg splits a URL the same way), so a password holding "@" or ":" is hidden whole.
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
 
 
 class RtferError(Exception):
@@ -33,10 +35,18 @@ def missing_extra(package: str, extra: str) -> ImportError:
     return ImportError(f"{package} is required for this feature: pip install 'rtfer[{extra}]'")
 
 
+#: Query parameters that IP cameras take credentials in (``rtsp://cam/live?user=admin&password=...``).
+_SECRET_QUERY = re.compile(r"([?&](?:password|passwd|pwd|pass|secret|token|access_token|auth|apikey|api_key|key)=)"
+                           r"[^&#\s]*", re.IGNORECASE)
+
+
 def redact_url(text: str) -> str:
-    """Hide the user-info (``user:password@``) of every URL in ``text``: ``rtsp://alice:pw@cam/1`` ->
-    ``rtsp://***@cam/1``. Used for every source name, message and log line that can carry a stream URL."""
-    return _USERINFO.sub(r"\1***@", str(text))
+    """Hide the user-info (``user:password@``) of every URL in ``text``, up to the last ``@`` before the host:
+    ``rtsp://alice:p@ss@cam/1`` -> ``rtsp://***@cam/1``; and the value of credential query parameters
+    (``?password=...`` -> ``?password=***``). Used for every source name, message and log line that can carry a
+    stream URL."""
+    text = _USERINFO.sub(r"\1***@", str(text))
+    return _SECRET_QUERY.sub(r"\1***", text) if "=" in text else text
 
 
 def one_line(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:

@@ -62,9 +62,9 @@ class AnalyzeOptions:
 
     def __post_init__(self) -> None:
         if self.every < 1:
-            raise ValueError(f"every must be >= 1, got {self.every}")
+            raise ValueError(f"--every must be >= 1, got {self.every}")
         if self.max_faces < 1:
-            raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
+            raise ValueError(f"--max-faces must be >= 1, got {self.max_faces}")
         if self.smoothing not in ("none", "ema", "hmm"):
             raise ValueError(f"smoothing must be none, ema or hmm, got {self.smoothing!r}")
         if not self.classify_rate >= 0.0 or self.classify_rate == float("inf"):
@@ -72,7 +72,7 @@ class AnalyzeOptions:
         if not 1.0 <= self.confidence_temperature < float("inf"):
             raise ValueError(f"confidence temperature must be >= 1, got {self.confidence_temperature}")
         if self.batch_frames < 1:
-            raise ValueError(f"batch_frames must be >= 1, got {self.batch_frames}")
+            raise ValueError(f"--batch-frames must be >= 1, got {self.batch_frames}")
         if not 0.0 <= self.smoothing_strength <= 1.0:
             raise ValueError(f"smoothing strength must be between 0 and 1, got {self.smoothing_strength}")
         if self.det_width < 64:

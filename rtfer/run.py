@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from rtfer.backends import BACKENDS
 from rtfer.capture import VIDEO_EXTENSIONS, is_live_spec
-from rtfer.errors import InputError, OutputError, RtferError
+from rtfer.errors import InputError, OutputError, RtferError, redact_url
 from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, RunStats, StageTimer
 from rtfer.sinks import SummaryAccumulator, write_summary_png
 from rtfer.types import Frame, FrameResult
@@ -406,7 +406,7 @@ class Run:
         self.max_frames = max_frames
         self.command = command
         self.writer_queue = writer_queue
-        name = str(plan.input if plan is not None else getattr(source, "name", source))
+        name = redact_url(str(plan.input if plan is not None else getattr(source, "name", source)))
         self.stats = RunStats(input=name, output=str(plan.csv or "") if plan is not None else "")
         self.source = None
 

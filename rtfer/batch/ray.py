@@ -88,13 +88,27 @@ def run_ray(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, addre
     """
     ray = import_ray()
     if not todo:
-        return
+        return iter(())
+    # Connect now, not on the first next(): Ray's start-up messages (e.g. "Token authentication is enabled") and a
+    # failed connection then come before the caller's progress bar, not inside it.
     started = connect(ray, address)
-    pending: dict = {}
     try:
         slots = task_slots(ray.cluster_resources(), num_cpus, num_gpus)
-        if on_slots is not None:
-            on_slots(slots)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    if on_slots is not None:
+        on_slots(slots)
+    return _ray_results(ray, started, slots, todo, options, fn, num_cpus=num_cpus, num_gpus=num_gpus,
+                        max_in_flight=max_in_flight)
+
+
+def _ray_results(ray: Any, started: bool, slots: int, todo: list[VideoTask], options: AnalyzeOptions,
+                 fn: ProcessFn, *, num_cpus: float, num_gpus: float,
+                 max_in_flight: int | None) -> Iterator[VideoResult]:
+    pending: dict = {}
+    try:
         limit = max_in_flight or 2 * slots  # enough queued that no slot idles while the driver writes the manifest
         threads = max(1, int(num_cpus))
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_ray_call)

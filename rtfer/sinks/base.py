@@ -65,6 +65,18 @@ def result_records(result: FrameResult, *, raw: bool = False, source_name: str |
 
 
 
+def _unwritable_reason(folder: Path) -> str:
+    """Why ``folder`` cannot be written, in the words the OS uses for a failed write (as other outputs report it)."""
+    import errno
+
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        pass
+    return os.strerror(errno.EACCES)
+
+
 def prepare_output_path(path: Path, what: str, *, written_at_end: bool = False) -> Path:
     """The output path, its folder created; a directory (or, for an output ``written_at_end`` such as a summary or
     report, a folder that cannot be written) is refused now, before any work, with one line."""
@@ -76,7 +88,7 @@ def prepare_output_path(path: Path, what: str, *, written_at_end: bool = False) 
     except OSError as exc:
         raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     if written_at_end and not os.access(path.parent, os.W_OK):
-        raise OutputError(f"cannot write {what} {path}: permission denied")
+        raise OutputError(f"cannot write {what} {path}: {_unwritable_reason(path.parent)}")
     return path
 
 
