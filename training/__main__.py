@@ -12,6 +12,9 @@ from rtfer.errors import RtferError
 
 log = logging.getLogger("rtfer.training")
 
+#: Top-level modules that the ``train`` extra provides (a missing one gets an install hint, not a traceback).
+TRAIN_EXTRA_MODULES = {"torch", "torchvision", "timm", "sklearn", "onnxscript", "yaml"}
+
 #: CLI flags of ``train`` that are shortcuts for config keys.
 TRAIN_FLAGS = {"epochs": "run.epochs", "out": "run.out", "device": "run.device", "seed": "run.seed",
                "model": "model.name", "input_size": "model.input_size", "batch_size": "data.batch_size",
@@ -186,7 +189,8 @@ def cmd_curves(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rtfer.training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rtfer.training",
+                                     description="Train, evaluate, stack, export and quantise rtfer's model bundles.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
@@ -335,3 +339,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(f"python -m rtfer.training: error: {a.command} needs {exc.name}, which is not installed: "
+              "pip install 'rtfer[train]' (see README, Install size, for the CPU-only torch wheel)", file=sys.stderr)
+        return 2
