@@ -87,3 +87,30 @@ def test_bundle_confusion_png_is_confined_and_plain_names_still_load(tmp_path):
     _write(folder, meta)
     with pytest.raises(BundleError, match="confusion_png"):
         BundleSpec.read(folder)
+
+
+# --------------------------------------------------------------------------------------------- stream credentials
+SECRETS = ["p@ssW0rd", "pa:ss@w:rd@", "p%40ss%3Aword", "@@::@"]
+
+
+@pytest.mark.parametrize("password", SECRETS)
+@pytest.mark.parametrize("scheme", ["rtsp", "http", "rtmp"])
+def test_redact_url_hides_the_whole_user_info_up_to_the_last_at(password, scheme):
+    from rtfer.errors import one_line, redact_url
+
+    url = f"{scheme}://alice:{password}@cam.local:554/live/ch1?res=hd"
+    for text in (url, f"cannot open stream {url}: Connection refused", f"'{url}'", f"a {url} b {url}"):
+        clean = redact_url(text)
+        assert "alice" not in clean and password not in clean
+        assert "ssW0rd" not in clean and "w:rd" not in clean and "%40" not in clean
+        assert f"{scheme}://***@cam.local:554/live/ch1?res=hd" in clean
+    assert "alice" not in one_line(RuntimeError(f"failed on {url}"))
+
+
+def test_redact_url_keeps_urls_without_credentials_and_hides_query_passwords():
+    from rtfer.errors import redact_url
+
+    for plain in ("http://host/users/@me/clip.mp4", "rtsp://10.0.0.2:554/stream", "clip@2x.mp4", "a@b: c"):
+        assert redact_url(plain) == plain
+    assert redact_url("rtsp://cam/live?user=admin&password=s3cr@t&ch=1") == \
+        "rtsp://cam/live?user=admin&password=***&ch=1"
