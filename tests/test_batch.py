@@ -341,14 +341,15 @@ def test_one_line_names_foreign_errors_and_hides_credentials():
     assert one_line(KeyError()) == "KeyError" and len(one_line(ValueError("x" * 900))) == 500
 
 
-def test_symlinked_copies_are_separate_inputs(tmp_path):
+def test_symlinked_copies_are_one_input(tmp_path):
+    """Inputs are de-duplicated by real path (issue 23): two links to one file analyse it once."""
     real = _touch(tmp_path / "src" / "clip.mp4")
     links = tmp_path / "links"
     links.mkdir()
     for i in range(2):
         (links / f"copy{i}.mp4").symlink_to(real)
-    pairs = discover_inputs([str(links), str(links / "copy0.mp4")])
-    assert [f.name for f, _ in pairs] == ["copy0.mp4", "copy1.mp4"]
+    pairs = discover_inputs([str(links), str(links / "copy0.mp4"), str(real)])
+    assert [f.name for f, _ in pairs] == ["copy0.mp4"]
 
 
 def test_missing_module_stops_the_batch(tmp_path, fake, monkeypatch):

@@ -114,3 +114,49 @@ def test_redact_url_keeps_urls_without_credentials_and_hides_query_passwords():
         assert redact_url(plain) == plain
     assert redact_url("rtsp://cam/live?user=admin&password=s3cr@t&ch=1") == \
         "rtsp://cam/live?user=admin&password=***&ch=1"
+
+
+# ---------------------------------------------------------------------------------------- ** globs and symlinks
+def _discover_within(inputs, seconds: float = 10.0):
+    """discover_inputs in a thread: a glob that walks the disk fails the test instead of hanging it."""
+    import threading
+
+    from rtfer.batch.discovery import discover_inputs
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(pairs=discover_inputs(inputs)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"discover_inputs({inputs}) still running after {seconds} s (following links?)"
+    return box["pairs"]
+
+
+def test_double_star_glob_does_not_follow_directory_links(tmp_path, monkeypatch, caplog):
+    tree = tmp_path / "videos"
+    (tree / "a" / "b").mkdir(parents=True)
+    for rel in ("a/one.mp4", "a/b/two.avi"):
+        (tree / rel).write_bytes(b"x")
+    os.symlink("/", tree / "a" / "root")  # would walk the whole disk
+    os.symlink("..", tree / "a" / "b" / "loop")  # would repeat the tree (18 duplicate CSVs before)
+    os.symlink(tree / "a" / "one.mp4", tree / "one-again.mp4")  # a file link: the same input, once
+    expected = ["a/b/two.avi", "a/one.mp4"]
+    for pattern in (f"{tree}/**/*.mp4", f"{tree}/**", f"{tree}/**/*", str(tree)):
+        pairs = _discover_within([pattern])
+        got = sorted(os.path.realpath(f) for f, _ in pairs)
+        assert got == sorted(str((tree / rel).resolve()) for rel in expected if rel.endswith(".mp4")
+                             or not pattern.endswith(".mp4")), pattern
+    monkeypatch.chdir(tree)
+    pairs = _discover_within(["**/*.mp4", "a/*", "a/one.mp4"])
+    assert [f.as_posix() for f, _ in pairs] == ["one-again.mp4", "a/b/two.avi"]  # a/one.mp4 is one-again.mp4
+    assert any("directory symlink" in r.getMessage() for r in caplog.records)  # a/root matched a/* and was skipped
+
+
+def test_batch_through_a_link_loop_writes_each_video_once(tmp_path):
+    from rtfer.batch.plan import plan_batch
+
+    tree = tmp_path / "in"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "clip.mp4").write_bytes(b"x")
+    os.symlink(tree, tree / "sub" / "again")
+    plan = plan_batch([f"{tree}/**/*.mp4", str(tree)], tmp_path / "out", overwrite=True)
+    assert [Path(t.output).relative_to(tmp_path / "out").as_posix() for t in plan.todo] == ["sub/clip.csv"]
