@@ -1,5 +1,5 @@
 """``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,
-rewrite-graphs,set-combiners}``."""
+rewrite-graphs,set-combiners,import-backbone,probe}``."""
 from __future__ import annotations
 
 import argparse
@@ -114,6 +114,27 @@ def _add_import(sub) -> None:
                    help="allow a checkpoint that needs full unpickling (runs code from the file: only files you trust)")
 
 
+def _add_import_backbone(sub) -> None:
+    p = sub.add_parser("import-backbone", help="convert face-pretrained weights into an rtfer backbone file")
+    p.add_argument("kind", choices=["dlib"], help="dlib: dlib's face-recognition ResNet-29 (CC0) -> faceres29")
+    p.add_argument("source", nargs="?", default="",
+                   help="the weights file (default: the one inside an installed face_recognition_models package)")
+    p.add_argument("-o", "--out", required=True, help="output .pt (a plain tensor dict; model.kwargs.pretrained_path)")
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="linear probes on frozen backbone features (screen sizes and layers)")
+    p.add_argument("backbone", help="a file from import-backbone")
+    p.add_argument("--train", required=True, help="packed training split (.npz)")
+    p.add_argument("--val", required=True, help="packed validation split (.npz)")
+    p.add_argument("-o", "--out", required=True, help="output folder (probe.md, probe.json)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[150, 112, 96])
+    p.add_argument("--crops", type=float, nargs="+", default=[1.0],
+                   help="central crop fractions of each training image before resizing (1 = whole image)")
+    p.add_argument("--train-limit", type=int, default=8000, help="stratified subset of the training split")
+    p.add_argument("--threads", type=int, default=0)
+
+
 def _add_curves(sub) -> None:
     p = sub.add_parser("curves", help="plot the validation curves of several runs on one chart (PNG)")
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
@@ -194,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
-                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners):
+                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners, _add_import_backbone, _add_probe):
         add(sub)
     return parser
 
@@ -318,10 +339,28 @@ def cmd_import_reference(a) -> int:
     return 0
 
 
+def cmd_import_backbone(a) -> int:
+    from rtfer.training.import_backbone import import_dlib
+
+    import_dlib(a.source or None, a.out)
+    return 0
+
+
+def cmd_probe(a) -> int:
+    from rtfer.training.probe import run_probe
+
+    rows = run_probe(a.backbone, a.train, a.val, a.out, sizes=a.sizes, crops=a.crops, train_limit=a.train_limit,
+                     threads=a.threads)
+    best = max(rows, key=lambda r: r.accuracy)
+    log.info("best probe: size %d, crop %.2f, %s: %.2f%% val (table in %s/probe.md)", best.size, best.crop,
+             best.features, 100 * best.accuracy, a.out)
+    return 0
+
+
 COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
             "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
             "curves": cmd_curves, "quantize": cmd_quantize, "rewrite-graphs": cmd_rewrite_graphs,
-            "set-combiners": cmd_set_combiners}
+            "set-combiners": cmd_set_combiners, "import-backbone": cmd_import_backbone, "probe": cmd_probe}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,13 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     except (RtferError, FileNotFoundError) as exc:
         print(f"python -m rtfer.training: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
             raise
         print(f"python -m rtfer.training: error: {a.command} needs {exc.name}, which is not installed: "
               "pip install 'rtfer[train]' (see README, Install size, for the CPU-only torch wheel)", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -117,7 +117,7 @@ def _import_builtin() -> None:
     """Import the modules that register the built-in models (deferred: they import this module to register)."""
     import importlib
 
-    for name in ("rtfer.models.convnext", "rtfer.models.ddamfn", "rtfer.models.baselines"):
+    for name in ("rtfer.models.convnext", "rtfer.models.ddamfn", "rtfer.models.baselines", "rtfer.models.faceres"):
         importlib.import_module(name)
 
 

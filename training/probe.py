@@ -1,0 +1,166 @@
+"""Linear probes on frozen backbone features (``python -m rtfer.training probe``): screen a pretrained backbone, its
+layers and input sizes on the expression task before spending CPU-hours fine-tuning it.
+
+For each input size and crop, the backbone's pooled stage features are computed once for a (stratified) subset of
+the training split and for the whole validation split; a multinomial logistic regression on standardised features
+(scikit-learn, ``C`` chosen on a held-back part of the training subset) is fitted per feature set and scored on
+validation: accuracy, mean-class accuracy and seconds per image for the forward pass. The table is written as
+Markdown and JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtfer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeRow:
+    backbone: str
+    size: int
+    crop: float
+    features: str
+    dims: int
+    C: float
+    accuracy: float
+    mean_class_accuracy: float
+    ms_per_image: float
+
+
+def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``limit`` samples keeping the class shares (all of a split when it is smaller)."""
+    if limit <= 0 or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(limit * len(idx) / len(labels))))
+        out.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: int = 64) -> tuple[dict, float]:
+    """Pooled features of every trunk stage (and the embedding when the model has one); seconds per image."""
+    import torch
+    import torch.nn.functional as F
+
+    from rtfer.models.faceres import DLIB_MEAN, DLIB_STD, stage_sizes
+
+    mean = torch.tensor(DLIB_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(DLIB_STD).view(1, 3, 1, 1)
+    feats: dict[str, list[np.ndarray]] = {}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div_(255.0)
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            if crop < 1.0:
+                h = x.shape[-1]
+                m = int(round(h * (1 - crop) / 2))
+                x = x[..., m:h - m, m:h - m]
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = (x - mean) / std
+            maps = model.trunk.forward_stages(x) if min(stage_sizes(size)) > 0 else _partial(model.trunk, x, size)
+            for k, fm in enumerate(maps[1:], start=1):
+                feats.setdefault(f"stage{k}", []).append(fm.mean(dim=(2, 3)).numpy())
+            if hasattr(model, "fc") and model.fc.in_features == maps[-1].shape[1] and model.fc.out_features == 128:
+                feats.setdefault("embed", []).append(model.fc(maps[-1].mean(dim=(2, 3))).numpy())
+    dt = (time.perf_counter() - t0) / max(1, len(images))
+    out = {k: np.concatenate(v) for k, v in feats.items()}
+    if "stage4" in out:
+        out["stage2+3+4"] = np.concatenate([out["stage2"], out["stage3"], out["stage4"]], axis=1)
+    else:
+        out["stage2+3"] = np.concatenate([out["stage2"], out["stage3"]], axis=1)
+    return out, dt
+
+
+def _partial(trunk, x, size: int) -> list:
+    """The stages that can run at ``size`` (small inputs end before the last down block)."""
+    import torch.nn.functional as F
+
+    from rtfer.models.faceres import stage_sizes
+
+    n = sum(1 for h in stage_sizes(size) if h > 0)
+    x = F.max_pool2d(F.relu(trunk.aff1(trunk.conv1(x))), 3, 2)
+    maps = []
+    for stage in list(trunk.stages)[:n]:
+        x = stage(x)
+        maps.append(x)
+    return maps
+
+
+def fit_probe(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, seed: int = 0,
+              cs=(0.01, 0.1, 1.0)) -> tuple[float, np.ndarray]:
+    """Logistic regression on standardised features; ``C`` picked on 20% of the training rows. (C, val probs)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    hold = rng.random(len(ytr)) < 0.2
+    scaler = StandardScaler().fit(xtr[~hold])
+    best = (-1.0, cs[0])
+    for c in cs:
+        clf = LogisticRegression(C=c, max_iter=300).fit(scaler.transform(xtr[~hold]), ytr[~hold])
+        acc = float((clf.predict(scaler.transform(xtr[hold])) == ytr[hold]).mean())
+        best = max(best, (acc, c))
+    scaler = StandardScaler().fit(xtr)
+    clf = LogisticRegression(C=best[1], max_iter=500).fit(scaler.transform(xtr), ytr)
+    probs = np.zeros((len(xva), 7), np.float32)
+    probs[:, clf.classes_] = clf.predict_proba(scaler.transform(xva))
+    return best[1], probs
+
+
+def mean_class_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Mean of the per-class recalls over the classes present in ``labels``."""
+    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def run_probe(backbone: str | Path, train: str | Path, val: str | Path, out: str | Path, sizes=(150, 112, 96),
+              crops=(1.0,), train_limit: int = 8000, threads: int = 0, seed: int = 0) -> list[ProbeRow]:
+    import torch
+
+    from rtfer.models import create_model
+    from rtfer.training.data import load_packed
+
+    if threads:
+        torch.set_num_threads(threads)
+    backbone = Path(backbone)
+    if not backbone.is_file():
+        raise InputError(f"backbone file {backbone} does not exist (python -m rtfer.training import-backbone)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tr, va = load_packed(train), load_packed(val)
+    sub = stratified_subset(tr.labels, train_limit, seed)
+    model = create_model("faceres29_embed", num_classes=128, pretrained_path=str(backbone)).eval()
+    rows: list[ProbeRow] = []
+    for size in sizes:
+        for crop in crops:
+            ftr, dt = _stage_features(model, tr.images[sub], size, crop)
+            fva, _ = _stage_features(model, va.images, size, crop)
+            for name in ftr:
+                c, probs = fit_probe(ftr[name], tr.labels[sub], fva[name], va.labels, seed)
+                pred = probs.argmax(1)
+                row = ProbeRow(backbone.stem, size, crop, name, ftr[name].shape[1], c,
+                               float((pred == va.labels).mean()), float(mean_class_accuracy(va.labels, pred)),
+                               dt * 1000)
+                rows.append(row)
+                log.info("probe %s size %d crop %.2f %s: val %.2f%% (mean-class %.2f%%), %.1f ms/img", row.backbone,
+                         size, crop, name, 100 * row.accuracy, 100 * row.mean_class_accuracy, row.ms_per_image)
+            (out / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    lines = ["| backbone | size | crop | features | dims | C | val acc % | mean-class % | ms/img (fwd) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.backbone} | {r.size} | {r.crop:.2f} | {r.features} | {r.dims} | {r.C:g} | "
+                     f"{100 * r.accuracy:.2f} | {100 * r.mean_class_accuracy:.2f} | {r.ms_per_image:.1f} |")
+    (out / "probe.md").write_text("\n".join(lines) + "\n")
+    return rows
