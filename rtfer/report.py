@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 MIN_GALLERY_SECONDS = 1.0
 MAX_THUMBNAILS = 500
 THUMB_PX = 112
+#: Top moments: a face's mean valence over SWING_HALF_S seconds against the SWING_HALF_S seconds before, >= MIN_SWING.
+SWING_HALF_S = 1.0
+MIN_SWING = 0.2
 
 
 def _jinja_env():
@@ -373,7 +376,8 @@ class ReportSink(Sink):
                 "timeline": Markup(timeline) if timeline else None,
             })
         room = _room_svg(acc, end) if len(ranked) > 1 and not still else None
-        moments = [] if still else top_moments(acc, lasting[: self.max_faces])
+        moments = [] if still else top_moments(acc, lasting[: self.max_faces], window_s=2 * SWING_HALF_S,
+                                               min_swing=MIN_SWING)
         rt, rv, rn = acc.room_binned()
         clip = dict(self.clip)
         clip.setdefault("name", "clip")
@@ -382,6 +386,8 @@ class ReportSink(Sink):
         clip["frames_without_faces"] = summary.frames_without_faces
         return {
             "title": report_title(clip, self.run), "clip": clip, "run": self.run, "still": still,
+            "index_summary": index_summary(summary, duration, len(lasting)),
+            "swing_half_s": SWING_HALF_S, "min_swing": MIN_SWING,
             "legend": [(c, EMOTION_COLORS_HEX[c]) for c in CLASSES],
             "faces_total": len(ranked), "gallery": gallery, "short_tracks": short, "min_seconds": self.min_seconds,
             "timelines_shown": min(len(lasting), self.max_faces), "bin_s": acc.bin_s,
@@ -395,6 +401,47 @@ class ReportSink(Sink):
         }
 
 
+def index_summary(summary, duration_s: float | None, faces_shown: int) -> dict[str, Any]:
+    """What the batch index shows for a video (embedded in its report as JSON, read back by :func:`read_index_summary`):
+    duration, faces (shown in the gallery, and all tracks), the dominant emotion over all face rows and the mean
+    valence over all face rows."""
+    rows = sum(f.frames for f in summary.faces)
+    counts = {c: sum(f.frames * f.shares[c] for f in summary.faces) for c in CLASSES}
+    return {"duration_s": None if duration_s is None else round(float(duration_s), 3), "faces": int(faces_shown),
+            "tracks": len(summary.faces), "face_rows": int(rows),
+            "dominant": max(counts, key=counts.get) if rows else None,
+            "dominant_share": round(max(counts.values()) / rows, 4) if rows else None,
+            "mean_valence": round(sum(f.mean_valence * f.frames for f in summary.faces) / rows, 4) if rows else None}
+
+
+def read_index_summary(report: str | os.PathLike) -> dict[str, Any]:
+    """The :func:`index_summary` a report written by rtfer carries ({} when absent or unreadable)."""
+    import json
+
+    try:
+        with open(report, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return {}
+    m = re.search(r'<script type="application/json" id="rtfer-summary">(.*?)</script>', head, re.S)
+    if not m:
+        return {}
+    try:
+        d = json.loads(m.group(1))
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def report_href(report: str | os.PathLike, page_dir: str | os.PathLike) -> str:
+    """``report`` relative to the folder of the page linking it, every path part percent-encoded (a file called
+    ``javascript:alert(1).html``, ``clip#1.html`` or ``a b?c=1.html`` is a link to that file, nothing else)."""
+    from urllib.parse import quote
+
+    rel = Path(os.path.relpath(os.path.abspath(report), os.path.abspath(page_dir))).as_posix()
+    return "/".join(quote(part, safe="") for part in rel.split("/"))  # ":" too: no part can read as a scheme
+
+
 def write_report(path: str | os.PathLike, context: dict[str, Any]) -> Path:
     """Render ``report.html.j2`` with ``context`` into ``path``."""
     html = _jinja_env().get_template("report.html.j2").render(**context)
@@ -402,10 +449,12 @@ def write_report(path: str | os.PathLike, context: dict[str, Any]) -> Path:
 
 
 def write_index(path: str | os.PathLike, rows: list[dict[str, Any]], *, title: str = "rtfer batch reports") -> Path:
-    """The batch index page: one row per video (``name``, ``href`` relative to the page or None, ``status``,
-    ``frames``, ``faces``, ``seconds``, ``error``)."""
+    """The batch index page: one row per video (``name``, ``href`` relative to the page and percent-encoded
+    (:func:`report_href`) or None, ``status``, ``frames``, ``faces``, ``seconds``, ``error`` and ``facts``: the
+    report's :func:`index_summary`)."""
     html = _jinja_env().get_template("index.html.j2").render(
-        title=title, rows=rows, date=datetime.now().astimezone().isoformat(timespec="seconds"))
+        title=title, rows=rows, date=datetime.now().astimezone().isoformat(timespec="seconds"),
+        emotion_colours=EMOTION_COLORS_HEX)
     return _write_text(Path(path), html, "report index")
 
 

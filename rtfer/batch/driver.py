@@ -72,20 +72,21 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
 
 def write_batch_index(plan: BatchPlan, path: str | Path) -> Path:
     """The index page linking every video's report (finished now or earlier), with its manifest status."""
-    from rtfer.report import write_index
+    from rtfer.report import read_index_summary, report_href, write_index
 
     path = Path(path)
     rows_by_input = Manifest(plan.manifest).read()
     rows = []
     for task in sorted(plan.todo + plan.skipped, key=lambda t: t.input):
         m = rows_by_input.get(path_key(task.input), {})
-        href = None
+        href, facts = None, {}
         if task.report and Path(task.report).is_file():
-            href = Path(os.path.relpath(task.report, abs_path(path).parent)).as_posix()
+            href = report_href(task.report, abs_path(path).parent)
+            facts = read_index_summary(task.report)  # duration, faces, dominant emotion, mean valence
         rows.append({"name": Path(task.input).name,
                      "href": href, "status": m.get("status", "not run"), "frames": m.get("frames", ""),
                      "faces": m.get("faces", ""), "error": m.get("error", ""),
-                     "seconds": f"{float(m['seconds']):.1f} s" if m.get("seconds") else ""})
+                     "seconds": f"{float(m['seconds']):.1f} s" if m.get("seconds") else "", "facts": facts})
     return write_index(path, rows, title=f"rtfer reports — {len(rows)} videos")
 
 

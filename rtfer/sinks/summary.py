@@ -128,6 +128,10 @@ class SummaryAccumulator:
         self._sources: set[str | None] = set()
         self._other_keys: dict[tuple[str | None, int], int] = {}
 
+        # time on screen: each frame's duration (to the next frame, at most gap_cap_s) goes to the faces in it
+        self._prev_t: float | None = None
+        self._prev_keys: list[int] = []
+        self._last_dt = 0.0
     @property
     def per_image(self) -> bool:
         """True when faces came from more than one source (an image folder)."""
@@ -156,6 +160,7 @@ class SummaryAccumulator:
         self.frames += 1
         self.t_end = max(self.t_end, float(time_s))
         if len(face_ids) == 0:
+        self._credit_previous_frame(float(time_s))
             self.frames_without_faces += 1
             return
         if self.t0 is None:
@@ -170,8 +175,7 @@ class SummaryAccumulator:
             tot = self.totals.get(key)
             if tot is None:
                 tot = self.totals[key] = _Totals(time_s, source, int(fid))
-            elif time_s > tot.last:
-                tot.seconds += min(time_s - tot.last, self.gap_cap_s)
+            self._prev_keys.append(key)
             tot.frames += 1
             tot.last = max(tot.last, time_s)
             tot.counts[top] += 1
@@ -184,6 +188,16 @@ class SummaryAccumulator:
                 s[b, NUM_CLASSES + 1] += 1
 
     def _bin(self, time_s: float) -> int:
+    def _credit_previous_frame(self, time_s: float) -> None:
+        """Give the faces of the previous frame its duration (the time to this frame, capped at ``gap_cap_s`` for a
+        stalled stream): time on screen counts the frames a face has a row in, never the gaps between them."""
+        if self._prev_t is not None and time_s > self._prev_t:
+            self._last_dt = min(time_s - self._prev_t, self.gap_cap_s)
+            for key in self._prev_keys:
+                self.totals[key].seconds += self._last_dt
+        self._prev_t = time_s
+        self._prev_keys = []
+
         b = int((time_s - self.t0) // self.bin_s) if time_s > self.t0 else 0
         while b >= self.max_bins:
             half = self.max_bins // 2
@@ -218,7 +232,7 @@ class SummaryAccumulator:
         for key, tot in self.totals.items():
             shares = {c: n / tot.frames for c, n in zip(CLASSES, tot.counts)}
             dom = max(shares, key=shares.get)
-            seconds = tot.seconds + (tot.seconds / max(tot.frames - 1, 1) if tot.frames > 1 else 0.0)
+            seconds = tot.seconds + (self._last_dt if key in self._prev_keys else 0.0)  # the last frame's share
             mean_probs = {c: float(v) for c, v in zip(CLASSES, tot.prob_sum / tot.frames)}
             faces.append(FaceSummary(tot.face_id, tot.frames, seconds, tot.first, tot.last, dom, shares[dom],
                                      tot.valence_sum / tot.frames, shares, source=tot.source, key=key,
