@@ -160,3 +160,98 @@ def test_batch_through_a_link_loop_writes_each_video_once(tmp_path):
     os.symlink(tree, tree / "sub" / "again")
     plan = plan_batch([f"{tree}/**/*.mp4", str(tree)], tmp_path / "out", overwrite=True)
     assert [Path(t.output).relative_to(tmp_path / "out").as_posix() for t in plan.todo] == ["sub/clip.csv"]
+
+
+# ------------------------------------------------------------------------------------------- decompression bombs
+def _png(w: int, h: int, idat: bytes | None = None) -> bytes:
+    """A grey 8-bit PNG of w x h: real zlib data when small, else a tiny (truncated) IDAT under a huge header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    if idat is None:
+        idat = zlib.compress(b"".join(b"\0" + bytes([i % 256]) * w for i in range(h)), 9) if w * h <= 4_000_000 \
+            else zlib.compress(b"\0" * 100)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _gif(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
+    import struct
+
+    return (b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff" + b","
+            + struct.pack("<HHHHB", 0, 0, *frame, 0) + b"\x02\x02\x44\x01\x00;")
+
+
+@pytest.mark.parametrize("name, data", [
+    ("bomb.png", _png(20000, 20000)),            # 400 MP: 2.5 GB to decode before
+    ("huge.png", _png(1_000_000, 1_000_000)),    # beyond what any decoder takes: internal error before
+    ("screen.gif", _gif((65535, 65535), (1, 1))),
+    ("frame.gif", _gif((65535, 65535), (65535, 65535))),
+])
+def test_image_bombs_are_refused_from_the_header_with_exit_2(tmp_path, capsys, name, data):
+    import resource
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, out, err = run_cli(["analyze", str(path), "-o", str(tmp_path / "x.csv"), "-q"], capsys)
+    assert code == 2, err
+    assert err.startswith("rtfer: error: ") and err.count("\n") == 1 and "megapixels" in err and name in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing was decoded
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_pixel_limit_is_stated_and_can_be_raised(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    from rtfer.capture import open_source
+    from rtfer.errors import InputError
+
+    png = tmp_path / "wide.png"
+    png.write_bytes(_png(2000, 1000))
+    jpg = tmp_path / "wide.jpg"
+    cv2.imwrite(str(jpg), np.full((1000, 2000, 3), 128, np.uint8))
+    monkeypatch.setenv("RTFER_MAX_IMAGE_PIXELS", "1e6")
+    for path in (png, jpg):
+        with pytest.raises(InputError, match=r"2000x1000 pixels \(2.0 megapixels\), above the limit of 1 megapixels"
+                                             r".*RTFER_MAX_IMAGE_PIXELS=2000000"):
+            open_source(path)
+    monkeypatch.setenv("RTFER_MAX_IMAGE_PIXELS", "2000000")
+    for path in (png, jpg):
+        with open_source(path) as src:
+            assert next(iter(src)).image.shape == (1000, 2000, 3)
+    monkeypatch.setenv("RTFER_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(InputError, match="must be a number"):
+        open_source(png)
+
+
+def test_a_bomb_in_a_folder_is_skipped_with_a_warning(tmp_path):
+    import cv2
+    import numpy as np
+
+    from rtfer.capture import open_source
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    (tmp_path / "b.png").write_bytes(_png(60000, 60000))
+    cv2.imwrite(str(tmp_path / "c.png"), np.zeros((40, 60, 3), np.uint8))
+    with open_source(tmp_path) as src:
+        names = [f.source for f in src]
+        assert names == ["a.png", "c.png"]
+        assert any("skipped b.png" in w and "megapixels" in w for w in src.warnings)
+
+
+def test_video_frames_above_the_pixel_limit_are_refused(tmp_path, monkeypatch):
+    import numpy as np
+
+    from media_helpers import write_test_video
+    from rtfer.capture import open_source
+    from rtfer.errors import InputError
+
+    path = write_test_video(tmp_path / "v.mp4", [np.zeros((240, 320, 3), np.uint8)] * 3)
+    monkeypatch.setenv("RTFER_MAX_IMAGE_PIXELS", "50000")
+    with pytest.raises(InputError, match="each frame is 320x240 pixels"):
+        open_source(path)

@@ -1,8 +1,10 @@
 """The :class:`Source` every capture kind is: an iterator of :class:`rtfer.types.Frame` fed by its own reader thread
-through a bounded queue (:class:`Reader`), with the lifecycle (close, context manager, garbage collection)."""
+through a bounded queue (:class:`Reader`), with the lifecycle (close, context manager, garbage collection); and the
+pixel limit every kind applies before decoding (:func:`check_pixels`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -15,6 +17,44 @@ log = logging.getLogger(__name__)
 
 #: Bounded wait when joining the reader thread on close().
 JOIN_TIMEOUT_S = 2.0
+
+
+#: Images (and video frames) above this many pixels are refused before decoding: a 389 KB PNG can claim 20000 x
+#: 20000 pixels and take 2.5 GB to decode. 120 megapixels keeps every camera photo (108 MP phones) and panoramas of
+#: that size; ``$RTFER_MAX_IMAGE_PIXELS`` raises or lowers it (``0`` = no limit of ours; OpenCV still refuses more
+#: than 2**30 pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 120_000_000
+MAX_PIXELS_ENV = "RTFER_MAX_IMAGE_PIXELS"
+OPENCV_MAX_PIXELS = 1 << 30  # OpenCV's imgcodecs refuse larger images (CV_IO_MAX_IMAGE_PIXELS)
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force (:data:`DEFAULT_MAX_IMAGE_PIXELS` unless ``$RTFER_MAX_IMAGE_PIXELS`` says; 0 = none)."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"${MAX_PIXELS_ENV} must be a number of pixels (e.g. 300e6; 0 = no limit), got {text!r}") \
+            from None
+    return max(0, int(value))
+
+
+def check_pixels(width: int, height: int, what: str) -> None:
+    """Raise :class:`InputError` when ``width x height`` is above :func:`max_image_pixels`."""
+    check_pixel_count(int(width) * int(height), f"{width}x{height} pixels", what)
+
+
+def check_pixel_count(pixels: int, dims: str, what: str) -> None:
+    """Raise :class:`InputError` when ``pixels`` (described as ``dims``, e.g. "20000x20000 pixels") is above
+    :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    if limit and pixels > limit:
+        hint = f"to analyse it anyway set {MAX_PIXELS_ENV}={pixels}" if pixels <= OPENCV_MAX_PIXELS else \
+            "no decoder here takes more than 2**30 pixels"
+        raise InputError(f"{what} is {dims} ({pixels / 1e6:.1f} megapixels), above the limit of {limit / 1e6:g} "
+                         f"megapixels (a decompression bomb or a damaged header?); {hint}")
 
 
 class _Failure:

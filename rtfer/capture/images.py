@@ -3,20 +3,58 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from rtfer.capture.base import Reader, Source
+from rtfer.capture.base import Reader, Source, check_pixel_count
 from rtfer.errors import InputError
 from rtfer.types import Frame
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm"})
 
 
+def image_dimensions(data: bytes | np.ndarray) -> tuple[int, str] | None:
+    """(pixels, "WxH pixels") from an image's header without decoding it (Pillow reads headers lazily), or None when
+    Pillow does not know the format (OpenCV then decides, with its own limit of 2**30 pixels)."""
+    import io
+    import warnings
+
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        return None
+    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    head = raw[:32]
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":  # PNG: IHDR, big-endian
+        w, h = struct.unpack(">II", head[16:24])
+        return w * h, f"{w}x{h} pixels"
+    if head[:6] in (b"GIF87a", b"GIF89a"):  # GIF: the logical screen every frame is drawn on, little-endian
+        w, h = struct.unpack("<HH", head[6:10])
+        return w * h, f"{w}x{h} pixels"
+    buffer = io.BytesIO(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: the limit is ours
+        try:
+            with Image.open(buffer) as im:
+                w, h = int(im.size[0]), int(im.size[1])
+                return w * h, f"{w}x{h} pixels"
+        except Image.DecompressionBombError as exc:  # above Pillow's own hard limit; its message has the size
+            match = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(match.group(1)) if match else 1 << 40
+            return pixels, f"{pixels} pixels"
+        except Exception:  # noqa: BLE001 - not a format Pillow knows, or a broken header: OpenCV decides
+            return None
+
+
 def read_image(path: Path) -> np.ndarray | None:
-    """Decode an image file to BGR uint8 (None when it is not an image). Handles non-ASCII paths."""
+    """Decode an image file to BGR uint8 (None when it is not an image). Handles non-ASCII paths.
+
+    The header's dimensions are checked against :func:`max_image_pixels` before decoding: a decompression bomb
+    raises :class:`InputError` (one line) instead of taking gigabytes.
+    """
     import cv2
 
     try:
@@ -25,7 +63,16 @@ def read_image(path: Path) -> np.ndarray | None:
         return None
     if data.size == 0:
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    size = image_dimensions(data)
+    if size is not None:
+        check_pixel_count(*size, f"image {Path(path).name}")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own size limit (2**30 pixels), a header it cannot take
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc):
+            raise InputError(f"image {Path(path).name} is larger than OpenCV decodes (more than 2**30 pixels, or a "
+                             "damaged header)") from None
+        return None
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         return None
     return np.ascontiguousarray(image)
@@ -75,7 +122,10 @@ class FolderSource(Source):
             raise InputError(f"folder {path} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         self.files = files
         self.frame_count = len(files)
-        first = read_image(files[0])
+        try:
+            first = read_image(files[0])
+        except InputError:  # the reader skips it with a warning
+            first = None
         if first is not None:
             self.height, self.width = first.shape[:2]
         self._start()
@@ -87,7 +137,11 @@ class FolderSource(Source):
             for path in files:
                 if reader.stop.is_set():
                     return
-                image = read_image(path)
+                try:
+                    image = read_image(path)
+                except InputError as exc:  # above the pixel limit: skip it, as an unreadable image
+                    warn(f"skipped {path.name}: {exc}")
+                    continue
                 if image is None:
                     warn(f"skipped {path.name}: not a readable image")
                     continue

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rtfer.capture.base import Reader, Source
+from rtfer.capture.base import Reader, Source, check_pixels
 from rtfer.errors import InputError, one_line, redact_url
 from rtfer.types import Frame
 
@@ -245,6 +245,12 @@ def open_video(path: Path) -> Any | None:
             if audio_only:
                 raise InputError(f"{path} has no video stream (it holds only audio)")
             return None
+        ctx = streams[0].codec_context
+        try:
+            check_pixels(int(ctx.width), int(ctx.height or 1), f"video {path.name}: each frame")
+        except InputError:
+            container.close()
+            raise
     except InputError:
         raise
     except Exception:  # noqa: BLE001
