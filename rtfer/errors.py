@@ -59,3 +59,14 @@ def one_line(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
     elif not isinstance(exc, RtferError):
         text = f"{type(exc).__name__}: {text}"
     return redact_url(text)[:limit]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run, after its outputs were finalised: ``written`` lists ``(path, what)`` of the
+    outputs renamed into place (complete up to the last processed frame), ``not_written`` ``(path, what, reason)``
+    of those that are not there."""
+
+    def __init__(self, written=(), not_written=()) -> None:
+        super().__init__("interrupted")
+        self.written = list(written)
+        self.not_written = list(not_written)

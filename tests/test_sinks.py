@@ -97,9 +97,10 @@ def test_package_layering_and_reexports():
     from package_helpers import assert_layered
 
     graph = assert_layered("rtfer.sinks")
-    assert graph["rtfer.sinks.base"] == set() and graph["rtfer.sinks.plot"] == set()
-    assert graph["rtfer.sinks.timeline"] == graph["rtfer.sinks.video"] == {"rtfer.sinks.base"}
-    assert graph["rtfer.sinks.summary"] == {"rtfer.sinks.base", "rtfer.sinks.plot"}
+    assert graph["rtfer.sinks.base"] == graph["rtfer.sinks.atomic"] == set()
+    assert graph["rtfer.sinks.plot"] == {"rtfer.sinks.atomic"}
+    assert graph["rtfer.sinks.timeline"] == graph["rtfer.sinks.video"] == {"rtfer.sinks.base", "rtfer.sinks.atomic"}
+    assert graph["rtfer.sinks.summary"] == {"rtfer.sinks.base", "rtfer.sinks.plot", "rtfer.sinks.atomic"}
     code = ("import sys, rtfer.sinks as s, rtfer.sinks.video as v, rtfer.sinks.summary as m; "
             "assert s.AnnotatedVideoSink is v.AnnotatedVideoSink and s.SummaryAccumulator is m.SummaryAccumulator; "
             "heavy = [n for n in ('cv2', 'av', 'matplotlib') if n in sys.modules]; assert not heavy, heavy")
@@ -107,8 +108,10 @@ def test_package_layering_and_reexports():
 
 
 def test_csv_flushes_before_close(tmp_path, monkeypatch):
-    path = tmp_path / "live.csv"
-    sink = CSVSink(path).open()
+    final = tmp_path / "live.csv"
+    sink = CSVSink(final).open()
+    path = sink.output.tmp  # written beside the final path, renamed into place on close
+    assert path.parent == final.parent and path.name.startswith(".live.") and path.suffix == ".csv"
     assert _read_csv(path)[0] == EXPECTED_COLUMNS  # header is on disk immediately
     for k in range(24):  # 48 rows: under the row threshold and (immediately) under the time threshold
         sink.append(_result(k, k / 30))
@@ -121,7 +124,9 @@ def test_csv_flushes_before_close(tmp_path, monkeypatch):
     time.sleep(0.06)
     sink.append(_result(26, 0.9))  # time threshold passed: flushed
     assert len(_read_csv(path)[1]) == 54
+    assert not final.exists()
     sink.close()
+    assert not path.exists() and len(_read_csv(final)[1]) == 54
     sink.close()  # idempotent
     with pytest.raises(OutputError, match="closed"):
         sink.append(_result(27, 1.0))

@@ -5,7 +5,12 @@ written incrementally in whole-frame batches (at most every ~0.5 s or 50 rows), 
 valid file up to the last flushed frame. Untracked faces (track id -1) get their index within the frame as
 ``face_id``; a frame without faces gets one row whose face fields are empty.
 
-Modules: :mod:`~rtfer.sinks.base` (the Sink base, output paths, the timeline schema and rows),
+Every file is written under a temporary name beside its final path and renamed into place when the sink closes
+(:mod:`~rtfer.sinks.atomic`): a torn file never appears under a final name, and after a failed write (a full disk)
+the final name keeps what it held before.
+
+Modules: :mod:`~rtfer.sinks.atomic` (temporary files, the rename, telling rtfer's outputs from other files),
+:mod:`~rtfer.sinks.base` (the Sink base, output paths, the timeline schema and rows),
 :mod:`~rtfer.sinks.timeline` (CSV and JSONL), :mod:`~rtfer.sinks.video` (the annotated video, with its audio),
 :mod:`~rtfer.sinks.summary` (the bounded accumulator, the summary table, SummarySink) and :mod:`~rtfer.sinks.plot`
 (the summary PNG). This package re-exports their public names; a test that patches a constant patches it in the

@@ -93,7 +93,13 @@ def prepare_output_path(path: Path, what: str, *, written_at_end: bool = False) 
 
 
 class Sink:
-    """Base: context manager; ``append`` opens on first use."""
+    """Base: context manager; ``append`` opens on first use.
+
+    A sink that writes a file keeps its :class:`~rtfer.sinks.atomic.AtomicPath` in ``output``: the file is written
+    under a temporary name and renamed into place when the sink closes (``output.written``), or removed when a write
+    failed (``output.error``)."""
+
+    output = None  # AtomicPath | None
 
     def __init__(self) -> None:
         self._opened = False

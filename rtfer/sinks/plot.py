@@ -14,6 +14,7 @@ import numpy as np
 
 from rtfer.errors import OutputError
 from rtfer.labels import CLASSES
+from rtfer.sinks.atomic import MARK, AtomicPath
 
 
 def write_summary_png(acc: SummaryAccumulator, path: str | os.PathLike, *, title: str | None = None,  # noqa: F821
@@ -43,12 +44,29 @@ def write_summary_png(acc: SummaryAccumulator, path: str | os.PathLike, *, title
         heading = f"{heading}\n{note}" if heading else note
     if heading:
         fig.suptitle(heading, fontsize=11)
-    path = Path(path)
+    out = AtomicPath(path, "summary plot")  # written under a temporary name, renamed when complete
     try:
-        fig.savefig(path, bbox_inches="tight")
+        fig.savefig(out.begin(), bbox_inches="tight", **_mark(out.final.suffix))
     except OSError as exc:
-        raise OutputError(f"cannot write summary {path}: {exc.strerror or exc}") from None
-    return path
+        out.discard()
+        raise OutputError(f"cannot write summary {out.final}: {exc.strerror or exc}") from None
+    except BaseException:
+        out.discard()
+        raise
+    return out.commit()
+
+
+def _mark(suffix: str) -> dict:
+    """savefig keywords that put :data:`~rtfer.sinks.atomic.MARK` into the file (an earlier rtfer plot is then
+    replaced by a new run; a file of the user's is not)."""
+    suffix = suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return {"pil_kwargs": {"comment": MARK.encode()}}
+    if suffix == ".png":
+        return {"metadata": {"Software": MARK}}
+    if suffix in (".pdf", ".svg"):
+        return {"metadata": {"Creator": MARK}}
+    return {}
 
 
 def emotion_runs(times: np.ndarray, probs: np.ndarray, bin_s: float) -> list[tuple[float, float, str]]:
@@ -83,10 +101,8 @@ def video_figure(acc: SummaryAccumulator, faces: list[FaceSummary], Figure,  # n
     fig = Figure(figsize=(11, 3.0 + 2 * rows_in + 0.6), dpi=100, layout="constrained")
     gs = fig.add_gridspec(3, 1, height_ratios=[3.0, rows_in, rows_in])
     ax_val, ax_dom, ax_share = fig.add_subplot(gs[0]), fig.add_subplot(gs[1]), fig.add_subplot(gs[2])
-    if len(faces) > 10:  # more lines than the default 10-colour cycle: 20 colours
-        from matplotlib import colormaps
+    from rtfer.colors import identity_style
 
-        ax_val.set_prop_cycle(color=[colormaps["tab20"](i) for i in range(20)])
     colors = {c: color_rgb01(c) for c in CLASSES}
     end = max(float(duration_s or 0.0), acc.t_end, 1e-3)
     labels = [f.label() for f in faces]
@@ -94,10 +110,14 @@ def video_figure(acc: SummaryAccumulator, faces: list[FaceSummary], Figure,  # n
     plotted = [f for f in faces if f.key in acc.series]
     for f in plotted:
         t, _, v = acc.binned(f.key)
-        ax_val.plot(t + acc.bin_s / 2, v, lw=1.2, label=f.label())
+        # identity is a neutral tone, a dash pattern and a marker, never a hue (hues mean emotions and valence)
+        tone, dash, marker, _ = identity_style(f.face_id)
+        ax_val.plot(t + acc.bin_s / 2, v, lw=1.3, color=tone, ls=(0, dash) if dash else "-", marker=marker,
+                    markevery=max(1, len(t) // 6), ms=4, label=f.label())
     if len(faces) > 1:
         rt, rv, _ = acc.room_binned()
-        ax_val.plot(rt + acc.bin_s / 2, rv, lw=2.4, color="black", alpha=0.75, label="room mean")
+        ax_val.plot(rt + acc.bin_s / 2, rv, lw=5, color="0.55", alpha=0.35, solid_capstyle="round",
+                    label="room mean")
     ax_val.axhline(0, color="0.6", lw=0.8)
     ax_val.set_ylim(-1.05, 1.05)
     ax_val.set_xlim(0, end)

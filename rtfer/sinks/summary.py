@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rtfer.labels import CLASSES, NUM_CLASSES, valence
+from rtfer.sinks.atomic import AtomicPath
 from rtfer.sinks.base import Sink, prepare_output_path
 from rtfer.sinks.plot import write_summary_png
 from rtfer.types import FrameResult
@@ -127,11 +128,11 @@ class SummaryAccumulator:
         self._first_source: str | None = None
         self._sources: set[str | None] = set()
         self._other_keys: dict[tuple[str | None, int], int] = {}
-
         # time on screen: each frame's duration (to the next frame, at most gap_cap_s) goes to the faces in it
         self._prev_t: float | None = None
         self._prev_keys: list[int] = []
         self._last_dt = 0.0
+
     @property
     def per_image(self) -> bool:
         """True when faces came from more than one source (an image folder)."""
@@ -159,8 +160,8 @@ class SummaryAccumulator:
         """Array form of :meth:`update`: ``face_ids`` (n,), ``probs`` (n, 7), the frame's ``source`` name."""
         self.frames += 1
         self.t_end = max(self.t_end, float(time_s))
-        if len(face_ids) == 0:
         self._credit_previous_frame(float(time_s))
+        if len(face_ids) == 0:
             self.frames_without_faces += 1
             return
         if self.t0 is None:
@@ -187,7 +188,6 @@ class SummaryAccumulator:
                 s[b, NUM_CLASSES] += v
                 s[b, NUM_CLASSES + 1] += 1
 
-    def _bin(self, time_s: float) -> int:
     def _credit_previous_frame(self, time_s: float) -> None:
         """Give the faces of the previous frame its duration (the time to this frame, capped at ``gap_cap_s`` for a
         stalled stream): time on screen counts the frames a face has a row in, never the gaps between them."""
@@ -198,6 +198,7 @@ class SummaryAccumulator:
         self._prev_t = time_s
         self._prev_keys = []
 
+    def _bin(self, time_s: float) -> int:
         b = int((time_s - self.t0) // self.bin_s) if time_s > self.t0 else 0
         while b >= self.max_bins:
             half = self.max_bins // 2
@@ -278,6 +279,7 @@ class SummarySink(Sink):
     def open(self) -> SummarySink:
         if self.png_path is not None:
             self.png_path = prepare_output_path(self.png_path, "summary", written_at_end=True)
+            self.output = AtomicPath(self.png_path, "summary plot")  # its state; write_summary_png renames
         self._opened = True
         return self
 
@@ -293,7 +295,14 @@ class SummarySink(Sink):
             return
         self._closed = True
         if self.png_path is not None:
-            write_summary_png(self.acc, self.png_path, title=self.title, duration_s=self.duration_s)
+            if self.output is None:
+                self.output = AtomicPath(self.png_path, "summary plot")
+            try:
+                write_summary_png(self.acc, self.png_path, title=self.title, duration_s=self.duration_s)
+            except Exception as exc:
+                self.output.error = str(exc)
+                raise
+            self.output.written = True
 
 
 def run_title(source_name: str, bundle: str | None = None) -> str:

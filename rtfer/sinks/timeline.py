@@ -6,12 +6,14 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from rtfer.errors import OutputError
 from rtfer.labels import CLASSES
+from rtfer.sinks.atomic import AtomicPath
 from rtfer.sinks.base import Sink, columns, prepare_output_path, result_records
 from rtfer.types import FrameResult
 
@@ -49,10 +51,16 @@ class _TextTimelineSink(Sink):
         self._last_flush = time.monotonic()
 
     def _open_file(self, mode: str) -> None:
+        """Open the temporary file (``mode`` "a": a copy of the existing file, continued)."""
         path = prepare_output_path(self.path, self.what)
+        self.output = AtomicPath(path, self.what)
+        tmp = self.output.begin()
         try:
-            self._fh = open(path, mode, newline="", encoding="utf-8")
+            if mode == "a":
+                shutil.copyfile(path, tmp)
+            self._fh = open(tmp, mode, newline="", encoding="utf-8")
         except OSError as exc:
+            self.output.discard(exc.strerror or str(exc))
             raise OutputError(f"cannot write {self.what} {path}: {exc.strerror or exc}") from None
         self.path = path
         self._opened = True
@@ -63,6 +71,8 @@ class _TextTimelineSink(Sink):
     def append(self, result: FrameResult) -> None:
         """Queue this frame's rows; write and flush them when 50 rows or 0.5 s have accumulated."""
         self._ensure_open()
+        if self._fh is None:
+            raise OutputError(f"cannot write {self.what} {self.path}: {self.output.error if self.output else 'closed'}")
         records = result_records(result, raw=self.raw, source_name=self.source_name)
         self._buffer.append(self._lines(records))
         self._buffered_rows += len(records)
@@ -78,22 +88,40 @@ class _TextTimelineSink(Sink):
                 self._fh.write("".join(self._buffer))
                 self._fh.flush()
             except OSError as exc:
-                raise OutputError(f"cannot write {self.what} {self.path}: {exc.strerror or exc}") from None
+                self._fail(exc)
             self.rows_written += self._buffered_rows
             self._buffer.clear()
             self._buffered_rows = 0
         self._last_flush = time.monotonic()
 
+    def _fail(self, exc: OSError):
+        """A write failed (a full disk): the temporary file is dropped, the final name is never written."""
+        reason = exc.strerror or str(exc)
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()
+        except OSError:
+            pass
+        self._buffer.clear()
+        self.output.discard(reason)
+        raise OutputError(f"cannot write {self.what} {self.path}: {reason}") from None
+
     def close(self) -> None:
+        """Write what is buffered and rename the file into place (nothing is renamed after a failed write)."""
         if self._closed:
             return
+        self._closed = True
+        if self._fh is None:
+            return
+        self.flush()
         try:
-            self.flush()
-        finally:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-            self._closed = True
+            self._fh.close()
+        except OSError as exc:
+            self._fh = None
+            self.output.discard(exc.strerror or str(exc))
+            raise OutputError(f"cannot write {self.what} {self.path}: {exc.strerror or exc}") from None
+        self._fh = None
+        self.output.commit()
 
 
 class CSVSink(_TextTimelineSink):
@@ -125,8 +153,11 @@ class CSVSink(_TextTimelineSink):
             self._open_file("a")
         else:
             self._open_file("w")
-            self._fh.write(header + "\n")
-            self._fh.flush()
+            try:
+                self._fh.write(header + "\n")
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
         return self
 
     def _lines(self, records: list[dict]) -> str:

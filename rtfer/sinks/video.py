@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from rtfer.errors import OutputError
+from rtfer.sinks.atomic import MARK, AtomicPath
 from rtfer.sinks.base import Sink, prepare_output_path
 from rtfer.types import FrameResult
 
@@ -56,9 +57,12 @@ class AnnotatedVideoSink(Sink):
 
         path = prepare_output_path(self.path, "video")
         options = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+        self.output = AtomicPath(path, "annotated video")  # written under a temporary name, renamed on close
         try:
-            self._container = av.open(str(path), "w", options=options)
+            self._container = av.open(str(self.output.begin()), "w", format=_muxer(path), options=options)
+            self._container.metadata["comment"] = MARK  # tells an earlier rtfer video from a file of the user's
         except Exception as exc:  # noqa: BLE001 - FFmpeg errors for bad paths/extensions
+            self.output.discard(str(exc))
             raise OutputError(f"cannot write video {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
         self.path = path
         self._opened = True
@@ -124,7 +128,8 @@ class AnnotatedVideoSink(Sink):
             if self._audio is not None:
                 self._mux_audio(pts * self._tb + 0.5)
         except Exception as exc:  # noqa: BLE001
-            raise OutputError(f"cannot write video {self.path}: {exc}") from None
+            self.output.error = self.output.error or _reason(exc)
+            raise OutputError(f"cannot write video {self.path}: {_reason(exc)}") from None
         self.frames_written += 1
 
     # -- audio ------------------------------------------------------------------------------------------------------
@@ -218,7 +223,10 @@ class AnnotatedVideoSink(Sink):
         self._closed = True
         if self._container is None:
             return
+        finished = False
         try:
+            if self.output.error:
+                return  # a write failed: no trailer; the temporary file is removed below
             if self._stream is not None:
                 for packet in self._stream.encode():
                     self._container.mux(packet)
@@ -229,12 +237,38 @@ class AnnotatedVideoSink(Sink):
                     a["done"] = True
                     for p in a["out"].encode(None):
                         self._container.mux(p)
+            finished = True
+        except Exception as exc:  # noqa: BLE001 - a full disk while writing the last packets or the index
+            self.output.error = _reason(exc)
+            raise OutputError(f"cannot write video {self.path}: {_reason(exc)}") from None
         finally:
             self._close_audio()
-            self._container.close()
-            self._container = None
+            try:
+                self._container.close()  # writes the trailer (the MP4 index)
+            except Exception as exc:  # noqa: BLE001
+                finished = False
+                self.output.error = self.output.error or _reason(exc)
+                raise OutputError(f"cannot write video {self.path}: {_reason(exc)}") from None
+            finally:
+                self._container = None
+                if finished and not self.output.error and self.output.tmp.exists():
+                    self.output.commit()
+                else:
+                    self.output.empty = finished and not self.output.error  # no frame came: nothing to write
+                    self.output.discard()
         if self.frames_written == 0:
             log.warning("annotated video %s has no frames", self.path)
+
+
+def _reason(exc: BaseException) -> str:
+    """An FFmpeg/OS error in a few words (errno text when there is one)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _muxer(path: Path) -> str | None:
+    """The container format for ``path``'s suffix (the temporary name keeps it, but say it explicitly)."""
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}.get(path.suffix.lower())
 
 
 def _has_encoder(name: str) -> bool:
