@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", metavar="DIR", help="batch mode: one CSV per video, mirroring the input tree")
     b.add_argument("--workers", type=int, default=1, metavar="N", help="batch mode: N worker processes")
     b.add_argument("--ray", metavar="ADDRESS", help="batch mode: run on a Ray cluster (auto, local or host:port)")
-    b.add_argument("--overwrite", action="store_true", help="batch mode: redo videos that already finished")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace existing files that rtfer did not write (an earlier rtfer output is replaced "
+                        "anyway); batch mode: also redo videos that already finished")
     b.add_argument("--manifest", metavar="PATH", help="batch mode: manifest CSV (default: OUT_DIR/manifest.csv)")
     b.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="Ray: CPUs per video task (default 1)")
     b.add_argument("--ray-gpus", type=float, default=0.0, metavar="N",
@@ -204,10 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # the entry point owns the root handler: keep credentials out
         handler.addFilter(_RedactFilter())
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM finalises outputs like Ctrl-C
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
-        return _dispatch(args)
+        try:
+            return _dispatch(args)
+        except KeyboardInterrupt:  # one more Ctrl-C while the first was being reported: no traceback
+            return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests, notebooks) leaves no trace
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _dispatch(args) -> int:
@@ -220,8 +227,10 @@ def _dispatch(args) -> int:
             return _cmd_info(args)
         if args.command == "adapt":
             return _cmd_adapt(args)
-    except KeyboardInterrupt:
-        print("rtfer: interrupted; outputs were finalised up to the last processed frame", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the outputs are final: further presses change nothing
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(_interrupted_message(exc), file=sys.stderr)
         return EXIT_INTERRUPTED
     except RtferError as exc:
         if args.debug:
@@ -273,25 +282,43 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _interrupted_message(exc: BaseException) -> str:
+    """After Ctrl-C: the outputs that are there (complete up to the last processed frame) and those that are not;
+    never an output that was not written (:class:`rtfer.errors.RunInterrupted`)."""
+    written, missing = getattr(exc, "written", None), getattr(exc, "not_written", None)
+    if written is None:
+        return "rtfer: interrupted"
+    parts = ["rtfer: interrupted"]
+    if written:
+        parts.append("written up to the last processed frame: " + ", ".join(f"{w} {p}" for p, w in written))
+    if missing:
+        parts.append("not written: " + ", ".join(f"{w} {p} ({r})" for p, w, r in missing))
+    if not written and not missing:
+        parts.append("no output was written")
+    return redact_url("; ".join(parts))
+
+
 def _cmd_analyze(args) -> int:
     options = _options(args)
     if args.out_dir or args.ray or args.workers > 1:
         return _cmd_batch(args, options)
     from rtfer.pipeline import Pipeline
-    from rtfer.run import plan_outputs, run_file
+    from rtfer.run import lock_outputs, plan_outputs, run_file
 
     plans = plan_outputs(args.inputs, csv=args.output, jsonl=args.jsonl, annotated=args.annotated,
-                         summary_png=args.summary, report=args.report, raw=args.raw)
+                         summary_png=args.summary, report=args.report, raw=args.raw, overwrite=args.overwrite)
     pipeline = None
-    for plan in plans:
-        if pipeline is None:
-            pipeline = Pipeline(options)
-            d = pipeline.describe()
-            log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"], d["detector"])
-        stats = run_file(plan.input, plan, pipeline=pipeline, options=options,
-                         progress=not (args.no_progress or args.quiet), command=_command_line(args))
-        if not args.quiet:
-            _print_run(stats, pipeline.describe(), plan)
+    with lock_outputs(plans):  # a second run on one of these paths is refused now, before the models load
+        for plan in plans:
+            if pipeline is None:
+                pipeline = Pipeline(options)
+                d = pipeline.describe()
+                log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"],
+                         d["detector"])
+            stats = run_file(plan.input, plan, pipeline=pipeline, options=options,
+                             progress=not (args.no_progress or args.quiet), command=_command_line(args))
+            if not args.quiet:
+                _print_run(stats, pipeline.describe(), plan)
     return 0
 
 
@@ -311,7 +338,7 @@ def _print_run(stats, describe: dict, plan) -> None:
     print(f"{stats.frames} frames, {stats.faces} faces in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s) "
           f"on {describe['backend']}/{describe['device']}, detector {describe['detector']}; "
           f"mean ms per frame: {stages}", file=out)
-    for path, what in plan.outputs():
+    for path, what in getattr(stats, "written", None) or []:  # only the outputs that are there
         print(f"wrote {what}: {path}", file=out)
 
 

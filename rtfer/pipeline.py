@@ -452,6 +452,8 @@ class RunStats:
     status: str = "ok"  # ok | partial (interrupted)
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean per frame
     summary: object = None  # rtfer.sinks.Summary when the caller asked for one
+    written: list = field(default_factory=list)  # (path, what) of each output renamed into place
+    not_written: list = field(default_factory=list)  # (path, what, reason) of each output that was not
 
 
 class StageTimer:

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from rtfer.backends import BACKENDS
 from rtfer.capture import VIDEO_EXTENSIONS, is_live_spec
-from rtfer.errors import InputError, OutputError, RtferError, redact_url
+from rtfer.errors import InputError, OutputError, RtferError, RunInterrupted, redact_url
 from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, RunStats, StageTimer
 from rtfer.sinks import SummaryAccumulator, write_summary_png
 from rtfer.types import Frame, FrameResult
@@ -195,29 +195,101 @@ class OutputPlan:
         """The annotated video and the report need each frame's image."""
         return self.annotated is not None or self.report is not None
 
-    def open_sinks(self, stack: ExitStack, source, pipeline, *, command: str | None = None) -> tuple[list, Any]:
+    def open_sinks(self, stack: ExitStack, source, pipeline, *, command: str | None = None,
+                   outputs: PlanOutputs | None = None) -> tuple[list, Any]:
         """Open this plan's sinks on ``stack`` (closed, i.e. finalised, however the run ends): ``(sinks, summary)``.
-        The summary sink is always there (the table the CLI prints); it writes a PNG only when asked."""
+        The summary sink is always there (the table the CLI prints); it writes a PNG only when asked. ``outputs``
+        (default: a new one) closes them together and records which outputs were written (:class:`PlanOutputs`)."""
         from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink, run_title
 
+        outs = outputs if outputs is not None else PlanOutputs()
+        stack.push(outs)  # registered before the first open: a sink that fails to open closes those opened
         sinks: list = []
         if self.csv is not None:
-            sinks.append(stack.enter_context(CSVSink(self.csv, raw=self.raw)))
+            sinks.append(outs.open(CSVSink(self.csv, raw=self.raw), self.csv, "CSV"))
         if self.jsonl is not None:
-            sinks.append(stack.enter_context(JSONLSink(self.jsonl, raw=self.raw)))
+            sinks.append(outs.open(JSONLSink(self.jsonl, raw=self.raw), self.jsonl, "JSON Lines"))
         if self.annotated is not None:
             audio = self.input if getattr(source, "kind", None) == "video" else None
-            sinks.append(stack.enter_context(AnnotatedVideoSink(self.annotated, source.fps or 25.0, audio_from=audio)))
+            sinks.append(outs.open(AnnotatedVideoSink(self.annotated, source.fps or 25.0, audio_from=audio),
+                                   self.annotated, "annotated video"))
         describe = pipeline.describe() if callable(getattr(pipeline, "describe", None)) else {}
-        summary = stack.enter_context(SummarySink(
+        summary = outs.open(SummarySink(
             self.summary_png, title=run_title(str(getattr(source, "name", self.input)), describe.get("bundle")),
-            duration_s=getattr(source, "duration_s", None)))
+            duration_s=getattr(source, "duration_s", None)), self.summary_png, "summary plot")
         sinks.append(summary)
         if self.report is not None:
             from rtfer.report import ReportSink
 
-            sinks.append(stack.enter_context(ReportSink.for_run(self.report, source, pipeline, command=command)))
+            sinks.append(outs.open(ReportSink.for_run(self.report, source, pipeline, command=command), self.report,
+                                   "HTML report"))
         return sinks, summary
+
+
+class PlanOutputs:
+    """A plan's sinks, closed (finalised) together however the run ends: each file is renamed into place when
+    complete, or dropped when a write failed; then ``written`` and ``not_written`` list ``(path, what)`` and
+    ``(path, what, reason)``. Used as an exit callback: after an error it raises one
+    :class:`~rtfer.errors.OutputError` that names every output that was not written (and those that were, up to
+    the error); after Ctrl-C it raises nothing (the run layer reports it)."""
+
+    def __init__(self) -> None:
+        self._sinks: list[tuple[Any, str | None, str]] = []
+        self.written: list[tuple[str, str]] = []
+        self.not_written: list[tuple[str, str, str]] = []
+        self.failed: list[tuple[str, str, str]] = []  # not written because a write failed (not for want of frames)
+
+    def open(self, sink, path: str | None, what: str):
+        self._sinks.append((sink, None if path is None else str(path), what))
+        sink.open()
+        return sink
+
+    def close(self) -> list[tuple[Any, str]]:
+        """Close every sink (last opened first); returns ``(sink, error)`` for those whose close failed."""
+        failed = []
+        for sink, _, _ in reversed(self._sinks):
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others; reported below
+                failed.append((sink, _reason(exc)))
+        errors = dict((id(s), e) for s, e in failed)
+        for sink, path, what in self._sinks:
+            if path is None:
+                continue  # the summary table without a plot
+            output = getattr(sink, "output", None)
+            ok = id(sink) not in errors and bool(getattr(sink, "_opened", True))
+            if output is not None:
+                ok = ok and output.written
+            if ok:
+                self.written.append((path, what))
+            elif getattr(output, "empty", False) and id(sink) not in errors:
+                log.warning("%s %s not written: no frame to write", what, path)
+                self.not_written.append((path, what, "no frame to write"))
+            else:
+                reason = errors.get(id(sink)) or getattr(output, "error", None) or "not finalised"
+                self.not_written.append((path, what, reason))
+                self.failed.append((path, what, reason))
+        return failed
+
+    def __call__(self, exc_type, exc, tb) -> bool:
+        self.close()
+        if not self.failed or exc_type is not None and not issubclass(exc_type, Exception):
+            return False  # Ctrl-C, GeneratorExit: the run layer says what was written
+        names = ", ".join(f"{what} {path}" for path, what, _ in self.not_written)
+        first = str(exc) if isinstance(exc, RtferError) else \
+            f"cannot write {self.failed[0][1]} {self.failed[0][0]}: {self.failed[0][2]}"
+        kept = ", ".join(f"{what} {path}" for path, what in self.written)
+        message = f"{first}; not written: {names}" + (f"; written up to the error: {kept}" if kept else "")
+        if exc is not None and not isinstance(exc, RtferError):
+            log.warning("%s", message)
+            return False  # an internal error keeps its own report
+        raise OutputError(message) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a sink could not be finalised, without repeating "cannot write X path:"."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(": ", 1)[1] if text.startswith("cannot write ") and ": " in text else text
 
 
 def default_output(spec: str) -> str:
@@ -234,10 +306,20 @@ def check_format(path: str | None, allowed: Sequence[str], what: str) -> None:
         raise OutputError(f"{what} {path}: the file name must end in {', '.join(allowed)}")
 
 
-def check_plans(plans: Sequence[OutputPlan]) -> None:
-    """Refuse, before anything is opened for writing: an output folder that does not exist, a summary or report with
-    a format we cannot write, an output that is one of the inputs, and two outputs of the same run on one path (two
-    inputs named clip.mp4 in different folders both default to clip.csv)."""
+def check_plans(plans: Sequence[OutputPlan], *, overwrite: bool = False) -> None:
+    """Refuse, before anything is opened for writing: an output folder that does not exist or cannot be written, a
+    summary, report or annotated video with a format we cannot write, an output that is one of the inputs, two
+    outputs of the same run on one path (two inputs named clip.mp4 in different folders both default to clip.csv),
+    and an existing file that rtfer did not write, unless ``overwrite`` (an earlier rtfer output is replaced:
+    :func:`rtfer.sinks.atomic.written_by_rtfer`)."""
+    import os
+
+    from rtfer.sinks.atomic import VIDEO_FORMATS, check_replace
+
+    for plan in plans:
+        check_format(plan.summary_png, SUMMARY_FORMATS, "summary plot")
+        check_format(plan.report, REPORT_FORMATS, "report")
+        check_format(plan.annotated, VIDEO_FORMATS, "annotated video")
     sources: dict[Path, str] = {}
     for plan in plans:
         if not is_live_spec(plan.input):
@@ -248,6 +330,10 @@ def check_plans(plans: Sequence[OutputPlan]) -> None:
             resolved = Path(path).expanduser().resolve()
             if not resolved.parent.is_dir():
                 raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} does not exist")
+            if resolved.is_dir():
+                raise OutputError(f"cannot write {what} {path}: it is a directory")
+            if not os.access(resolved.parent, os.W_OK | os.X_OK):  # the temporary file and the rename need it
+                raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} is not writable")
             if resolved in sources:
                 raise OutputError(f"the {what} output {path} is the input {sources[resolved]}: writing it would "
                                   "destroy the input; choose another output path")
@@ -255,16 +341,15 @@ def check_plans(plans: Sequence[OutputPlan]) -> None:
                 raise OutputError(f"the {what} output {path} would overwrite the {seen[resolved]} output of the same "
                                   "run; give each output its own path (several inputs: use --out-dir DIR)")
             seen[resolved] = what
-    for plan in plans:
-        check_format(plan.summary_png, SUMMARY_FORMATS, "summary plot")
-        check_format(plan.report, REPORT_FORMATS, "report")
+            check_replace(path, what, overwrite=overwrite)
 
 
 def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | None = None,
                  annotated: str | None = None, summary_png: str | None = None, report: str | None = None,
-                 raw: bool = False) -> list[OutputPlan]:
+                 raw: bool = False, overwrite: bool = False) -> list[OutputPlan]:
     """One checked :class:`OutputPlan` per input. ``report`` "" = beside each CSV. A folder of videos, or one
-    explicit output path shared by several inputs, is refused: each input must get its own outputs."""
+    explicit output path shared by several inputs, is refused: each input must get its own outputs. An existing
+    file that rtfer did not write is refused unless ``overwrite`` (see :func:`check_plans`)."""
     for spec in inputs:
         p = Path(spec)
         if p.is_dir() and any(f.suffix.lower() in VIDEO_EXTENSIONS for f in p.rglob("*") if f.is_file()):
@@ -280,8 +365,25 @@ def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | 
         out = csv or default_output(spec)
         where = None if report is None else (report or str(Path(out).with_suffix(".html")))
         plans.append(OutputPlan(str(spec), out, jsonl, annotated, summary_png, where, raw))
-    check_plans(plans)
+    check_plans(plans, overwrite=overwrite)
     return plans
+
+
+def lock_outputs(plans: Sequence[OutputPlan]) -> ExitStack:
+    """Lock every output of ``plans`` (:class:`rtfer.locking.PathLock`) until the returned context exits: a second
+    run writing one of them at the same time is refused with one line naming this one. The run layer locks a plan's
+    outputs again around its run (the locks are re-entrant), so a caller locks up front only to fail fast."""
+    from rtfer.locking import PathLock
+
+    stack = ExitStack()
+    try:
+        for plan in plans:
+            for path, what in plan.outputs():
+                stack.enter_context(PathLock(path, what))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
 
 
 # ----------------------------------------------------------------------------------------------------------- writer
@@ -409,11 +511,20 @@ class Run:
         name = redact_url(str(plan.input if plan is not None else getattr(source, "name", source)))
         self.stats = RunStats(input=name, output=str(plan.csv or "") if plan is not None else "")
         self.source = None
+        self.outputs: PlanOutputs | None = None  # the plan's outputs, once opened: which were written
 
     def execute(self) -> RunStats:
-        """Run to the end of the input (or the cancel, or ``max_frames``) and return the stats."""
-        for _ in self.frames():
-            pass
+        """Run to the end of the input (or the cancel, or ``max_frames``) and return the stats. Ctrl-C raises
+        :class:`~rtfer.errors.RunInterrupted` once the outputs are final; it lists those written."""
+        frames = self.frames()
+        try:
+            for _ in frames:
+                pass
+        except KeyboardInterrupt as exc:
+            frames.close()  # an interrupt between two frames: finalise now (a no-op when the run ended already)
+            if isinstance(exc, RunInterrupted):
+                raise
+            raise RunInterrupted(self.stats.written, self.stats.not_written) from None
         return self.stats
 
     def frames(self) -> Iterator[Processed]:
@@ -428,10 +539,19 @@ class Run:
         t_start = time.perf_counter()
         summary = None
         with ExitStack() as stack:
+            shield = InterruptShield()
+            stack.push(shield.end)  # runs last: Ctrl-C counts again once every output is final
             stack.callback(src.close)
             sinks = list(self.extra_sinks)
             if self.plan is not None:
-                owned, summary = self.plan.open_sinks(stack, src, self.pipeline, command=self.command)
+                from rtfer.locking import PathLock
+
+                for path, what in self.plan.outputs():  # another run writing one of them is refused, in one line
+                    stack.enter_context(PathLock(path, what))
+                self.outputs = PlanOutputs()
+                stack.callback(self._record_outputs)
+                owned, summary = self.plan.open_sinks(stack, src, self.pipeline, command=self.command,
+                                                      outputs=self.outputs)
                 sinks += owned
             writer = SinkWriter(sinks, maxsize=self.writer_queue, timer=timer)
             stack.callback(self._finish, writer, timer, t_start, summary)
@@ -440,6 +560,7 @@ class Run:
             bar = self._progress_bar(stack, src)
             results = self.pipeline.run(src, cancel=self.cancel, **kwargs)
             stack.callback(_close, results)
+            stack.push(shield.begin)  # runs first: a second Ctrl-C must not break the finalising of the outputs
             annotate = None
             if self.annotate is not None:
                 from rtfer.annotate import annotate
@@ -472,7 +593,12 @@ class Run:
     def _cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
 
-    def _finish(self, writer: SinkWriter, timer: StageTimer, t_start: float, summary) -> None:
+    def _record_outputs(self) -> None:
+        if self.outputs is not None:
+            self.stats.written = list(self.outputs.written)
+            self.stats.not_written = list(self.outputs.not_written)
+
+    def _finish(self, writer: SinkWriter, timer: StageTimer, t_start: float, summary, hooked=()) -> None:
         """Write what is queued (the error of a failed writer wins over none), then record the stats."""
         try:
             writer.close()
@@ -491,6 +617,45 @@ class Run:
 
         return stack.enter_context(tqdm(total=getattr(src, "frame_count", None), unit="frame",
                                         desc=Path(str(self.stats.input)).name, leave=False, dynamic_ncols=True))
+
+
+class InterruptShield:
+    """While a run's outputs are finalised, Ctrl-C and SIGTERM are noted (one log line), not raised: a second Ctrl-C
+    must not leave a half-written plot or report. After the outputs are final, a noted interrupt is raised if the
+    run was not stopping already (so a multi-input command stops before its next input). Signal handlers can be set
+    only in the main thread; elsewhere (the app's worker) this does nothing."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._saved: dict = {}
+
+    def begin(self, *exc_info) -> bool:
+        import signal
+
+        if threading.current_thread() is threading.main_thread() and not self._saved:
+            for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+                if sig is None:
+                    continue
+                try:
+                    self._saved[sig] = signal.signal(sig, self._note)
+                except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+                    pass
+        return False
+
+    def _note(self, signum, frame) -> None:
+        if not self.pending:
+            log.warning("finishing the outputs; interrupt noted (they are written in a moment)")
+        self.pending = True
+
+    def end(self, exc_type, exc, tb) -> bool:
+        import signal
+
+        saved, self._saved = self._saved, {}
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if self.pending and exc_type is None:
+            raise KeyboardInterrupt
+        return False
 
 
 def _close(generator) -> None:
@@ -630,6 +795,7 @@ __all__ = [
     "AnalyzeOptions",
     "OutputPlan",
     "PacedSource",
+    "PlanOutputs",
     "Pacing",
     "Pipeline",
     "Processed",
@@ -645,6 +811,7 @@ __all__ = [
     "detector_names",
     "is_live_spec",
     "list_cameras",
+    "lock_outputs",
     "open_input",
     "plan_outputs",
     "read_bundle_spec",
