@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "moments); without a path: beside the CSV. Batch mode: one per video plus OUT_DIR/index.html "
                         "(or the path given)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from rtfer.live import add_arguments as add_live_arguments
+
+    add_live_arguments(a.add_argument_group("live outputs (pip install 'rtfer[live]')"))
     b = a.add_argument_group("many videos")
     b.add_argument("--out-dir", metavar="DIR", help="batch mode: one CSV per video, mirroring the input tree")
     b.add_argument("--workers", type=int, default=1, metavar="N", help="batch mode: N worker processes")
@@ -301,14 +304,20 @@ def _interrupted_message(exc: BaseException) -> str:
 def _cmd_analyze(args) -> int:
     options = _options(args)
     if args.out_dir or args.ray or args.workers > 1:
+        if args.lsl is not None or args.serve is not None:
+            raise RtferError("--lsl and --serve run in one process: not with --out-dir, --workers or --ray")
         return _cmd_batch(args, options)
+    from contextlib import ExitStack
+
     from rtfer.pipeline import Pipeline
     from rtfer.run import lock_outputs, plan_outputs, run_file
 
     plans = plan_outputs(args.inputs, csv=args.output, jsonl=args.jsonl, annotated=args.annotated,
                          summary_png=args.summary, report=args.report, raw=args.raw, overwrite=args.overwrite)
     pipeline = None
-    with lock_outputs(plans):  # a second run on one of these paths is refused now, before the models load
+    # a second run on one of these paths is refused now, before the models load
+    with lock_outputs(plans), ExitStack() as live_stack:
+        live = _open_live(args, live_stack)
         for plan in plans:
             if pipeline is None:
                 pipeline = Pipeline(options)
@@ -316,10 +325,26 @@ def _cmd_analyze(args) -> int:
                 log.info("bundle %s, backend %s on %s, detector %s", d["bundle"], d["backend"], d["device"],
                          d["detector"])
             stats = run_file(plan.input, plan, pipeline=pipeline, options=options,
-                             progress=not (args.no_progress or args.quiet), command=_command_line(args))
+                             progress=not (args.no_progress or args.quiet), command=_command_line(args), sinks=live)
             if not args.quiet:
                 _print_run(stats, pipeline.describe(), plan)
     return 0
+
+
+def _open_live(args, stack) -> list:
+    """The live outputs of ``--lsl`` and ``--serve``, open on ``stack`` (for every input of the command)."""
+    from rtfer.live import open_live_sinks
+
+    sinks = open_live_sinks(stack, lsl=args.lsl, serve=args.serve, serve_token=args.serve_token)
+    if not args.quiet:
+        for sink in sinks:
+            if hasattr(sink, "url"):
+                ws = "ws" + sink.url[len("http"):]
+                print(f"rtfer: live page at {sink.url} (WebSocket {ws}ws, Server-Sent Events {sink.url}events)"
+                      + ("; add ?token=TOKEN" if sink.token else ""), file=sys.stderr)
+            else:
+                print(f"rtfer: LSL stream {sink.name!r} with markers {sink.name + '-markers'!r}", file=sys.stderr)
+    return sinks
 
 
 def _command_line(args) -> str:

@@ -288,7 +288,8 @@ class Pipeline:
             f = p.frame
             yield FrameResult(index=f.index, time_s=f.time_s, source=f.source, faces=p.faces,
                               raw=EmotionScores(raw), smoothed=EmotionScores(smoothed), timings_ms=timings,
-                              image=f.image if keep_images else None, width=f.width, height=f.height)
+                              image=f.image if keep_images else None, width=f.width, height=f.height,
+                              captured=f.captured)
         schedule.busy_s = busy
 
 

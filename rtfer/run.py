@@ -134,6 +134,7 @@ class PacedSource:
                 continue
             if due > now:
                 self._sleep(due - now)
+            frame.captured = time.monotonic()  # released now: live outputs time-stamp it here, not at decode
             return frame
 
     def close(self) -> None:
@@ -554,8 +555,14 @@ class Run:
                                                       outputs=self.outputs)
                 sinks += owned
             writer = SinkWriter(sinks, maxsize=self.writer_queue, timer=timer)
-            stack.callback(self._finish, writer, timer, t_start, summary)
+            # Live outputs (rtfer.live) mark each run's start and end: before its first frame, after its last
+            hooked = [sink for sink in sinks if callable(getattr(sink, "run_started", None))]
+            for sink in hooked:
+                sink.run_started(self._run_info(src))
+            stack.callback(self._finish, writer, timer, t_start, summary, hooked)
             keep = True if self.plan is not None and self.plan.keep_images else self.keep_images
+            if any(getattr(sink, "needs_images", False) for sink in sinks):
+                keep = True  # the live page shows the latest frame
             kwargs = {"keep_images": keep} if keep is not None else {}  # None: the pipeline's own option
             bar = self._progress_bar(stack, src)
             results = self.pipeline.run(src, cancel=self.cancel, **kwargs)
@@ -609,6 +616,18 @@ class Run:
             stats.warnings = list(getattr(self.source, "warnings", []))
             stats.stage_ms = timer.mean()
             stats.summary = summary.summary() if summary is not None else None
+            for sink in hooked:
+                sink.run_finished(stats, "partial" if self._cancelled() else stats.status)
+
+    def _run_info(self, src) -> dict:
+        """What live outputs announce at a run's start: the source, and the pipeline that analyses it."""
+        describe = self.pipeline.describe() if callable(getattr(self.pipeline, "describe", None)) else {}
+        spec = getattr(getattr(self.pipeline, "bundle", None), "spec", None)
+        options = getattr(self.pipeline, "options", None)
+        return {"source": str(getattr(src, "name", self.stats.input)), "kind": getattr(src, "kind", None),
+                "fps": getattr(src, "fps", None), "duration_s": getattr(src, "duration_s", None),
+                "bundle_name": getattr(spec, "name", None), "bundle_version": getattr(spec, "version", None),
+                "smoothing": getattr(options, "smoothing", None), **describe}
 
     def _progress_bar(self, stack: ExitStack, src):
         if not self.progress or getattr(src, "live", False):
@@ -666,12 +685,13 @@ def _close(generator) -> None:
 
 def run_file(input_path: Any, plan: OutputPlan, *, pipeline: Pipeline | None = None,
              options: AnalyzeOptions | None = None, progress: bool = False, cancel: threading.Event | None = None,
-             command: str | None = None) -> RunStats:
-    """Analyse one input into the outputs of ``plan`` (opened before any work, so an unwritable output fails fast)."""
+             command: str | None = None, sinks: Iterable[Any] = ()) -> RunStats:
+    """Analyse one input into the outputs of ``plan`` (opened before any work, so an unwritable output fails fast)
+    and into ``sinks``, opened and closed by the caller (the live outputs, which outlive one input)."""
     options = options or (pipeline.options if pipeline is not None else AnalyzeOptions())
     pipe = pipeline or Pipeline(options)
     src = open_input(input_path, prefetch=options.prefetch, drop_frames=options.realtime)
-    return Run(pipe, src, plan=plan, cancel=cancel, progress=progress, command=command).execute()
+    return Run(pipe, src, plan=plan, sinks=sinks, cancel=cancel, progress=progress, command=command).execute()
 
 
 # --------------------------------------------------------------------------------------------- the app's summaries

@@ -1,6 +1,7 @@
 """Typed pipeline messages. Each holds batched numpy arrays and validates shapes on construction."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,12 +16,15 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class Frame:
-    """One decoded image. ``time_s`` comes from the container's timestamps (not index / fps)."""
+    """One decoded image. ``time_s`` comes from the container's timestamps (not index / fps); ``captured`` is the
+    :func:`time.monotonic` time at which it was decoded (a camera's capture time; live outputs convert it to the LSL
+    clock)."""
 
     index: int
     time_s: float
     image: np.ndarray  # H x W x 3 uint8, BGR
     source: str = ""
+    captured: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.image, np.ndarray), f"Frame.image must be a numpy array, got {type(self.image).__name__}")
@@ -116,6 +120,7 @@ class FrameResult:
     image: np.ndarray | None = None  # the frame (BGR) when the consumer asked to keep it (UI, annotated video)
     width: int = 0
     height: int = 0
+    captured: float | None = None  # the source frame's Frame.captured (time.monotonic), when known
 
     def __post_init__(self) -> None:
         n = len(self.faces)
