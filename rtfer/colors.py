@@ -35,6 +35,24 @@ LEVEL_COLORS_HEX: dict[str, str] = {
 VALENCE_STOPS_HEX: tuple[str, ...] = ("#762A83", "#AF8DC3", "#E7E7E7", "#7FBF7B", "#1B7837")
 UNKNOWN_HEX = "#FFFFFF"
 
+#: Face identity (which line is which face, in the app's timeline and the summary PNG) never uses a hue: hue always
+#: means an emotion or a valence. Identity is a dark neutral tone x a dash pattern x a marker, plus the face's label.
+IDENTITY_TONES_HEX: tuple[str, ...] = ("#1A1A1A", "#555555")
+#: Dash patterns as on/off lengths in line widths (solid first); matplotlib ``(0, pattern)``, Qt ``setDashPattern``.
+IDENTITY_DASHES: tuple[tuple[float, ...], ...] = ((), (5.0, 2.0), (1.2, 1.6), (5.0, 2.0, 1.2, 2.0), (9.0, 3.0))
+#: Marker per dash pattern (matplotlib names; pyqtgraph calls the triangle "t").
+IDENTITY_MARKERS: tuple[str, ...] = ("s", "o", "^", "d", "x")
+#: Text samples of the dash patterns for legends in rich text.
+IDENTITY_GLYPHS: tuple[str, ...] = ("\u2501\u2501\u2501", "\u254d\u254d\u254d", "\u2509\u2509\u2509",
+                                    "\u2501\u00b7\u2501", "\u2501 \u2501")
+
+
+def identity_style(face_id: int) -> tuple[str, tuple[float, ...], str, str]:
+    """(tone hex, dash pattern, marker, legend glyph) of a face id: 10 distinct tone x dash pairs, then cycling."""
+    k = int(face_id) % (len(IDENTITY_TONES_HEX) * len(IDENTITY_DASHES))
+    tone, dash = divmod(k, len(IDENTITY_DASHES))
+    return IDENTITY_TONES_HEX[tone], IDENTITY_DASHES[dash], IDENTITY_MARKERS[dash], IDENTITY_GLYPHS[dash]
+
 #: Machado, Oliveira & Fernandes (2009) simulation matrices at severity 1.0, applied to linear RGB.
 CVD_MATRICES: dict[str, np.ndarray] = {
     "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],

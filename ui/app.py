@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             window._on_result()  # show the newest frame that arrived while stopping
             window.timeline.refresh()
             if window.results_shown:  # show the hover read-out at the latest time, as a user would see it
-                window.timeline.hover_at(window.last_stats.position_s)
+                window.timeline.hover_at(window.timeline.buffer.last_time)  # the newest frame (or image)
             app.processEvents()
             if args.screenshot is not None:
                 try:

@@ -313,6 +313,8 @@ class Controller:
         source = open_input(spec, seek_s=seek_s, pacing=pacing)
         if run is self._run:
             self._source_kind = source.kind
+            # image folders have no time axis: the timeline shows one entry per image instead of tracks over time
+            self.timeline.set_mode("images" if source.kind in ("image", "folder") else "time")
             self._source_name = str(getattr(source, "name", "") or "")
             self._source_fps = source.fps
             self._duration_s = source.duration_s

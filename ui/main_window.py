@@ -443,15 +443,32 @@ class MainWindow(QMainWindow):
         self.panel.set_result(result)
         self.results_shown += 1
         self.last_stats = stats
+        entry = self._image_entry(result)
+        self.panel.set_caption(f"Image {entry.index}: {entry.name}" if entry is not None else "")
         self.fps_label.setText(f"{stats.fps:.1f} fps")
         parts = [f"{STAGE_SHORT.get(k, k)} {stats.latency_ms[k]:.0f}" for k in STAGES if k in stats.latency_ms]
         total = sum(stats.latency_ms.get(k, 0.0) for k in STAGES)
         self.latency_label.setText(f"latency {total:.0f} ms ({' · '.join(parts)})")
         self.latency_label.setToolTip("\n".join(f"{k}: {v:.1f} ms" for k, v in stats.latency_ms.items()))
         self.dropped_label.setText(f"dropped {stats.dropped}")
-        self._on_progress(stats.position_s, stats.duration_s)
+        if entry is not None:  # the picture, the bars and this label all belong to the same image
+            self.position_label.setText(f"image {entry.index}")
+        else:
+            self._on_progress(stats.position_s, stats.duration_s)
+
+    def _image_entry(self, result: Any):
+        """The timeline's entry of the image ``result`` shows (image folders), else None."""
+        buffer = self.controller.timeline
+        if buffer.mode != "images":
+            return None
+        for entry in reversed(buffer.images(since_index=max(0, int(buffer.last_time) - 8))):
+            if entry.name == str(result.source or ""):
+                return entry
+        return None
 
     def _on_progress(self, position_s: float, duration_s: object) -> None:
+        if self.controller.timeline.mode == "images":  # no time position: _on_result names the image shown
+            return
         duration = duration_s if isinstance(duration_s, (int, float)) else None
         self.position_label.setText(f"{_fmt_time(position_s)} / {_fmt_time(duration)}")
         if duration and not self._seeking:

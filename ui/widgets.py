@@ -12,10 +12,10 @@ from PyQt6.QtCore import QRectF, Qt, QTimer
 from PyQt6.QtGui import QColor, QFont, QImage, QPainter, QPixmap
 from PyQt6.QtWidgets import QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX
+from rtfer.colors import EMOTION_COLORS_HEX, LEVEL_COLORS_HEX, identity_style, valence_hex
 from rtfer.labels import CLASSES, scale_levels, to_scale
 from rtfer.types import FrameResult
-from rtfer.ui.timeline_model import TimelineBuffer, TrackSeries
+from rtfer.ui.timeline_model import ImageEntry, TimelineBuffer, TrackSeries
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,25 @@ SCALE_TITLES = {"emotion": "7 emotions", "sentiment5": "5 levels", "sentiment3":
 
 
 def track_color(track_id: int) -> str:
-    """A colour per track id; golden-ratio hue steps keep nearby ids (#0, #1, ... #10) far apart."""
-    hue = (int(track_id) * 0.618033988749895 + 0.58) % 1.0
-    return QColor.fromHsvF(hue, 0.85, 0.72).name()
+    """The neutral tone of a track id (rtfer.colors.identity_style): identity never uses a hue, which always means an
+    emotion or a valence; the dash pattern and marker tell tracks of the same tone apart."""
+    return identity_style(track_id)[0]
+
+
+def track_pen(track_id: int, width: float = 2.0):
+    """The pen of a track's valence line: its tone and dash pattern."""
+    tone, dash, _, _ = identity_style(track_id)
+    pen = pg.mkPen(tone, width=width)
+    if dash:
+        pen.setDashPattern(list(dash))
+    return pen
+
+
+def track_legend(track_id: int) -> str:
+    """Rich text naming a track with a sample of its line (``━━━ #3``, ``╍╍╍ #4``...)."""
+    tone, _, _, glyph = identity_style(track_id)
+    label = f"#{track_id}" if track_id >= 0 else "face"
+    return f"<span style='color:{tone}; font-weight:bold'>{glyph} {label}</span>"
 
 
 def level_names(scale: str) -> tuple[str, ...]:
@@ -152,6 +168,10 @@ class ProbabilityPanel(QScrollArea):
         self._layout = QVBoxLayout(inner)
         self._layout.setContentsMargins(4, 4, 4, 4)
         self._layout.setSpacing(2)
+        self.caption = QLabel()  # image folders: which image the bars belong to
+        self.caption.setStyleSheet("color: #333333; font-weight: bold; padding: 2px 4px;")
+        self.caption.hide()
+        self._layout.addWidget(self.caption)
         self._empty = QLabel("No faces in view")
         self._empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self._empty.setStyleSheet("color: #777777;")
@@ -188,11 +208,17 @@ class ProbabilityPanel(QScrollArea):
             bar.hide()
         self._empty.setVisible(not order)
 
+    def set_caption(self, text: str) -> None:
+        """A line above the bars (image folders: the image they belong to); empty hides it."""
+        self.caption.setText(text)
+        self.caption.setVisible(bool(text))
+
     def clear(self) -> None:
         self._last = None
         for bar in self._bars:
             bar.hide()
         self._empty.show()
+        self.set_caption("")
 
 
 class TimelineWidget(QWidget):
@@ -257,6 +283,11 @@ class TimelineWidget(QWidget):
 
         self._valence_curves: dict[int, pg.PlotDataItem] = {}
         self._dominant_curves: dict[int, pg.PlotDataItem] = {}
+        # image folders: one scatter per plot (a point per face, x = the image's position in the folder)
+        self._image_mode_drawn = False
+        self._images: list[ImageEntry] = []
+        self._image_valence = pg.ScatterPlotItem(size=9, pen=pg.mkPen("#333333", width=0.6))
+        self._image_dominant = pg.ScatterPlotItem(size=9, symbol="s", pen=None)
         self._cursor = [pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888888")) for _ in range(2)]
         for line, plot in zip(self._cursor, (self.valence_plot, self.dominant_plot)):
             line.setVisible(False)
@@ -285,6 +316,8 @@ class TimelineWidget(QWidget):
             for curve in curves.values():
                 plot.removeItem(curve)
             curves.clear()
+        if self._image_mode_drawn:
+            self._leave_image_mode()
         self.legend_label.setText("")
         self._legend_ids = []
         self._series = []
@@ -296,6 +329,11 @@ class TimelineWidget(QWidget):
         if version == self._drawn_version:
             return
         self._drawn_version = version
+        if self.buffer.mode == "images":
+            self._refresh_images()
+            return
+        if self._image_mode_drawn:
+            self._leave_image_mode()
         last = self.buffer.last_time
         start = max(0.0, last - self.window_s)
         self._series = self.buffer.snapshot(since_s=start)
@@ -304,13 +342,13 @@ class TimelineWidget(QWidget):
             self.valence_plot.removeItem(self._valence_curves.pop(key))
             self.dominant_plot.removeItem(self._dominant_curves.pop(key))
         for s in self._series:
-            color = track_color(s.track_id)
+            tone, _, marker, _ = identity_style(s.track_id)
             curve = self._valence_curves.get(s.track_id)
             if curve is None:
-                curve = self.valence_plot.plot(pen=pg.mkPen(color, width=2))
+                curve = self.valence_plot.plot(pen=track_pen(s.track_id))
                 self._valence_curves[s.track_id] = curve
                 self._dominant_curves[s.track_id] = self.dominant_plot.plot(
-                    pen=None, symbol="s", symbolSize=5, symbolPen=None, symbolBrush=pg.mkBrush(color))
+                    pen=None, symbol={"^": "t"}.get(marker, marker), symbolSize=6, symbolPen=pg.mkPen(tone), symbolBrush=pg.mkBrush(tone))
             curve.setData(s.times, s.valence)
             dominant = level_probs(s.probs, self.scale).argmax(axis=1).astype(np.float32)
             # spread tracks a little so overlapping tracks stay visible
@@ -318,12 +356,81 @@ class TimelineWidget(QWidget):
             self._dominant_curves[s.track_id].setData(s.times, dominant + offset)
         recent = [k for k in self.buffer.last_keys if k in self._valence_curves]
         if recent != self._legend_ids:
-            entries = [f"<span style='color:{track_color(k)}; font-weight:bold'>━ {f'#{k}' if k >= 0 else 'face'}"
-                       "</span>" for k in recent]
+            entries = [track_legend(k) for k in recent]
             self.legend_label.setText("Faces on screen: &nbsp;" + " &nbsp; ".join(entries) if entries else "")
             self._legend_ids = recent
         self.valence_plot.setXRange(start, max(start + self.window_s, last), padding=0.01)
         self.redraws += 1
+
+    # -- image folders ---------------------------------------------------------------------------------------------
+    IMAGE_WINDOW = 60  # images shown at once (the newest)
+
+    def _refresh_images(self) -> None:
+        """Image folders: a point per face at its image's position (valence: filled with the valence colour;
+        dominant: a square in the class colour). No lines: faces of different images are different people."""
+        if not self._image_mode_drawn:
+            for curves, plot in ((self._valence_curves, self.valence_plot),
+                                 (self._dominant_curves, self.dominant_plot)):
+                for curve in curves.values():
+                    plot.removeItem(curve)
+                curves.clear()
+            self.valence_plot.addItem(self._image_valence)
+            self.dominant_plot.addItem(self._image_dominant)
+            self.dominant_plot.setLabel("bottom", "image (position in the folder)")
+            self._image_mode_drawn = True
+        last = self.buffer.last_image
+        first = max(1, (last.index if last else 1) - self.IMAGE_WINDOW + 1)
+        self._images = self.buffer.images(since_index=first)
+        names = level_names(self.scale)
+        xs, vals, doms, val_brushes, dom_brushes = [], [], [], [], []
+        for e in self._images:
+            n = len(e.valence)
+            spread = (np.arange(n) - (n - 1) / 2) * (0.5 / max(n, 1))  # faces of one image side by side
+            levels = level_probs(e.probs, self.scale) if n else np.zeros((0, len(names)))
+            top = levels.argmax(axis=1) if n else np.zeros(0, int)
+            xs.extend((e.index + spread).tolist())
+            vals.extend(e.valence.tolist())
+            doms.extend(top.tolist())
+            val_brushes.extend(pg.mkBrush(valence_hex(v)) for v in e.valence.tolist())
+            dom_brushes.extend(pg.mkBrush(CLASS_COLORS.get(names[k], "#555555")) for k in top.tolist())
+        self._image_valence.setData(x=xs, y=vals, brush=val_brushes)
+        self._image_dominant.setData(x=xs, y=doms, brush=dom_brushes)
+        if last is not None:
+            faces = len(last.valence)
+            self.legend_label.setText(f"Image {last.index}: <b>{last.name}</b> &nbsp;·&nbsp; {faces} face"
+                                      f"{'' if faces == 1 else 's'} (points: one per face; colours: valence above, "
+                                      "emotion below)")
+        else:
+            self.legend_label.setText("")
+        end = (last.index if last else 1) + 0.5
+        self.valence_plot.setXRange(first - 0.5, max(end, first - 0.5 + min(self.IMAGE_WINDOW, 10)), padding=0.01)
+        self.redraws += 1
+
+    def _leave_image_mode(self) -> None:
+        self.valence_plot.removeItem(self._image_valence)
+        self.dominant_plot.removeItem(self._image_dominant)
+        self._image_valence.clear()
+        self._image_dominant.clear()
+        self.dominant_plot.setLabel("bottom", "time (s)")
+        self._images = []
+        self._image_mode_drawn = False
+
+    def _hover_image(self, x: float) -> str:
+        """Image folders: every face of the image nearest to ``x`` (its position in the folder)."""
+        entry = min(self._images, key=lambda e: abs(e.index - x), default=None)
+        if entry is None or abs(entry.index - x) > 0.5:
+            text = f"image {max(1, round(x))}: not analysed yet" if x > 0 else "no image"
+        else:
+            names = level_names(self.scale)
+            parts = []
+            for row, (val, probs) in enumerate(zip(entry.valence.tolist(), entry.probs)):
+                levels = level_probs(probs, self.scale)
+                top = int(np.argmax(levels))
+                parts.append(f"<b>face {row}</b> {val:+.2f} {pretty(names[top])} {100 * levels[top]:.0f}%")
+            text = (f"image {entry.index} ({entry.name}): &nbsp;" +
+                    (" &nbsp;·&nbsp; ".join(parts) if parts else "no face"))
+        self.hover_label.setText(text)
+        return text
 
     def _mouse_moved(self, event) -> None:
         pos = event[0]
@@ -337,7 +444,13 @@ class TimelineWidget(QWidget):
         for line in self._cursor:
             line.setPos(time_s)
             line.setVisible(True)
-        values = TimelineBuffer.values_at(self._series, time_s, tolerance_s=max(0.5, self.window_s / 60))
+        if self.buffer.mode == "images":
+            return self._hover_image(time_s)
+        # only tracks with a point within a few frames of time_s were on screen then (a track that left 0.4 s ago
+        # is not listed beside the faces in view)
+        interval = TimelineBuffer.frame_interval(self._series)
+        tolerance = 2.5 * interval if interval > 0 else 0.5
+        values = TimelineBuffer.values_at(self._series, time_s, tolerance_s=tolerance)
         if not values:
             text = f"t = {time_s:.1f} s: no face"
         else:
@@ -346,9 +459,7 @@ class TimelineWidget(QWidget):
             for track_id, _t, val, probs in values:
                 levels = level_probs(probs, self.scale)
                 top = int(np.argmax(levels))
-                label = f"#{track_id}" if track_id >= 0 else "face"
-                parts.append(f"<span style='color:{track_color(track_id)}'><b>{label}</b></span> "
-                             f"{val:+.2f} {pretty(names[top])} {100 * levels[top]:.0f}%")
+                parts.append(f"{track_legend(track_id)} {val:+.2f} {pretty(names[top])} {100 * levels[top]:.0f}%")
             text = f"t = {time_s:.1f} s (valence, dominant): &nbsp;" + " &nbsp;·&nbsp; ".join(parts)
         self.hover_label.setText(text)
         return text

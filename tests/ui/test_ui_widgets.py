@@ -96,7 +96,7 @@ def test_timeline_redraws_on_timer_and_hover(qtbot):
     _x, dom = widget._dominant_curves[2].getData()
     assert np.round(dom[0]) == 5  # anger is class index 5
     text = widget.hover_at(1.0)
-    assert "#1</b></span> +0.80 happiness 80%" in text
+    assert "#1</span> +0.80 happiness 80%" in text
     assert "#2" in text and "anger 50%" in text
     widget.set_scale("sentiment3")
     _x, dom = widget._dominant_curves[1].getData()
@@ -120,7 +120,7 @@ def test_timeline_legend_lists_the_faces_on_screen(qtbot):
         buf.append(make_result(i, probs, ids=np.array([1, 2]) if i < 5 else np.array([2])))
     widget.refresh()
     assert set(widget._valence_curves) == {1, 2} and widget._legend_ids == [2]
-    assert "#2" in widget.legend_label.text() and "#1" not in widget.legend_label.text()
+    assert "#2</span>" in widget.legend_label.text() and "#1</span>" not in widget.legend_label.text()
 
 
 def test_timeline_hover_follows_the_mouse(qtbot):
@@ -140,5 +140,5 @@ def test_timeline_hover_follows_the_mouse(qtbot):
     pos = widget.valence_plot.vb.mapViewToScene(QPointF(1.2, 0.0))
     widget.graphics.scene().sigMouseMoved.emit(pos)
     qtbot.waitUntil(lambda: widget.hover_label.text().startswith("t = 1.2 s"), timeout=2000)
-    assert "#2</b></span> -0.90 anger 50%" in widget.hover_label.text()
+    assert "#2</span> -0.90 anger 50%" in widget.hover_label.text()
     assert widget._cursor[0].isVisible() and widget._cursor[0].value() == pytest.approx(1.2, abs=0.05)
