@@ -2,6 +2,7 @@
 rotation) and network URLs (:class:`StreamSource`, live streams or recorded files served over http(s))."""
 from __future__ import annotations
 
+import heapq
 import time
 import weakref
 from fractions import Fraction
@@ -41,6 +42,81 @@ def _video_stream(container: Any, label: str) -> Any:
     return container.streams.video[0]
 
 
+class PresentationTimes:
+    """The presentation time of each decoded frame, never decreasing.
+
+    A decoder returns frames in presentation order, each with the pts of the packet it was coded in. Containers that
+    store presentation timestamps (MP4, MKV, TS...) give the right time that way. AVI stores none: the demuxer
+    numbers packets in decode order, so with B-frames the decoded frames' times jump back and forth (the AVI of an
+    H.264 clip went backwards 14 times in 31 rows). The right times are then the packets' timestamps in sorted order:
+    when frame k comes out of the decoder, every packet of frames 0..k has been fed to it, so the k-th smallest pts
+    fed so far is frame k's (a heap of the fed packets' pts).
+
+    Both readings agree on a well-formed file. At the first frame where they differ, frames are held (at most
+    :attr:`HOLD` of them) until the container's own times either go backwards (they are decode-order numbers: use
+    the sorted packet times from then on) or stay in order for :attr:`HOLD` frames (the decoder dropped a packet, e.g.
+    a stream cut mid-GOP: keep the container's times). Whatever is chosen, a time that would go backwards is clamped
+    to one frame after the previous one and counted in :attr:`clamped`.
+    """
+
+    HOLD = 16
+
+    def __init__(self, time_base: Fraction, start: float, fps: float | None) -> None:
+        self.time_base = time_base
+        self.start = start
+        self.step = 1.0 / fps if fps else 0.0
+        self.mode: str | None = None  # None (undecided), "container" or "sorted"
+        self.clamped = 0
+        self._heap: list[int] = []
+        self._held: list[tuple[Any, float | None, float | None]] = []  # (frame, container time, sorted time)
+        self._last: float | None = None
+
+    def packet(self, packet: Any) -> None:
+        if packet.pts is not None and packet.size:
+            heapq.heappush(self._heap, int(packet.pts))
+
+    def _seconds(self, pts: int | None) -> float | None:
+        return None if pts is None else float(pts * self.time_base) - self.start
+
+    def frame(self, frame: Any) -> list[tuple[Any, float]]:
+        """The frames ready to emit, with their times (held frames come out once the mode is decided)."""
+        own = self._seconds(frame.pts)
+        ordered = self._seconds(heapq.heappop(self._heap)) if self._heap else None
+        if self.mode is None and not self._held and (own is None or ordered is None or abs(own - ordered) < 1e-9):
+            return [(frame, self._monotonic(own))]
+        if self.mode is not None:
+            return [(frame, self._monotonic(ordered if self.mode == "sorted" and ordered is not None else own))]
+        self._held.append((frame, own, ordered))
+        owns = [o for _, o, _ in self._held if o is not None]
+        if any(b < a for a, b in zip(owns, owns[1:])) or (self._last is not None and owns and owns[0] < self._last):
+            self.mode = "sorted"
+        elif len(self._held) >= self.HOLD:
+            self.mode = "container"
+        return self.flush() if self.mode is not None else []
+
+    def flush(self) -> list[tuple[Any, float]]:
+        """Release the held frames (at the end of the file: with the mode decided by what was seen)."""
+        held, self._held = self._held, []
+        sort = self.mode == "sorted" or (self.mode is None and len(held) > 1 and any(
+            b < a for (_, a, _), (_, b, _) in zip(held, held[1:]) if a is not None and b is not None))
+        return [(f, self._monotonic(ordered if sort and ordered is not None else own)) for f, own, ordered in held]
+
+    @property
+    def last_time(self) -> float | None:
+        """The time of the last frame emitted (None before the first)."""
+        return self._last
+
+    def _monotonic(self, t: float | None) -> float:
+        last = self._last
+        if t is None:
+            t = 0.0 if last is None else last + self.step
+        elif last is not None and t < last:
+            self.clamped += 1
+            t = last + self.step
+        self._last = t
+        return t
+
+
 class VideoSource(Source):
     """A video file decoded with PyAV; times from the container's timestamps (VFR-safe)."""
 
@@ -56,6 +132,9 @@ class VideoSource(Source):
         self._time_base = tb
         self._start_time = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        guessed = stream.guessed_rate
+        if rate and guessed and float(rate) > 2 * float(guessed):  # AVI: the header's "rate" is its time base
+            rate = guessed
         self.fps = float(rate) if rate else None
         ctx = stream.codec_context
         self.width, self.height = int(ctx.width or 0) or None, int(ctx.height or 0) or None
@@ -63,49 +142,83 @@ class VideoSource(Source):
             self.duration_s = float(stream.duration * tb)
         elif container.duration is not None:
             self.duration_s = container.duration / 1_000_000
-        if stream.frames:
+        estimate = int(round(self.duration_s * self.fps)) if self.duration_s and self.fps else None
+        if stream.frames and (estimate is None or stream.frames <= 1.5 * estimate + 2):
             self.frame_count = int(stream.frames)
-        elif self.duration_s and self.fps:
-            self.frame_count = int(round(self.duration_s * self.fps))
+        else:  # no count, or one the duration contradicts (AVI counts time-base ticks; a damaged header)
+            self.frame_count = estimate
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = None
+        if self.frame_count and size is not None and self.frame_count > size:  # not even a byte per frame
+            self.frame_count = None
         self._next_index = 0
         self._skip_until: float | None = None
         self._start()
 
     def _produce_fn(self) -> Callable[[Reader], None]:
         container, stream, name = self._container, self._stream, self.name
-        start, fps, expected = self._start_time, self.fps, self.frame_count
+        start, fps, expected, duration = self._start_time, self.fps, self.frame_count, self.duration_s
         first_index, skip_until, warn = self._next_index, self._skip_until, self._reader.warn
         label, source = self.name, weakref.ref(self)  # no strong reference: a dropped source must still close
+        self_time_base = self._time_base
 
         def produce(reader: Reader) -> None:
             index = first_index
-            last_t: float | None = None
+            times = PresentationTimes(self_time_base, start, fps)
+
+            def emit(frame: Any, t: float) -> bool:
+                nonlocal index
+                if skip_until is not None and t < skip_until - 1e-6:
+                    return True
+                image = upright(frame)
+                owner = source() if index == first_index else None
+                if owner is not None:
+                    owner.height, owner.width = image.shape[:2]  # as displayed (rotation applied)
+                del owner
+                if not reader.put(Frame(index, t, image, name)):
+                    return False
+                index += 1
+                return True
+
             try:
-                for frame in container.decode(stream):
+                for packet in container.demux(stream):
                     if reader.stop.is_set():
                         return
-                    if frame.time is not None:
-                        t = float(frame.time) - start
-                    elif last_t is not None:
-                        t = last_t + (1.0 / fps if fps else 0.0)
-                    else:
-                        t = 0.0
-                    if skip_until is not None and t < skip_until - 1e-6:
-                        continue
-                    last_t = t
-                    image = upright(frame)
-                    owner = source() if index == first_index else None
-                    if owner is not None:
-                        owner.height, owner.width = image.shape[:2]  # as displayed (rotation applied)
-                    del owner
-                    if not reader.put(Frame(index, t, image, name)):
+                    times.packet(packet)
+                    for frame in packet.decode():
+                        for ready, t in times.frame(frame):
+                            if reader.stop.is_set() or not emit(ready, t):
+                                return
+                for ready, t in times.flush():
+                    if reader.stop.is_set() or not emit(ready, t):
                         return
-                    index += 1
             except Exception as exc:  # noqa: BLE001 - damaged data ends the video with a warning
+                for ready, t in times.flush():  # the frames held while deciding how to time them
+                    if reader.stop.is_set() or not emit(ready, t):
+                        return
+                if index == first_index and first_index == 0 and skip_until is None:
+                    raise InputError(f"cannot decode any frame of {label} ({one_line(exc)}); the file is damaged or "
+                                     "truncated") from None
                 warn(f"{label}: decoding stopped after {index} frames ({one_line(exc)}); the file may be truncated")
                 return
-            if first_index == 0 and skip_until is None and expected and index < 0.9 * expected:
-                warn(f"{label}: only {index} of {expected} frames decoded; the file may be truncated")
+            finally:
+                if times.clamped:
+                    warn(f"{label}: the container's timestamps went backwards {times.clamped} times; those frames "
+                         "were timed after the frame before them (time_s never decreases)")
+            if first_index == 0 and skip_until is None:
+                if index == 0:  # never silence: a file with no decodable frame is an error
+                    raise InputError(f"cannot decode any frame of {label} (damaged, truncated or an unsupported "
+                                     "codec?)")
+                end = times.last_time
+                short = (end + 2 * times.step < 0.9 * duration) if duration and end is not None else \
+                    bool(expected and index < 0.9 * expected)
+                if short:
+                    stated = f"{expected} frames, {duration:.1f} s" if expected and duration else \
+                        f"{duration:.1f} s" if duration else f"{expected} frames"
+                    warn(f"{label}: only {index} frames ({(end or 0.0):.1f} s) decoded of the {stated} its header "
+                         "states; the file may be truncated")
 
         return produce
 
