@@ -51,12 +51,17 @@ EMA_MAX_HALF_LIFE_S = 0.4
 HMM_DECADES = 4.0
 #: HMM emission tempering: likelihood = p_model ** HMM_EMISSION_POWER (measured: smoothing_stability.py --fixtures).
 HMM_EMISSION_POWER = 0.5
+#: HMM hysteresis: the shown label changes only when another class leads it by this much in log belief
+#: (``log b_new - log b_shown``; measured: ``benchmarks/smoothing_stability.py --fixtures``).
+HMM_SWITCH_MARGIN = 2.0
 #: An observation after a gap counts as at most this many reference steps of evidence (a classification every
 #: 1/10 s at 30 fps stands for 3 frames; a face unseen for seconds is not trusted more than this).
 HMM_MAX_EVIDENCE_STEPS = 4.0
-#: Video calibration temperature the pipeline applies to smoothed probabilities (fitted on the labelled fixture
-#: clips, leave-one-clip-out: ``python benchmarks/smoothing_stability.py --fixtures``).
-CONFIDENCE_TEMPERATURE = 3.0
+#: Temperature the pipeline applies to smoothed probabilities by default: 1 = none. The per-frame probabilities are
+#: calibrated on the FER+ val crops (the bundle's own temperature; ``python benchmarks/val_calibration.py``: the
+#: NLL-optimal extra temperature there is 1.00) and smoothing pools correlated frames as one observation (module
+#: docstring), so nothing is left to flatten. ``--confidence-temperature T`` still divides log-probabilities by T.
+CONFIDENCE_TEMPERATURE = 1.0
 #: Probability floor so that a class the model once called impossible can still take over later.
 _PROB_FLOOR = 1e-6
 
@@ -279,13 +284,18 @@ class HMMSmoother(Smoother):
 
     method = "hmm"
 
-    def __init__(self, strength: float = 0.5, *, emission_power: float = HMM_EMISSION_POWER, **kwargs) -> None:
+    def __init__(self, strength: float = 0.5, *, emission_power: float = HMM_EMISSION_POWER,
+                 margin: float = HMM_SWITCH_MARGIN, **kwargs) -> None:
         super().__init__(strength, **kwargs)
         if not 0.0 < emission_power <= 1.0:
             raise ValueError(f"emission_power must be in (0, 1], got {emission_power}")
+        if not 0.0 <= margin < float("inf"):
+            raise ValueError(f"margin must be a number >= 0, got {margin}")
         self.lam = hmm_lambda(self.strength)
         self.p_stay = hmm_p_stay(self.strength)
         self.emission_power = float(emission_power)
+        # strength 0 keeps no memory, so no hysteresis either (every method passes the model through at 0)
+        self.margin = float(margin) if self.strength > 0 else 0.0
         self.half_life_s = ema_half_life(self.strength)
 
     def transition(self, dt: float) -> np.ndarray:
@@ -305,12 +315,19 @@ class HMMSmoother(Smoother):
         tr = self._tracks.get(int(track_id))
         return None if tr is None else tr.state[0].copy()
 
+    def label(self, track_id: int) -> int | None:
+        """The class index a track shows (the hysteresis state), or None."""
+        tr = self._tracks.get(int(track_id))
+        return None if tr is None else int(tr.state[2].argmax())
+
     def _state_shape(self) -> tuple[int, ...]:
-        return (2, NUM_CLASSES)
+        return (3, NUM_CLASSES)
 
     def _init(self, p: np.ndarray) -> np.ndarray:
-        # flat prior times the first likelihood; the estimate starts at the observation
-        return np.stack([_normalise(self.likelihood(p)), p], axis=1)
+        # flat prior times the first likelihood; the estimate starts at the observation; the shown label is the
+        # belief's top class
+        belief = _normalise(self.likelihood(p))
+        return np.stack([belief, p, np.eye(NUM_CLASSES)[belief.argmax(axis=1)]], axis=1)
 
     def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
         lam = self.lam ** (dt / self.ref_dt_s) if self.lam > 0 else 0.0
@@ -318,11 +335,18 @@ class HMMSmoother(Smoother):
         belief = _normalise(predicted * self.likelihood(p, np.maximum(dt / self.ref_dt_s, 1.0)))
         a = _ema_alpha(dt, self.half_life_s)
         estimate = (1.0 - a) * state[:, 1] + a * p
-        return np.stack([belief, estimate], axis=1)
+        # hysteresis: the shown label moves to the belief's top class only once that class leads the shown one by
+        # the margin (in log belief); a near tie that tips back and forth keeps the label it had
+        shown = state[:, 2].argmax(axis=1)
+        top = belief.argmax(axis=1)
+        rows = np.arange(len(belief))
+        lead = np.log(np.maximum(belief[rows, top], _PROB_FLOOR)) - np.log(np.maximum(belief[rows, shown], _PROB_FLOOR))
+        shown = np.where(lead >= self.margin, top, shown)
+        return np.stack([belief, estimate, np.eye(NUM_CLASSES)[shown]], axis=1)
 
     def _output(self, state: np.ndarray) -> np.ndarray:
         q = calibrate(state[:, 1], self.confidence_temperature)
-        label = state[:, 0].argmax(axis=1)
+        label = state[:, 2].argmax(axis=1)
         top = q.argmax(axis=1)
         for i in np.flatnonzero(label != top):  # a near tie the filter holds through: report it as one
             s, k = label[i], top[i]

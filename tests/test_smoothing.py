@@ -328,8 +328,8 @@ def test_hmm_reports_the_ema_estimate_with_the_filtered_label():
         p = p / p.sum()
         out = sm.update([1], p[None], k * REF)[0]
         est = ema.update([1], p[None], k * REF)[0]
-        label = int(sm.belief(1).argmax())
-        assert int(out.argmax()) == label  # the label is the filter's state
+        label = sm.label(1)
+        assert int(out.argmax()) == label  # the label is the filter's state (with hysteresis)
         if int(est.argmax()) == label:
             np.testing.assert_allclose(out, est, atol=1e-6)  # the probabilities are the EMA's
         else:  # a tie the filter holds through: the two share their mass, the state 1e-4 ahead
@@ -419,3 +419,59 @@ def test_defaults_meet_the_steady_and_step_targets_on_synthetic_sequences():
             out = run(probs, t)
             lag = int(np.flatnonzero(out[30 + phase:].argmax(1) == 3)[0])
             assert lag <= 8, (conf, phase, lag)
+
+
+def test_hysteresis_needs_a_margin_to_switch_and_follows_a_real_change():
+    """A near tie that tips back and forth keeps the shown label; a class that leads the shown one by the margin
+    (log belief) takes over; margin 0 is the plain filter."""
+    from rtfer.smoothing import HMM_SWITCH_MARGIN, HMMSmoother
+
+    assert HMM_SWITCH_MARGIN > 0
+    times = np.arange(300) / 30
+    rates = {0.0: [], HMM_SWITCH_MARGIN: []}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        lead = np.zeros(300)  # neutral vs sadness, the lead wandering around a tie (correlated from frame to frame)
+        for k in range(1, 300):
+            lead[k] = 0.8 * lead[k - 1] + rng.normal(0, 0.05)
+        tie = np.full((300, 7), 0.02)
+        tie[:, 6], tie[:, 4] = 0.45 - lead / 2, 0.45 + lead / 2
+        tie = np.clip(tie, 1e-3, None)
+        tie /= tie.sum(1, keepdims=True)
+        for margin in rates:
+            sm = HMMSmoother(0.5, margin=margin)
+            out = np.array([sm.update([0], row[None], t)[0] for row, t in zip(tie, times)])
+            rates[margin].append(label_switches_per_second(out, times))
+    plain, held = np.mean(rates[0.0]), np.mean(rates[HMM_SWITCH_MARGIN])
+    assert plain >= 0.5 and held <= min(0.3, plain / 3), rates
+    sm = HMMSmoother(0.5)
+    for k in range(30):
+        sm.update([0], _onehotish(6, 0.8)[None], k * REF)
+    b = sm.belief(0)
+    assert sm.label(0) == 6 and b.argmax() == 6
+    for k in range(30, 60):  # a real change: followed once the new class leads by the margin
+        sm.update([0], _onehotish(3, 0.8)[None], k * REF)
+        b = sm.belief(0)
+        lead = np.log(b[3]) - np.log(b[6])
+        if sm.label(0) == 3:
+            assert lead >= HMM_SWITCH_MARGIN or k > 30
+            break
+        assert lead < HMM_SWITCH_MARGIN
+    assert sm.label(0) == 3 and k - 30 <= 8
+    with pytest.raises(ValueError, match="margin"):
+        HMMSmoother(0.5, margin=-1)
+    assert HMMSmoother(0.0, margin=5.0).margin == 0.0  # strength 0: no memory, no hysteresis
+
+
+def test_default_confidence_is_the_pooled_per_frame_probability():
+    """No clip-fitted flattening by default: frames of one face are one observation, so a steady face reports
+    the model's per-frame probability (calibrated on the val crops), neither sharpened nor flattened."""
+    from rtfer.smoothing import CONFIDENCE_TEMPERATURE
+
+    assert CONFIDENCE_TEMPERATURE == 1.0
+    sm = make_smoother("hmm", 0.5, confidence_temperature=CONFIDENCE_TEMPERATURE)
+    p = _onehotish(3, 0.9)
+    for k in range(90):
+        out = sm.update([0], p[None], k * REF)[0]
+    assert sm.belief(0).max() > 0.99  # the filter's belief would claim far more than one frame's evidence
+    assert out.max() == pytest.approx(0.9, abs=1e-3)
