@@ -13,7 +13,12 @@ prediction on this frame) may take a remaining high-score detection when the det
 was (centre distance up to ``reid_distance`` box sizes, similar size) and, where the frame was given, looks like it:
 each track keeps a colour histogram (hue-saturation, central part of the box) of its detections, compared by the
 Bhattacharyya coefficient (at least ``reid_min_similarity``). A face that the detector misses for a few frames
-thus keeps its ID. Only detections are output by :meth:`Tracker.update`: a lost track is never drawn or
+thus keeps its ID. A face hidden for longer (behind someone walking past, turned away) keeps it for up to
+``max_age_frames`` (300: 10 s at 30 fps) within one shot. A shot change (a cut: the frame's 32 px grey thumbnail
+differs from the previous detection frame's by more than ``cut_threshold`` on average; a continuous shot, panning
+included, stays below 0.03 on the fixture clips, cuts reach 0.1 to 0.98) ends every lost track, since position says
+nothing across a cut and colour says little (a grey video has none); faces matched on the previous detection frame
+may continue through it (a fade, a flash). Only detections are output by :meth:`Tracker.update`: a lost track is never drawn or
 classified, and a box carried by :meth:`Tracker.propagate` is dropped at the next detection frame unless a fresh
 detection confirms it, so a carried box never outlives its face by more than ``--every`` frames.
 
@@ -171,6 +176,8 @@ class Tracker:
 
     - ``iou_threshold``: minimum IoU between a track's predicted box and a high-score detection to match.
     - ``max_age_frames``: a track unmatched for more frames than this is forgotten (its ID is never reused).
+    - ``cut_threshold``: mean absolute difference (0..1) of 32 px grey thumbnails between detection frames above
+      which the frame is a shot change that ends every lost track (``None``: never; needs ``image_bgr``).
     - ``reid_distance``: a still-unmatched track may take a detection whose centre is within this many box sizes
       (the mean side of the two boxes) of the track's predicted or last detected centre, with sides within a factor
       ``reid_max_scale``, and, when both have a histogram, an appearance similarity >= ``reid_min_similarity``.
@@ -185,11 +192,11 @@ class Tracker:
     - ``min_flow_fraction``: a face is dropped by :meth:`propagate` when fewer of its points survive.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 60, *, high_score: float = 0.5,
+    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 300, *, high_score: float = 0.5,
                  low_score: float = 0.1, low_iou_threshold: float = 0.5, velocity_smoothing: float = 0.5,
                  flow_width: int = 640, flow_max_error: float = 1.0, min_flow_fraction: float = 0.5,
                  reid_distance: float = 1.0, reid_max_scale: float = 1.5, reid_min_similarity: float = 0.5,
-                 max_predict_frames: int = 10) -> None:
+                 max_predict_frames: int = 10, cut_threshold: float | None = 0.1) -> None:
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_age_frames < 0:
@@ -211,7 +218,11 @@ class Tracker:
         self.reid_max_scale = float(reid_max_scale)
         self.reid_min_similarity = float(reid_min_similarity)
         self.max_predict_frames = int(max_predict_frames)
+        if cut_threshold is not None and not 0.0 < cut_threshold <= 1.0:
+            raise ValueError(f"cut_threshold must be in (0, 1] or None, got {cut_threshold}")
+        self.cut_threshold = None if cut_threshold is None else float(cut_threshold)
         self.reidentified = 0  # matches made by re-identification (diagnostics)
+        self.cuts = 0  # shot changes seen (diagnostics)
         self._next_id = 0
         self.reset()
 
@@ -222,6 +233,7 @@ class Tracker:
         self._last_update_frame: int | None = None
         self._last_frame: int | None = None
         self._prev_gray: np.ndarray | None = None
+        self._prev_thumb: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------------ matching
     def update(self, faces: Faces, frame_index: int, image_bgr: np.ndarray | None = None) -> Faces:
@@ -233,6 +245,18 @@ class Tracker:
         if self._last_frame is not None and frame_index < self._last_frame:
             log.info("frame index went back from %d to %d: tracker reset", self._last_frame, frame_index)
             self.reset()
+        gray = None if image_bgr is None else self._gray(image_bgr)
+        if gray is not None and self.cut_threshold is not None:
+            thumb = self._thumb(gray)
+            prev, self._prev_thumb = self._prev_thumb, thumb
+            if prev is not None and prev.shape == thumb.shape and self.tracks \
+                    and float(np.abs(thumb - prev).mean()) > self.cut_threshold:
+                # lost tracks end; faces seen on the previous detection frame may continue (a fade, a flash)
+                lost = [tid for tid, t in self.tracks.items() if t.last_det_frame != self._last_update_frame]
+                log.debug("frame %d: shot change, %d lost tracks ended", frame_index, len(lost))
+                self.cuts += 1
+                for tid in lost:
+                    del self.tracks[tid]
         boxes = faces.xyxy.astype(np.float64)
         scores = faces.scores
         high = np.nonzero(scores >= self.high_score)[0]
@@ -286,8 +310,17 @@ class Tracker:
         out = Faces(faces.xyxy[keep], faces.landmarks[keep], faces.scores[keep], ids[keep])
         self._last_faces = out
         self._last_update_frame = self._last_frame = frame_index
-        self._prev_gray = None if image_bgr is None else self._gray(image_bgr)
+        self._prev_gray = gray
         return out
+
+    @staticmethod
+    def _thumb(gray: np.ndarray) -> np.ndarray:
+        """A 32 px wide grey thumbnail in [0, 1] (shot-change test)."""
+        import cv2
+
+        h, w = gray.shape[:2]
+        size = (32, max(1, round(32 * h / max(w, 1))))
+        return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
     def _reid_scores(self, tracks: list[_Track], preds: np.ndarray, boxes: np.ndarray,
                      hists: np.ndarray | None) -> np.ndarray:
