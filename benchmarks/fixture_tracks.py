@@ -7,8 +7,10 @@ through the smoothers and the per-track classification rate, so re-tuning a defa
 
     python benchmarks/fixture_tracks.py                       # default bundle -> ~/.cache/rtfer/fixture_tracks/
     python benchmarks/fixture_tracks.py --bundle DIR --out DIR --refresh
+    python benchmarks/fixture_tracks.py --combiner balanced    # the bundle's class-balanced combiner
 
-The cache is keyed by the bundle's name and version: a new default bundle makes a fresh cache.
+The cache is keyed by the bundle's name and version (and the combiner, when not the default): a new default bundle
+makes a fresh cache.
 """
 from __future__ import annotations
 
@@ -54,19 +56,20 @@ def clip_label(path: Path) -> str | None:
     return head if head in CLASSES else None
 
 
-def _cache_dir(out: Path, bundle) -> Path:
+def _cache_dir(out: Path, bundle, combiner: str = "default") -> Path:
     spec = bundle.spec
-    return out / f"{spec.name}-{spec.version}".replace("/", "_")
+    suffix = "" if combiner == "default" else f"-{combiner}"
+    return out / f"{spec.name}-{spec.version}{suffix}".replace("/", "_")
 
 
 def collect(bundle: str = "default", videos: Path = DEFAULT_VIDEOS, out: Path = DEFAULT_CACHE, *,
-            refresh: bool = False) -> list[ClipRows]:
+            refresh: bool = False, combiner: str = "default") -> list[ClipRows]:
     """Run (or load from the cache) every fixture clip; returns one :class:`ClipRows` per clip."""
     from rtfer.pipeline import AnalyzeOptions, Pipeline
 
     pipeline = Pipeline(AnalyzeOptions(bundle=bundle, backend="onnxruntime", device="cpu", smoothing="none",
-                                       classify_rate=0))
-    folder = _cache_dir(Path(out), pipeline.bundle)
+                                       classify_rate=0, combiner=combiner))
+    folder = _cache_dir(Path(out), pipeline.bundle, combiner)
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
     for path in sorted(Path(videos).glob("*.mp4")):
@@ -107,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS)
     p.add_argument("--out", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--refresh", action="store_true", help="re-run the model even when a cache exists")
+    p.add_argument("--combiner", default="default", help="the bundle's combiner (default: its own)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for c in collect(a.bundle, a.videos, a.out, refresh=a.refresh):
+    for c in collect(a.bundle, a.videos, a.out, refresh=a.refresh, combiner=a.combiner):
         print(f"{c.clip}: {c.frames} frames, {len(c.frame)} face rows, {len(c.tracks())} tracks, label {c.label}")
     return 0
 

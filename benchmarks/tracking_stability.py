@@ -5,8 +5,9 @@ flow between detections, no classifier) and prints:
 
 - ``ids``: track IDs handed out; ``ids_0.5s``: IDs that last >= 0.5 s (from first to last frame seen);
 - ``per_person``: ``ids_0.5s`` / persons (``--persons``, default: the 90th percentile of faces per frame);
-- ``jumps``: frames where an ID's box centre moves by more than half its width from one frame to the next (an ID
-  handed from one face to another: a swap, as far as it can be measured without ground truth);
+- ``jumps``: frames where an ID's box centre moves by more than half its width from one output to the next (at
+  most ``--every`` frames apart; an ID handed from one face to another: a swap, as far as it can be measured
+  without ground truth);
 - ``carried``: face rows not confirmed by a detection for more than ``--every`` frames (boxes carried by flow or
   kept through misses) and ``carried_max``: the longest such run in frames;
 - ``rows``: face rows written.
@@ -73,7 +74,8 @@ def id_stats(frames, *, every: int = 3, persons: float | None = None, min_s: flo
             s = span.setdefault(tid, [t, t])
             s[1] = t
             prev = last_box.get(tid)
-            if prev is not None and prev[0] == idx - 1:
+            if prev is not None and idx - every <= prev[0] < idx:  # consecutive outputs (trackers that output
+                # only on detection frames are compared across the detection step)
                 c0, c1 = (prev[1][:2] + prev[1][2:]) / 2, (box[:2] + box[2:]) / 2
                 if np.linalg.norm(c1 - c0) > 0.5 * max(prev[1][2] - prev[1][0], 1.0):
                     jumps += 1
