@@ -417,6 +417,7 @@ class SinkWriter:
         self.written = 0
         self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
         self._error: BaseException | None = None
+        self._reported = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -443,9 +444,10 @@ class SinkWriter:
         self._raise()
 
     def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        """Raise the writer's error once; the writer stays stopped (a later frame after a gap would tear the files)."""
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise self._error
 
     def _loop(self) -> None:
         while True:

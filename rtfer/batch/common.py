@@ -63,8 +63,13 @@ def failed_result(task: VideoTask, error: str) -> VideoResult:
     return VideoResult(task.input, task.output, "failed", error=error[:MAX_ERROR_CHARS], finished_at=now())
 
 
-def init_worker(threads: int) -> None:
-    """Cap a worker's compute threads before its Pipeline is built (pool initializer, start of a Ray task)."""
+def init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """Cap a worker's compute threads before its Pipeline is built (pool initializer, start of a Ray task).
+
+    ``parent_pid`` (the pool's driver): the worker dies with it, even when the driver is killed with ``kill -9``
+    (:func:`die_with_parent`), so no orphan goes on writing outputs after its batch is gone."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     os.environ[ORT_THREADS_ENV] = str(threads)
     try:
         import cv2
@@ -72,3 +77,39 @@ def init_worker(threads: int) -> None:
         cv2.setNumThreads(threads)
     except ImportError:  # pragma: no cover - opencv is a core dependency
         pass
+
+
+#: How often a worker's watchdog thread checks that its driver is still there (seconds).
+WATCHDOG_S = 0.5
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` dies: on Linux the kernel sends SIGKILL at once (``prctl
+    PR_SET_PDEATHSIG``); everywhere a daemon thread also checks every :data:`WATCHDOG_S` seconds that the parent is
+    still this process's parent (a dead parent's children are re-parented) and exits otherwise. A parent that died
+    before this call is caught by the first check."""
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the watchdog still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        import time
+
+        while True:
+            time.sleep(WATCHDOG_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="rtfer-parent-watchdog", daemon=True).start()

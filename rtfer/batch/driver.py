@@ -14,7 +14,7 @@ from rtfer.batch import worker
 from rtfer.batch.common import ORT_THREADS_ENV, ProcessFn
 from rtfer.batch.discovery import abs_path
 from rtfer.batch.executors import run_in_process, run_pool, threads_per_worker
-from rtfer.batch.manifest import Manifest, path_key
+from rtfer.batch.manifest import MANIFEST_NAME, Manifest, path_key
 from rtfer.batch.plan import BatchPlan, index_path, plan_batch
 from rtfer.batch.ray import import_ray, run_ray
 from rtfer.batch.summary import BatchSummary
@@ -51,6 +51,42 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
+    with lock_batch(out_dir, manifest):  # a second batch on this out dir or manifest is refused, naming this one
+        return _run_locked(inputs, out_dir, options, t0, workers=workers, ray_address=ray_address,
+                           overwrite=overwrite, manifest=manifest, raw=raw, progress=progress,
+                           ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads, report=report,
+                           process=process)
+
+
+def lock_batch(out_dir: str | Path, manifest: str | Path | None = None):
+    """Lock a batch's out dir and its manifest (:class:`rtfer.locking.PathLock`) for the whole run: a second batch
+    run on either is refused with one line naming this one (pid and command), before it reads the manifest or
+    touches a temporary file. The out dir is created here."""
+    from contextlib import ExitStack
+
+    from rtfer.errors import OutputError
+    from rtfer.locking import PathLock
+
+    out = Path(out_dir)
+    manifest_path = Path(manifest) if manifest is not None else out / MANIFEST_NAME
+    hint = "wait for it to finish, or use another --out-dir"
+    stack = ExitStack()
+    try:
+        for folder, what in ((manifest_path.parent, f"the manifest {manifest_path}"), (out, f"to the out dir {out}")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot write {what}: {exc.strerror or exc}") from None
+        stack.enter_context(PathLock(out, "batch output folder", lock_file=out / ".rtfer-batch.lock", hint=hint))
+        stack.enter_context(PathLock(manifest_path, "batch manifest", hint=hint))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _run_locked(inputs, out_dir, options, t0, *, workers, ray_address, overwrite, manifest, raw, progress,
+                ray_num_cpus, ray_num_gpus, threads, report, process) -> BatchSummary:
     plan = plan_batch(inputs, out_dir, overwrite=overwrite, manifest=manifest, raw=raw, report=report)
     fn: ProcessFn = process or worker.process_video
     summary = BatchSummary(videos_total=len(plan.todo) + len(plan.skipped), videos_skipped=len(plan.skipped),

@@ -49,7 +49,7 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                                   initargs=(threads,))
+                                   initargs=(threads, os.getpid()))  # workers die with this process, kill -9 too
 
     pool = new_pool()
     in_flight: dict = {}

@@ -58,7 +58,23 @@ def plan_batch(inputs: Iterable[str | Path], out_dir: str | Path, *, overwrite: 
         finished = row is not None and row["status"] in FINISHED_STATUSES and Path(t.output).is_file() \
             and path_key(row["output"]) == path_key(t.output) and (not t.report or Path(t.report).is_file())
         (skipped if finished else todo).append(t)
+    if not overwrite:
+        _refuse_foreign_outputs(todo, index)
     return BatchPlan(todo, skipped, manifest_path)
+
+
+def _refuse_foreign_outputs(todo: list[VideoTask], index: Path | None = None) -> None:
+    """The same rule as a single run: an existing file at an output path is replaced only when rtfer wrote it (a
+    failed or interrupted video's earlier output), never a file of the user's without ``overwrite``."""
+    from rtfer.errors import OutputError
+    from rtfer.sinks.atomic import written_by_rtfer
+
+    paths = [p for t in todo for p in (t.output, t.report) if p] + ([str(index)] if index is not None else [])
+    foreign = [p for p in paths if Path(p).is_file() and not written_by_rtfer(p)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise OutputError(f"{foreign[0]}{more} exists and was not written by rtfer: pass --overwrite to replace it, "
+                          "or choose another --out-dir")
 
 
 def index_path(out_dir: str | Path, report: str | None) -> Path:

@@ -2,7 +2,6 @@
 process and :func:`process_video`, which writes a video's CSV (and report) atomically via a temp file."""
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from pathlib import Path
@@ -23,11 +22,10 @@ def _temp_path(output: Path) -> Path:
 
 
 def _remove_stale_temps(output: Path) -> None:
-    for stale in output.parent.glob(f".{glob.escape(output.stem)}.*.part{output.suffix}"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
+    """Remove temporary files of ``output`` left by killed runs; a live process's (another run's) is kept."""
+    from rtfer.sinks.atomic import remove_stale_temps
+
+    remove_stale_temps(output)
 
 
 _PIPELINE_CACHE: dict[str, Pipeline] = {}
