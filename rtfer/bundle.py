@@ -63,6 +63,11 @@ class MemberSpec:
     temperature: float = 1.0
     tta_flip: bool = False  # average the logits of the crop and its mirror image (costs a second pass)
     int8: dict = field(default_factory=dict)  # {"file", "sha256", "from_sha256"[, "kept_fp"]} of the INT8 member file
+    # Provenance: the weights the member started from ("none": trained from scratch), their licence, and the data
+    # behind them (pretraining and fine-tuning).
+    pretrained_from: str = "none"
+    weights_license: str = ""
+    training_data: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> MemberSpec:
@@ -72,7 +77,9 @@ class MemberSpec:
                        std=tuple(float(v) for v in d["std"]), color=str(d.get("color", "rgb")),
                        sha256=str(d.get("sha256", "")), arch_kwargs=dict(d.get("arch_kwargs", {})),
                        temperature=float(d.get("temperature", 1.0)), tta_flip=bool(d.get("tta_flip", False)),
-                       int8=dict(d.get("int8") or {}))
+                       int8=dict(d.get("int8") or {}), pretrained_from=str(d.get("pretrained_from", "none")),
+                       weights_license=str(d.get("weights_license", "")),
+                       training_data=str(d.get("training_data", "")))
         except KeyError as exc:
             raise BundleError(f"bundle member is missing the field {exc.args[0]!r}") from None
         if spec.color not in ("rgb", "gray"):
@@ -85,7 +92,9 @@ class MemberSpec:
         return {"name": self.name, "file": self.file, "architecture": self.architecture,
                 "arch_kwargs": self.arch_kwargs, "input_size": self.input_size, "mean": list(self.mean),
                 "std": list(self.std), "color": self.color, "sha256": self.sha256, "temperature": self.temperature,
-                **({"tta_flip": True} if self.tta_flip else {}), **({"int8": dict(self.int8)} if self.int8 else {})}
+                **({"tta_flip": True} if self.tta_flip else {}), **({"int8": dict(self.int8)} if self.int8 else {}),
+                "pretrained_from": self.pretrained_from, "weights_license": self.weights_license,
+                "training_data": self.training_data}
 
 
 @dataclass

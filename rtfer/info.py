@@ -70,7 +70,8 @@ def collect_info(bundle: str = "default", backend: str = "auto", device: str = "
         members.append({"name": m.name, "architecture": m.architecture, "input_size": m.input_size,
                         "color": m.color, "file": m.file, "sha256": m.sha256,
                         "accuracy": r.get("accuracy"), "mean_class_accuracy": r.get("mean_class_accuracy"),
-                        "recall": r.get("recall")})
+                        "recall": r.get("recall"), "pretrained_from": m.pretrained_from,
+                        "weights_license": m.weights_license, "training_data": m.training_data})
     ens_metrics = metrics.get("ensemble") or {}
     ensemble = {"method": spec.ensemble.get("method"), "temperature": spec.temperature,
                 **{k: v for k, v in spec.ensemble.items() if k != "method"},
@@ -167,6 +168,11 @@ def render_info(info: dict[str, Any]) -> str:
     out.append(table(["member", "architecture", "input", "colour", "file", "val acc", "mean-class"],
                      [[m["name"], m["architecture"], f"{m['input_size']}px", m["color"], m["file"],
                        _pct(m["accuracy"]), _pct(m["mean_class_accuracy"])] for m in info["members"]]))
+    out.append("\nprovenance")
+    for m in info["members"]:
+        out.append(f"  {m['name']}: pretrained from {m.get('pretrained_from') or 'none'}")
+        out.append(f"    weights licence: {m.get('weights_license') or 'not recorded'}")
+        out.append(f"    training data: {m.get('training_data') or 'not recorded'}")
 
     out.append("\nensemble")
     pairs = [("method", e.get("method")), ("temperature", f"{e.get('temperature', 1.0):.3f}")]

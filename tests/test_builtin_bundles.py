@@ -41,6 +41,18 @@ def test_builtin_bundle_loads_verified_and_records_its_figures(name):
     assert balanced.shape == p.shape and not np.allclose(balanced, p, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_bundle_members_record_their_provenance(name):
+    """Each member says what it started from ("none" = from scratch), its weights' licence and training data."""
+    raw = BundleSpec.read(builtin_bundles_dir() / name).raw
+    for m in raw["members"]:
+        assert m["pretrained_from"], m["name"]
+        assert m["weights_license"] and m["training_data"], m["name"]
+        assert "FER" in m["training_data"]
+        if m["pretrained_from"] != "none":  # a pretrained member names its backbone's licence too
+            assert "backbone" in m["weights_license"]
+
+
 def _fer_val_sample(root: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     crops, labels = [], []
     for folder in sorted(root.iterdir()):

@@ -10,8 +10,8 @@ from rtfer.cli import main
 def test_info_tables_name_every_section(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for heading in ("bundle default", "members", "ensemble", "validation", "ablation", "detector", "backends",
-                    "devices", "auto choice"):
+    for heading in ("bundle default", "members", "provenance", "ensemble", "validation", "ablation", "detector",
+                    "backends", "devices", "auto choice"):
         assert heading in out, heading
     assert "ddamfn" in out and "resnet18_cbam_attn" in out and "onnxruntime" in out and "cpu" in out
     acc = BundleSpec.read(resolve_bundle_path("default")).raw["metrics"]["ensemble"]["accuracy"]
@@ -34,6 +34,10 @@ def test_info_json_is_complete(capsys):
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
     assert [m["name"] for m in info["members"]] == ["ddamfn", "resnet18_cbam_attn"]
+    raw = {m["name"]: m for m in BundleSpec.read(resolve_bundle_path("default")).raw["members"]}
+    for m in info["members"]:  # provenance, as bundle.json records it
+        for key in ("pretrained_from", "weights_license", "training_data"):
+            assert m[key] == raw[m["name"]][key]
     assert info["ensemble"]["accuracy"] > 0.5 and len(info["ensemble"]["recall"]) == 7
     assert info["validation"]["count"] > 0 and info["ablation"]
     assert info["devices"][0]["device"] == "cpu" and info["auto_choice"]["backend"]

@@ -54,6 +54,7 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     grad_clip: float = 0.0
+    backbone_lr_scale: float = 1.0  # lr multiplier for a pretrained trunk (parameters under ``trunk.``); 0 freezes it
 
 
 @dataclass

@@ -358,7 +358,8 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
                                     mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
                                     color=cfg.get("color", "rgb"), arch_kwargs=arch_kwargs,
                                     temperature=float(member.get("temperature", 1.0)),
-                                    tta_flip=bool(member.get("tta_flip", False))).to_dict())
+                                    tta_flip=bool(member.get("tta_flip", False)),
+                                    **member_provenance(member, model)).to_dict())
     template = np.asarray(ARCFACE_TEMPLATE if alignment_template is None else alignment_template, np.float64)
     meta = {"name": name, "version": str(version), "interim": bool(interim), "members": specs,
             "ensemble": dict(ensemble), "temperature": float(temperature),
@@ -367,6 +368,24 @@ def write_bundle(folder: str | Path, members: list[dict], ensemble: dict, *, nam
     write_bundle_json(folder, meta)
     check_bundle_roundtrip(folder, parity_images)
     return folder
+
+
+#: What a member trained here from scratch on FER+ records (``member_provenance``'s default).
+FER_PLUS_DATA = "FER2013 training images (Kaggle ICML 2013) with FER+ crowd labels (Microsoft, MIT licence)"
+OWN_WEIGHTS_LICENSE = "MIT (rtfer; trained by the project)"
+
+
+def member_provenance(member: dict, model) -> dict:
+    """bundle.json provenance of a member: given explicitly, or from the backbone the model was built on."""
+    given = dict(member.get("provenance") or {})
+    pre = dict(getattr(model, "provenance", {}) or {})
+    pretrained = given.get("pretrained_from") or pre.get("pretrained_from") or "none"
+    data = given.get("training_data") or FER_PLUS_DATA
+    if pretrained != "none" and pre.get("training_data") and not given.get("training_data"):
+        data = f"{data}; backbone pretrained on {pre['training_data']}"
+    licence = given.get("weights_license") or (
+        f"{OWN_WEIGHTS_LICENSE}; backbone {pre['weights_license']}" if pre.get("weights_license") else OWN_WEIGHTS_LICENSE)
+    return {"pretrained_from": pretrained, "weights_license": licence, "training_data": data}
 
 
 def check_bundle_roundtrip(folder: str | Path, images: np.ndarray | None = None, atol: float = 1e-3) -> float:

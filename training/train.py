@@ -91,6 +91,17 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     if o.optimizer == "sgd":
         kw["momentum"] = o.momentum
     params = [p for p in model.parameters() if p.requires_grad]
+    if o.backbone_lr_scale != 1.0:  # a pretrained trunk learns more slowly than the new head (0: frozen)
+        trunk = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("trunk.")]
+        if not trunk:
+            raise InputError(f"optim.backbone_lr_scale is set but {cfg.model.name} has no pretrained trunk")
+        ids = {id(p) for p in trunk}
+        params = [{"params": [p for p in params if id(p) not in ids]}]
+        if o.backbone_lr_scale > 0:
+            params.append({"params": trunk, "lr": o.lr * o.backbone_lr_scale})
+        else:
+            for p in trunk:
+                p.requires_grad_(False)
     if o.sam:
         return SAM(params, base, rho=o.rho, adaptive=o.adaptive, **kw)
     return base(params, **kw)
@@ -99,6 +110,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
 def checkpoint_meta(model: torch.nn.Module, cfg: TrainConfig) -> dict:
     return {"architecture": getattr(model, "architecture", cfg.model.name),
             "arch_kwargs": dict(getattr(model, "arch_kwargs", {})), "default_cfg": dict(model.default_cfg),
+            "provenance": dict(getattr(model, "provenance", {}) or {}),
             "config": cfg.to_dict()}
 
 
@@ -115,6 +127,8 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
     model = create_model(ckpt["architecture"], **ckpt.get("arch_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     model.default_cfg = dict(ckpt.get("default_cfg", model.default_cfg))
+    if ckpt.get("provenance"):
+        model.provenance = dict(ckpt["provenance"])
     return model.eval(), ckpt
 
 

@@ -40,7 +40,7 @@ DLIB_STD = (256.0 / 255.0,) * 3
 #: (channels, plain blocks) per stage after the stem; every stage but the first starts with a down block.
 DLIB_STAGES = ((32, 3), (64, 3), (128, 2), (256, 2), (256, 0))
 #: Pooled stage features each ``head`` concatenates (stage index into DLIB_STAGES).
-HEADS = {"last": (4,), "multi": (2, 3, 4), "mid": (3,)}
+HEADS = {"last": (4,), "multi": (2, 3, 4), "mid": (3,), "mid2": (2, 3)}
 
 
 class Affine(nn.Module):
@@ -113,6 +113,22 @@ class FaceResNet(nn.Module):
         self.stages = nn.ModuleList(blocks)
         self.widths = tuple(c for c, _ in stages)
 
+    @torch.no_grad()
+    def fold_affine(self) -> None:
+        """Fold each affine scale/shift into the convolution before it (the same function) and reset the affine to
+        the identity. dlib's convolutions are tiny (mean |w| about 0.008) and its affine scales large (5-20), so an
+        optimiser's step (about the learning rate per weight) would change them by several percent at once;
+        folded, the weights have the usual scale and fine-tuning starts smoothly."""
+        pairs = [(self.conv1, self.aff1)]
+        for stage in self.stages:
+            for block in stage:
+                pairs += [(block.conv1, block.aff1), (block.conv2, block.aff2)]
+        for conv, aff in pairs:
+            conv.weight.mul_(aff.weight.view(-1, 1, 1, 1))
+            conv.bias.mul_(aff.weight).add_(aff.bias)
+            aff.weight.fill_(1.0)
+            aff.bias.zero_()
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.max_pool2d(F.relu(self.aff1(self.conv1(x))), 3, 2)
         out = []
@@ -165,7 +181,10 @@ def load_backbone(model: nn.Module, path: str | Path) -> dict:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "trunk" not in blob:
         raise ValueError(f"{path} is not an rtfer backbone file (no 'trunk' tensors)")
-    model.trunk.load_state_dict(blob["trunk"], strict=True)
+    own = model.trunk.state_dict()
+    # a trunk cut short (``depth``) takes the stages it has; every tensor it has must be in the file
+    tensors = {k: v for k, v in blob["trunk"].items() if k in own}
+    model.trunk.load_state_dict(tensors, strict=True)
     return dict(blob.get("provenance", {}))
 
 
@@ -187,7 +206,10 @@ def _build(stages, num_classes, input_size, head, drop_rate, pretrained, pretrai
         raise ValueError(f"input_size {input_size} is too small for head {head!r} (the trunk downsamples without "
                          f"padding; stage sides would be {stage_sizes(int(input_size), need)})")
     model = FaceResClassifier(num_classes, stages, head, drop_rate)
-    provenance = load_backbone(model, pretrained_path) if pretrained_path else None
+    provenance = None
+    if pretrained_path:
+        provenance = load_backbone(model, pretrained_path)
+        model.trunk.fold_affine()
     return _cfg(model, input_size, provenance)
 
 

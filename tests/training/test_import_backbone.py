@@ -97,7 +97,7 @@ def test_backbone_file_loads_into_classifier(tmp_path):
     assert m.provenance["weights_license"] == "CC0-1.0"
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
-        assert torch.equal(m.trunk.forward_stages(x)[-1], src.trunk.forward_stages(x)[-1])
+        assert torch.allclose(m.trunk.forward_stages(x)[-1], src.trunk.forward_stages(x)[-1], rtol=1e-4, atol=1e-5)
 
 
 _HAVE_DLIB = importlib.util.find_spec("dlib") is not None and find_dlib_model() is not None
@@ -138,3 +138,29 @@ def test_matches_dlib_on_real_faces(tmp_path, group_photo_path):
     with torch.no_grad():
         same = np.linalg.norm(m(xs).numpy() - emb, axis=1)
     assert same.max() < 0.4
+
+
+def test_pretrained_member_exports_with_its_provenance(tmp_path):
+    """A faceres member exports to ONNX (dlib's padded residual adds included), runs on onnxruntime and the torch
+    backend alike, and bundle.json records the backbone it started from with the backbone's licence."""
+    import rtfer
+    from rtfer.bundle import BundleSpec
+    from rtfer.training.export import write_bundle
+
+    src = _random_embed(5)
+    blob = tmp_path / "bb.pt"
+    torch.save({"trunk": src.trunk.state_dict(), "embed": src.fc.state_dict(),
+                "provenance": {"pretrained_from": "dlib test net", "weights_license": "CC0-1.0",
+                               "training_data": "faces for identity"}}, blob)
+    torch.manual_seed(0)
+    model = create_model("faceres29_tiny", head="multi", input_size=112, pretrained_path=str(blob)).eval()
+    folder = write_bundle(tmp_path / "b", [{"model": model, "name": "faceres"}],
+                          {"method": "soft_vote", "weights": [1.0]}, name="t", version="0", interim=True)
+    m = BundleSpec.read(folder).raw["members"][0]
+    assert m["pretrained_from"] == "dlib test net"
+    assert "CC0-1.0" in m["weights_license"] and "backbone" in m["weights_license"]
+    assert "FER" in m["training_data"] and "faces for identity" in m["training_data"]
+    crops = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    ort = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu").predict(crops)
+    tor = rtfer.load_bundle(folder, backend="torch", device="cpu").predict(crops)
+    np.testing.assert_allclose(ort, tor, atol=2e-3)
