@@ -567,7 +567,7 @@ class Run:
                 keep = True  # the live page shows the latest frame
             kwargs = {"keep_images": keep} if keep is not None else {}  # None: the pipeline's own option
             bar = self._progress_bar(stack, src)
-            results = self.pipeline.run(src, cancel=self.cancel, **kwargs)
+            results = self.pipeline.run(src, cancel=_PipelineStop(self.cancel) if self.cancel else None, **kwargs)
             stack.callback(_close, results)
             stack.push(shield.begin)  # runs first: a second Ctrl-C must not break the finalising of the outputs
             annotate = None
@@ -677,6 +677,19 @@ class InterruptShield:
         if self.pending and exc_type is None:
             raise KeyboardInterrupt
         return False
+
+
+class _PipelineStop(threading.Event):
+    """The stop event a run hands its pipeline: set by the caller's cancel, or by the pipeline itself when it ends
+    (which stops its threads) without setting the caller's event, so that a run that reached the end of its input
+    is not taken for a cancelled one."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        super().__init__()
+        self._cancel = cancel
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._cancel.is_set()
 
 
 def _close(generator) -> None:
