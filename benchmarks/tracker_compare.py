@@ -17,7 +17,10 @@ others output nothing in between). Per clip and tracker it prints the ID figures
 Trackers: ``rtfer`` (rtfer.tracking.Tracker, default options), ``bytetrack`` (``supervision.ByteTrack``, its
 defaults at the detection rate), ``bytetrack2s`` (the same with a 2 s lost-track buffer, like ours) and, only when the
 AGPL ``boxmot`` package happens to be importable (never a dependency of rtfer), ``ocsort`` and ``botsort`` (no ReID
-weights). supervision is not a dependency either: ``pip install "supervision<0.31"`` (0.31 removed ByteTrack).
+weights, each keeping a lost track 2 s). supervision is not a dependency either: ``pip install "supervision<0.31"``
+(0.31 removed ByteTrack). boxmot needs opencv < 5, so it is best kept out of rtfer's environment: install it with
+``pip install --target DIR --no-deps boxmot filterpy lapx gdown platformdirs rich`` and run this script with
+``PYTHONPATH=DIR``.
 """
 from __future__ import annotations
 
@@ -147,16 +150,16 @@ class _BoxMOT:
         import boxmot  # AGPL: a yardstick only, imported when the user installed it themselves
 
         self.name = kind
+        lost = int(round(2 * fps / every))  # a lost track is kept 2 s, as our occlusion target asks
         if kind == "ocsort":
-            self.t = boxmot.OcSort(max_age=int(round(2 * fps / every)))
-        else:
-            self.t = boxmot.BotSort(reid_weights=None, device="cpu", half=False, with_reid=False,
-                                    track_buffer=int(round(2 * fps / every)), frame_rate=int(round(fps / every)))
+            self.t = boxmot.OcSort(max_age=lost)
+        else:  # no ReID model (nothing is downloaded); camera-motion compensation on, as its default
+            self.t = boxmot.BotSort(use_embeddings=False, track_buffer=lost, frame_rate=int(round(fps / every)))
 
     def update(self, faces, index, image):
         dets = np.concatenate([faces.xyxy.reshape(-1, 4), faces.scores.reshape(-1, 1), np.zeros((len(faces), 1))],
                               axis=1).astype(np.float32)
-        out = np.asarray(self.t.update(dets, image)).reshape(-1, 8 if dets.size else 8)
+        out = np.asarray(self.t.update(dets, image), np.float64).reshape(-1, 8)  # x1 y1 x2 y2 id conf cls det
         return out[:, 4].astype(np.int64), out[:, :4]
 
     propagate = None

@@ -303,8 +303,9 @@ def test_tracking_never_imports_scipy():
 
 
 def _shot(seed: int, faces=()) -> np.ndarray:
-    """A textured 480x640 frame (one random background per seed) with grey squares where ``faces`` are."""
-    img = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8).repeat(10, 0).repeat(10, 1)
+    """A 480x640 frame of large grey blocks (one random pattern per seed: another shot) with squares at ``faces``."""
+    img = np.random.default_rng(seed).integers(0, 255, (6, 8, 1), dtype=np.uint8).repeat(80, 0).repeat(80, 1)
+    img = np.ascontiguousarray(img.repeat(3, 2))
     for b in faces:
         x0, y0, x1, y1 = (int(v) for v in b)
         img[y0:y1, x0:x1] = 128
@@ -319,21 +320,21 @@ def test_face_hidden_for_seconds_keeps_its_id_within_a_shot():
     for f in range(3, 240, 3):  # 8 s at 30 fps without a detection (someone walked in front), same shot
         assert len(tracker.update(Faces.empty(), f, image_bgr=scene)) == 0
     back = tracker.update(_faces([_box(204, 152)]), 240, image_bgr=scene)
-    assert int(back.track_ids[0]) == first and tracker.cuts == 0
+    assert int(back.track_ids[0]) == first and tracker.scene_ended == 0
 
 
 def test_a_shot_change_ends_every_lost_track():
-    tracker = Tracker()
     box = _box(200, 150)
+    tracker = Tracker()
     first = int(tracker.update(_faces([box]), 0, image_bgr=_shot(0, [box])).track_ids[0])
-    tracker.update(Faces.empty(), 3, image_bgr=np.zeros((480, 640, 3), np.uint8))  # a black title card: a cut
-    assert tracker.cuts == 1 and list(tracker.tracks) == [first]  # seen on the frame before: not lost yet
-    tracker.update(Faces.empty(), 6, image_bgr=np.zeros((480, 640, 3), np.uint8))
-    back = tracker.update(_faces([box]), 30, image_bgr=_shot(1, [box]))  # the next shot: another face, same place
-    assert tracker.cuts == 2 and int(back.track_ids[0]) != first
-    fade = Tracker()  # a face that stays through a cut (a fade, a flash) keeps its ID
+    for f in (3, 6):  # the face turns away: lost, not ended (the frame is still its shot)
+        tracker.update(Faces.empty(), f, image_bgr=_shot(0))
+    assert list(tracker.tracks) == [first]
+    back = tracker.update(_faces([box]), 33, image_bgr=_shot(1, [box]))  # the next shot: another face, same place
+    assert int(back.track_ids[0]) != first and tracker.scene_ended == 1 and first not in tracker.tracks
+    fade = Tracker()  # a face seen on the previous detection frame continues through a cut (a fade, a flash)
     tid = int(fade.update(_faces([box]), 0, image_bgr=_shot(0, [box])).track_ids[0])
-    assert int(fade.update(_faces([box]), 3, image_bgr=_shot(2, [box])).track_ids[0]) == tid and fade.cuts == 1
+    assert int(fade.update(_faces([box]), 3, image_bgr=_shot(2, [box])).track_ids[0]) == tid
     never = Tracker(cut_threshold=None)
     tid = int(never.update(_faces([box]), 0, image_bgr=_shot(0, [box])).track_ids[0])
     never.update(Faces.empty(), 3, image_bgr=np.zeros((480, 640, 3), np.uint8))
