@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 from rtfer.backends import BACKENDS
 from rtfer.capture import VIDEO_EXTENSIONS, is_live_spec
 from rtfer.errors import InputError, OutputError, RtferError, RunInterrupted, redact_url
+from rtfer.live import add_arguments as add_live_arguments  # the app's --lsl/--serve options (no live extra needed)
+from rtfer.live import open_live_sinks
 from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, RunStats, StageTimer
 from rtfer.sinks import SummaryAccumulator, write_summary_png
 from rtfer.types import Frame, FrameResult
@@ -563,7 +565,7 @@ class Run:
                 sink.run_started(self._run_info(src))
             stack.callback(self._finish, writer, timer, t_start, summary, hooked)
             keep = True if self.plan is not None and self.plan.keep_images else self.keep_images
-            if any(getattr(sink, "needs_images", False) for sink in sinks):
+            if any(getattr(sink, "needs_images", False) for sink in sinks) and not getattr(o, "keep_images", False):
                 keep = True  # the live page shows the latest frame
             kwargs = {"keep_images": keep} if keep is not None else {}  # None: the pipeline's own option
             bar = self._progress_bar(stack, src)
@@ -839,6 +841,7 @@ __all__ = [
     "RunStats",
     "SharedSummary",
     "SinkWriter",
+    "add_live_arguments",
     "check_format",
     "check_input",
     "check_plans",
@@ -846,6 +849,7 @@ __all__ = [
     "detector_names",
     "is_live_spec",
     "list_cameras",
+    "open_live_sinks",
     "lock_outputs",
     "open_input",
     "plan_outputs",

@@ -12,9 +12,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
-from rtfer.run import BACKENDS
+from rtfer.run import BACKENDS, add_live_arguments
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quit after processing for this many seconds (or when the source ends)")
     p.add_argument("--settings-file", type=Path, help="use this INI file instead of the user's stored settings")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    add_live_arguments(p.add_argument_group("live outputs (pip install 'rtfer[live]')"))
     return p
 
 
@@ -94,6 +96,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _error(str(exc))
         source = int(source) if source.strip().isdigit() and not Path(source).exists() else source
 
+    live = ExitStack()  # --lsl / --serve: opened before the window, so that a refused address fails fast
+    try:
+        from rtfer.errors import RtferError
+        from rtfer.run import open_live_sinks
+
+        live_sinks = open_live_sinks(live, lsl=args.lsl, serve=args.serve, serve_token=args.serve_token)
+    except (RtferError, ImportError) as exc:
+        return _error(str(exc))
+    with live:
+        return _main(args, source, live_sinks)
+
+
+def _main(args, source, live_sinks: list) -> int:
+    for sink in live_sinks:
+        where = f"live page at {sink.url}" if hasattr(sink, "url") else f"LSL stream {getattr(sink, 'name', '')!r}"
+        sys.stderr.write(f"rtfer-app: {where}\n")
     if args.quit_after is not None and not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY",
                                                                               "QT_QPA_PLATFORM")):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # headless check without a display server: render offscreen
@@ -111,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     qsettings = (QSettings(str(args.settings_file), QSettings.Format.IniFormat) if args.settings_file
                  else QSettings("rtfer", "rtfer-app"))
     window = MainWindow(qsettings)
+    window.controller.live_sinks = live_sinks
     window.set_overrides(bundle=args.bundle, backend=args.backend, device=args.device, precision=args.precision,
                          combiner=args.combiner, realtime=False if args.fast else None)
     window.show()

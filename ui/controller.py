@@ -136,6 +136,7 @@ class Controller:
         self._run: _Run | None = None
         self._lock = threading.Lock()
         self._recording = Recording(on_error=lambda message: self._report(self._run, message))
+        self.live_sinks: list[Any] = []  # --lsl / --serve (rtfer.live): sinks of every run, opened by the app
         self._source_fps: float | None = None
         self._source_kind: str | None = None
         self._duration_s: float | None = None
@@ -343,7 +344,8 @@ class Controller:
                     run.cancel = cancel
                     if run.stop.is_set():
                         cancel.set()
-                self._consume(run, Run(pipeline, source, sinks=[self._recording, self._summary], cancel=cancel,
+                sinks = [self._recording, self._summary, *self.live_sinks]
+                self._consume(run, Run(pipeline, source, sinks=sinks, cancel=cancel,
                                        paused=run.paused, annotate=lambda: self.scale), source, cancel, stats)
                 source.close()
                 source = None
