@@ -104,7 +104,8 @@ def resolve_bundle(name: str, work: Path, archs: list[str]) -> tuple[str, str]:
 
 def stage_profile(source: Path, options) -> dict:
     """Per-frame stage times (ms) of one in-process run, and the bundle's per-face cost by batch size."""
-    from rtfer.pipeline import Pipeline, process_file
+    from rtfer.pipeline import Pipeline
+    from rtfer.run import process_file
 
     pipe = Pipeline(options)
     with tempfile.TemporaryDirectory() as tmp:

@@ -472,19 +472,3 @@ class StageTimer:
     def mean(self) -> dict[str, float]:
         n = max(self.frames, 1)
         return {k: v / n for k, v in self.total.items()}
-
-
-def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = None, *,
-                 pipeline: Pipeline | None = None, raw: bool = False, progress: bool = False, jsonl=None,
-                 annotated=None, summary_png=None, cancel: threading.Event | None = None, report=None,
-                 command: str | None = None) -> RunStats:
-    """Analyse one input into the requested files, through the run layer (:func:`rtfer.run.run_file`). Sinks are
-    opened before any work (so an unwritable output fails fast), written on the writer thread and closed, i.e.
-    finalised, however the run ends, Ctrl-C included. ``report``: an HTML report path (rtfer.report; ``command`` is
-    the command line it quotes, default sys.argv)."""
-    from rtfer.run import OutputPlan, run_file
-
-    paths = [None if p is None else str(p) for p in (output_csv, jsonl, annotated, summary_png, report)]
-    plan = OutputPlan(str(input_path), *paths, raw=raw)
-    return run_file(input_path, plan, pipeline=pipeline, options=options, progress=progress, cancel=cancel,
-                    command=command)

@@ -1,7 +1,7 @@
 """The run layer: the one way an input goes through a :class:`~rtfer.pipeline.Pipeline` into its outputs.
 
 ``rtfer analyze`` (one input or several), ``rtfer bench``, batch mode (per video, through
-:func:`rtfer.pipeline.process_file`) and the desktop app are thin clients of this module. It owns:
+:func:`process_file`) and the desktop app are thin clients of this module. It owns:
 
 - the **source policy** (:func:`open_input`): live vs file, prefetch, frame dropping, seeking and real-time pacing;
 - the **output plan** (:func:`plan_outputs`): one :class:`OutputPlan` per input, checked before anything is opened
@@ -711,6 +711,20 @@ def run_file(input_path: Any, plan: OutputPlan, *, pipeline: Pipeline | None = N
     return Run(pipe, src, plan=plan, sinks=sinks, cancel=cancel, progress=progress, command=command).execute()
 
 
+def process_file(input_path, output_csv=None, options: AnalyzeOptions | None = None, *,
+                 pipeline: Pipeline | None = None, raw: bool = False, progress: bool = False, jsonl=None,
+                 annotated=None, summary_png=None, cancel: threading.Event | None = None, report=None,
+                 command: str | None = None) -> RunStats:
+    """Analyse one input into the requested files (:func:`run_file` with an :class:`OutputPlan` built from
+    paths; batch mode calls it per video). Sinks are opened before any work (so an unwritable output fails fast),
+    written on the writer thread and closed, i.e. renamed into place, however the run ends, Ctrl-C included.
+    ``report``: an HTML report path (rtfer.report; ``command`` is the command line it quotes, default sys.argv)."""
+    paths = [None if p is None else str(p) for p in (output_csv, jsonl, annotated, summary_png, report)]
+    plan = OutputPlan(str(input_path), *paths, raw=raw)
+    return run_file(input_path, plan, pipeline=pipeline, options=options, progress=progress, cancel=cancel,
+                    command=command)
+
+
 # --------------------------------------------------------------------------------------------- the app's summaries
 class SharedSummary:
     """A summary that the writer thread updates and another thread may copy (the app's export), across the runs of
@@ -853,6 +867,7 @@ __all__ = [
     "lock_outputs",
     "open_input",
     "plan_outputs",
+    "process_file",
     "read_bundle_spec",
     "run_file",
     "smoothing_methods",

@@ -82,7 +82,7 @@ class FakePipelines:
 def fake(monkeypatch):
     f = FakePipelines()
     monkeypatch.setattr(batch.worker, "get_pipeline", f.get_pipeline)
-    monkeypatch.setattr("rtfer.pipeline.process_file", f.process_file)
+    monkeypatch.setattr("rtfer.run.process_file", f.process_file)
     return f
 
 
@@ -232,11 +232,11 @@ def test_interrupted_run_status_partial_is_not_finished(tmp_path, fake, monkeypa
             st.status = "partial"
         return st
 
-    monkeypatch.setattr("rtfer.pipeline.process_file", cancelled)
+    monkeypatch.setattr("rtfer.run.process_file", cancelled)
     out = tmp_path / "out"
     s = run_batch([str(root)], out, progress=False)
     assert (s.videos_ok, s.videos_partial) == (3, 1) and not (out / "a.csv").exists()
-    monkeypatch.setattr("rtfer.pipeline.process_file", real)
+    monkeypatch.setattr("rtfer.run.process_file", real)
     fake.calls.clear()
     run_batch([str(root)], out, progress=False)
     assert fake.calls == ["a.mp4"]
@@ -358,7 +358,7 @@ def test_missing_module_stops_the_batch(tmp_path, fake, monkeypatch):
     def no_module(*a, **k):
         raise ModuleNotFoundError("No module named 'rtfer.sinks'")
 
-    monkeypatch.setattr("rtfer.pipeline.process_file", no_module)
+    monkeypatch.setattr("rtfer.run.process_file", no_module)
     with pytest.raises(ImportError):
         run_batch([str(root)], tmp_path / "out", progress=False)
 

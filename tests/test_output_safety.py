@@ -442,3 +442,16 @@ def test_batch_follows_the_same_rule(tmp_path):
     assert len(plan_batch([str(videos)], out, overwrite=True).todo) == 1
     (out / "a.csv").write_text("source,frame,time_s,face_id,x1\n")  # an earlier (failed) rtfer output: redone
     assert len(plan_batch([str(videos)], out).todo) == 1
+
+
+def test_the_pipeline_does_not_import_the_run_layer():
+    """process_file lives in the run layer: rtfer.pipeline imports nothing from above it."""
+    import ast
+
+    tree = ast.parse((REPO / "rtfer" / "pipeline.py").read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and (m == "rtfer.run" or m.startswith("rtfer.batch"))}
+    import rtfer.run
+
+    assert callable(rtfer.run.process_file)

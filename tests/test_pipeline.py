@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import rtfer
-from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, process_file
+from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline
+from rtfer.run import process_file
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
     returned as a failed result so the batch goes on. Errors building the pipeline (bad bundle, missing backend)
     and ImportErrors are raised: they would fail every video the same way, and the driver stops the batch on them.
     """
-    from rtfer.pipeline import process_file
+    from rtfer.run import process_file
 
     pipeline = get_pipeline(options)  # raises RtferError on a bad bundle / backend: fatal for the batch
     output = Path(task.output)
