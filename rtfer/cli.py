@@ -93,7 +93,8 @@ def _options(args):
                               min_face=args.min_face, det_threshold=args.det_threshold, smoothing=args.smoothing,
                               smoothing_strength=args.smoothing_strength, batch_frames=args.batch_frames,
                               allow_fallback=args.allow_fallback, precision=args.precision, combiner=args.combiner,
-                              classify_rate=args.classify_rate, confidence_temperature=args.confidence_temperature)
+                              classify_rate=args.classify_rate, confidence_temperature=args.confidence_temperature,
+                              reconnect_s=getattr(args, "reconnect", None))
     except ValueError as exc:
         raise RtferError(str(exc)) from None
 
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "moments); without a path: beside the CSV. Batch mode: one per video plus OUT_DIR/index.html "
                         "(or the path given)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.add_argument("--reconnect", type=float, default=None, metavar="SECONDS",
+                   help="a live stream that drops is reopened with backoff for up to SECONDS, appending to the same "
+                        "outputs; the gap is logged and marked in the CSV by a row with an empty frame (default 60; "
+                        "0 = end the run when the stream ends)")
     from rtfer.live import add_arguments as add_live_arguments
 
     add_live_arguments(a.add_argument_group("live outputs (pip install 'rtfer[live]')"))

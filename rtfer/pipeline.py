@@ -59,6 +59,7 @@ class AnalyzeOptions:
     prefetch: int = 8
     precision: str = "auto"  # classifier precision (rtfer.bundle.PRECISIONS): auto = INT8 on CPU when accepted
     combiner: str = "default"  # how members combine: the bundle's own, or one of its bundle.json "combiners"
+    reconnect_s: float | None = None  # a live stream that drops is retried this long; None = 60 s, 0 = never
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -75,6 +76,8 @@ class AnalyzeOptions:
             raise ValueError(f"--batch-frames must be >= 1, got {self.batch_frames}")
         if not 0.0 <= self.smoothing_strength <= 1.0:
             raise ValueError(f"smoothing strength must be between 0 and 1, got {self.smoothing_strength}")
+        if self.reconnect_s is not None and not 0.0 <= self.reconnect_s < float("inf"):
+            raise ValueError(f"--reconnect must be >= 0 seconds (0 = never), got {self.reconnect_s}")
         if self.det_width < 64:
             raise ValueError(f"detection width must be at least 64 pixels, got {self.det_width}")
         if not 0.0 < self.det_threshold < 1.0:
@@ -152,7 +155,7 @@ class Pipeline:
         o = self.options
         src = source if hasattr(source, "__next__") and hasattr(source, "kind") else None
         if src is None:  # realtime None: cameras and live streams drop frames, files (local or http) do not
-            src = open_source(source, prefetch=o.prefetch, drop_frames=o.realtime)
+            src = open_source(source, prefetch=o.prefetch, drop_frames=o.realtime, reconnect_s=o.reconnect_s)
         live = getattr(src, "live", src.kind in ("camera", "stream"))  # duck-typed sources may lack .live
         batch_frames = 1 if live else o.batch_frames
         q = StopQueue(max(2, 2 * batch_frames), cancel)

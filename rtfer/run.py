@@ -39,7 +39,7 @@ from rtfer.live import add_arguments as add_live_arguments  # the app's --lsl/--
 from rtfer.live import open_live_sinks
 from rtfer.pipeline import STAGES, AnalyzeOptions, Pipeline, RunStats, StageTimer
 from rtfer.sinks import SummaryAccumulator, write_summary_png
-from rtfer.types import Frame, FrameResult
+from rtfer.types import Frame, FrameResult, StreamGap
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,19 @@ class Pacing:
 
 
 def open_input(spec: Any, *, prefetch: int = 8, drop_frames: bool | None = None, seek_s: float | None = None,
-               pacing: Pacing | None = None):
+               pacing: Pacing | None = None, reconnect_s: float | None = None):
     """Open ``spec`` (file, folder, image, camera index or URL) under the run layer's source policy.
 
     ``drop_frames`` None: cameras and live streams drop frames (latest frame wins), files, local or served over http,
     never do. ``seek_s`` starts a video file there; ``pacing`` plays a video file at its own frame rate, skipping the
-    frames whose time has passed (folders and images have no timeline to pace against).
+    frames whose time has passed (folders and images have no timeline to pace against). ``reconnect_s``: how long a
+    live stream that drops is retried (None = 60 s, 0 = never; its gaps reach the timeline sinks, see :class:`Run`).
     """
     from rtfer.capture import open_source
 
     if drop_frames is None and not str(spec).lower().startswith(("http://", "https://")):
         drop_frames = is_live_spec(spec)  # an http URL may be a recorded file: open_source probes it
-    source = open_source(spec, prefetch=prefetch, drop_frames=drop_frames)
+    source = open_source(spec, prefetch=prefetch, drop_frames=drop_frames, reconnect_s=reconnect_s)
     try:
         if seek_s is not None and source.kind == "video":
             source.seek(seek_s)
@@ -394,8 +395,14 @@ _END = object()
 _POLL_S = 0.1  # how often the writer thread looks at its queue without a wake-up
 
 
-def append_to(sinks: Iterable[Any], result: FrameResult, annotated=None) -> None:
-    """Append one frame to each sink; sinks with ``accepts_annotated`` get the frame already annotated, if it is."""
+def append_to(sinks: Iterable[Any], result: FrameResult | StreamGap, annotated=None) -> None:
+    """Append one frame to each sink; sinks with ``accepts_annotated`` get the frame already annotated, if it is.
+    A :class:`~rtfer.types.StreamGap` goes to the sinks that record gaps (``append_gap``: the timelines) only."""
+    if isinstance(result, StreamGap):
+        for sink in sinks:
+            if callable(getattr(sink, "append_gap", None)):
+                sink.append_gap(result)
+        return
     for sink in sinks:
         if annotated is not None and getattr(sink, "accepts_annotated", False):
             sink.append(result, annotated=annotated)
@@ -472,6 +479,8 @@ class SinkWriter:
             except BaseException as exc:  # noqa: BLE001 - re-raised in the submitting thread
                 self._error = exc
                 continue
+            if isinstance(result, StreamGap):
+                continue  # a gap row is not a frame: no count, no timings
             self.written += 1
             if self.timer is not None:
                 self.timer.add({**result.timings_ms, "write": (time.perf_counter() - t0) * 1e3})
@@ -538,7 +547,8 @@ class Run:
         o = getattr(self.pipeline, "options", None)
         src = self.spec
         if not (hasattr(src, "__next__") and hasattr(src, "kind")):
-            src = open_input(src, prefetch=getattr(o, "prefetch", 8), drop_frames=getattr(o, "realtime", None))
+            src = open_input(src, prefetch=getattr(o, "prefetch", 8), drop_frames=getattr(o, "realtime", None),
+                             reconnect_s=getattr(o, "reconnect_s", None))
         self.source = src
         stats, timer = self.stats, StageTimer()
         t_start = time.perf_counter()
@@ -575,6 +585,7 @@ class Run:
             annotate = None
             if self.annotate is not None:
                 from rtfer.annotate import annotate
+            gaps_written = 0  # a live stream's gaps (reconnects) go to the timelines in order, see _write_gaps
             try:
                 for result in results:
                     while self.paused is not None and self.paused.is_set() and not self._cancelled():
@@ -585,6 +596,7 @@ class Run:
                     if annotate is not None and result.image is not None:
                         scale = self.annotate() if callable(self.annotate) else self.annotate
                         image = annotate(result.image, result, scale=scale)
+                    gaps_written = _write_gaps(writer, src, gaps_written, result.index)
                     writer.submit(result, image)
                     stats.frames += 1
                     stats.faces += len(result.faces)
@@ -596,8 +608,11 @@ class Run:
             except (KeyboardInterrupt, GeneratorExit):
                 stats.status = "partial"
                 raise
+            _write_gaps(writer, src, gaps_written, None)  # a stream that never came back ends with its gap
         if self._cancelled():
             stats.status = "partial"
+        elif getattr(src, "lost", None):  # the outputs are final; the run still failed
+            raise InputError(f"{src.lost}; the outputs hold the {stats.frames} frames analysed before it")
         elif stats.frames == 0 and getattr(src, "kind", None) in ("stream", "remote_video", "camera"):
             raise InputError(f"{src.name} delivered no frame" + (f" ({stats.warnings[-1]})" if stats.warnings else ""))
 
@@ -694,6 +709,20 @@ class _PipelineStop(threading.Event):
         return super().is_set() or self._cancel.is_set()
 
 
+def _write_gaps(writer: SinkWriter, src: Any, done: int, index: int | None) -> int:
+    """Hand the source's stream gaps (:attr:`rtfer.capture.StreamSource.gaps`) to the writer after the first ``done``:
+    each one before the first frame after it (``index`` is the frame about to be written; None = every gap left, at
+    the end of the run). Returns how many are written."""
+    gaps = getattr(src, "gaps", None) or ()
+    while done < len(gaps):
+        gap = gaps[done]
+        if index is not None and (gap.resume_index is None or index < gap.resume_index):
+            break
+        writer.submit(gap)
+        done += 1
+    return done
+
+
 def _close(generator) -> None:
     close = getattr(generator, "close", None)
     if callable(close):
@@ -707,7 +736,8 @@ def run_file(input_path: Any, plan: OutputPlan, *, pipeline: Pipeline | None = N
     and into ``sinks``, opened and closed by the caller (the live outputs, which outlive one input)."""
     options = options or (pipeline.options if pipeline is not None else AnalyzeOptions())
     pipe = pipeline or Pipeline(options)
-    src = open_input(input_path, prefetch=options.prefetch, drop_frames=options.realtime)
+    src = open_input(input_path, prefetch=options.prefetch, drop_frames=options.realtime,
+                     reconnect_s=options.reconnect_s)
     return Run(pipe, src, plan=plan, sinks=sinks, cancel=cancel, progress=progress, command=command).execute()
 
 

@@ -126,3 +126,24 @@ class FrameResult:
         n = len(self.faces)
         _check(len(self.raw) == n and len(self.smoothed) == n,
                f"FrameResult has {n} faces but {len(self.raw)} raw / {len(self.smoothed)} smoothed score rows")
+
+
+@dataclass
+class StreamGap:
+    """A live stream that dropped and was reconnected (or never came back) while a run read it.
+
+    ``start_s``: the time of the last frame before the drop (``None`` when it dropped before its first frame);
+    ``end_s``: the time of the first frame after it came back (``None`` while away, or if it never returned);
+    ``resume_index``: that frame's index; ``reason``: why it dropped (one line, credentials hidden).
+    Timeline sinks write it as one row with an empty ``frame`` (CSV) or a ``"gap"`` object (JSON Lines).
+    """
+
+    source: str
+    start_s: float | None
+    reason: str = ""
+    end_s: float | None = None
+    resume_index: int | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.end_s is None or self.start_s is None else self.end_s - self.start_s

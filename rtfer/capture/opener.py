@@ -27,12 +27,14 @@ def is_live_spec(spec: Any) -> bool:
     return text.lower().startswith(STREAM_SCHEMES)
 
 
-def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames: bool | None = False) -> Source:
+def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames: bool | None = False,
+                reconnect_s: float | None = None) -> Source:
     """Open a video file, image, folder of images, webcam index (``0`` or ``"0"``) or stream URL.
 
     ``drop_frames=None`` decides by the source: cameras and live streams drop frames (latest frame wins), files,
-    including a recorded file served over http(s), deliver every frame. Raises :class:`InputError` with a one-line
-    message when the input cannot be read.
+    including a recorded file served over http(s), deliver every frame. ``reconnect_s``: how long a live stream that
+    drops is retried (None = :data:`~rtfer.capture.video.DEFAULT_RECONNECT_S`, 0 = not at all). Raises
+    :class:`InputError` with a one-line message when the input cannot be read.
     """
     if isinstance(spec, bool):
         raise InputError(f"not an input: {spec!r}")
@@ -45,7 +47,7 @@ def open_source(spec: str | int | os.PathLike, *, prefetch: int = 8, drop_frames
         container = open_stream(text)
         if drop_frames is None:  # a recorded file over http(s) (known duration) delivers every frame
             drop_frames = recorded_duration(text, container) is None
-        return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames)
+        return StreamSource(text, container, prefetch=prefetch, drop_frames=drop_frames, reconnect_s=reconnect_s)
     return _open_path(text, prefetch, bool(drop_frames))
 
 

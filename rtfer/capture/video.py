@@ -3,6 +3,7 @@ rotation) and network URLs (:class:`StreamSource`, live streams or recorded file
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 import weakref
 from fractions import Fraction
@@ -13,7 +14,9 @@ import numpy as np
 
 from rtfer.capture.base import Reader, Source, check_pixels
 from rtfer.errors import InputError, one_line, redact_url
-from rtfer.types import Frame
+from rtfer.types import Frame, StreamGap
+
+log = logging.getLogger(__name__)
 
 #: Common video file extensions (for discovering videos in folders; any file FFmpeg decodes is accepted as input).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -246,17 +249,30 @@ class VideoSource(Source):
             pass
 
 
+#: Seconds a live stream that drops is retried (with backoff) before the run ends (``--reconnect``).
+DEFAULT_RECONNECT_S = 60.0
+#: Seconds between reconnection attempts: doubling from the first to the last.
+RECONNECT_BACKOFF_S = (0.5, 8.0)
+
+
 class StreamSource(Source):
-    """A network stream (rtsp, http, udp...) decoded with PyAV. Times from the stream, relative to its first frame."""
+    """A network stream (rtsp, http, udp...) decoded with PyAV. Times from the stream, relative to its first frame.
+
+    A live stream that drops (the connection fails or the stream ends) is reopened with backoff for up to
+    ``reconnect_s`` seconds (default :data:`DEFAULT_RECONNECT_S`; 0 = never): frames go on with the next index and
+    with times that include the gap, each drop is logged and recorded in :attr:`gaps`
+    (:class:`~rtfer.types.StreamGap`), and when the stream never comes back the source ends with :attr:`lost` set
+    to a one-line message. A recorded file served over http(s) is not reconnected (it ends as a file does).
+    """
 
     kind = "stream"
 
-    def __init__(self, url: str, container: Any, **kwargs: Any) -> None:
+    def __init__(self, url: str, container: Any, *, reconnect_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(redact_url(url), **kwargs)
         self.name = redact_url(url)  # CSV source cells, messages: never the credentials
-        self._container = container
+        self._url = url
         stream = _video_stream(container, self.name)
-        self._stream = stream
+        self._state = {"container": container, "stream": stream}  # replaced on each reconnect
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.duration_s = recorded_duration(url, container)
@@ -265,37 +281,111 @@ class StreamSource(Source):
             self.frame_count = int(round(self.duration_s * self.fps)) if self.fps else None
         ctx = stream.codec_context
         self.width, self.height = int(ctx.width or 0) or None, int(ctx.height or 0) or None
+        if reconnect_s is None:
+            reconnect_s = DEFAULT_RECONNECT_S
+        if not reconnect_s >= 0:
+            raise InputError(f"--reconnect must be >= 0 seconds, got {reconnect_s}")
+        self.reconnect_s = 0.0 if self.kind == "remote_video" else float(reconnect_s)
+        self.gaps: list[StreamGap] = []
+        self.lost: str | None = None
         self._start()
 
     def _produce_fn(self) -> Callable[[Reader], None]:
-        container, stream, name, warn = self._container, self._stream, self.name, self._reader.warn
+        name, warn, url, patience = self.name, self._reader.warn, self._url, self.reconnect_s
+        state, gaps = self._state, self.gaps
+        source = weakref.ref(self)
 
         def produce(reader: Reader) -> None:
             index = 0
-            first: float | None = None
             clock0 = time.monotonic()
-            try:
-                for frame in container.decode(stream):
-                    if reader.stop.is_set():
-                        return
-                    if frame.time is not None:
-                        first = float(frame.time) if first is None else first
-                        t = float(frame.time) - first
-                    else:
-                        t = time.monotonic() - clock0
-                    if not reader.put(Frame(index, t, upright(frame), name)):
-                        return
-                    index += 1
-            except Exception as exc:  # noqa: BLE001
-                warn(f"{name}: stream stopped after {index} frames ({one_line(exc)})")
+            last_t: float | None = None
+            gap: StreamGap | None = None
+            offset = 0.0  # added to the stream's own times: a reconnected stream restarts its clock
+            while True:
+                container, stream = state["container"], state["stream"]
+                first: float | None = None
+                try:
+                    for frame in container.decode(stream):
+                        if reader.stop.is_set():
+                            return
+                        if frame.time is not None:
+                            first = float(frame.time) if first is None else first
+                            t = offset + float(frame.time) - first
+                        else:
+                            t = time.monotonic() - clock0
+                        if last_t is not None and t <= last_t:
+                            t = last_t + 1e-3  # never backwards, also across a reconnect
+                        if gap is not None:
+                            gap.end_s, gap.resume_index = t, index
+                            log.warning("%s: the stream is back after %.1f s; frames continue from %d", name,
+                                        t - (gap.start_s or 0.0), index)
+                            gap = None
+                        last_t = t
+                        if not reader.put(Frame(index, t, upright(frame), name)):
+                            return
+                        index += 1
+                    reason = "the stream ended"
+                except Exception as exc:  # noqa: BLE001
+                    reason = one_line(exc).replace(f": '{name}'", "")  # PyAV repeats the URL
+                _close_quietly(container)
+                if reader.stop.is_set():
+                    return
+                if patience <= 0:
+                    warn(f"{name}: stream stopped after {index} frames ({reason})")
+                    return
+                dropped_at = time.monotonic()
+                gap = StreamGap(name, last_t, reason)
+                gaps.append(gap)
+                log.warning("%s: stream dropped after %d frames (%s); reconnecting for up to %g s", name, index,
+                            reason, patience)
+                opened = _reconnect(url, patience, reader.stop)
+                if opened is None:
+                    return  # asked to stop
+                if isinstance(opened, str):
+                    message = (f"{name}: the stream dropped after {index} frames ({reason}) and did not come back "
+                               f"within {patience:g} s ({opened})")
+                    owner = source()
+                    if owner is not None:
+                        owner.lost = message  # the run layer ends the run with it, as an error
+                    del owner
+                    log.warning("%s: gave up reconnecting after %g s (%s)", name, patience, opened)
+                    return
+                state["container"], state["stream"] = opened, opened.streams.video[0]
+                offset = (last_t if last_t is not None else 0.0) + (time.monotonic() - dropped_at)
 
         return produce
 
     def _release(self) -> None:
+        _close_quietly(self._state["container"])
+
+
+def _close_quietly(container: Any) -> None:
+    try:
+        container.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _reconnect(url: str, patience: float, stop: Any) -> Any:
+    """Reopen ``url`` with doubling waits for up to ``patience`` seconds: the container, the last error (a string)
+    when it never opened, or None when ``stop`` was set."""
+    deadline = time.monotonic() + patience
+    delay, cap = RECONNECT_BACKOFF_S
+    error = "no answer"
+    while True:
+        if stop.wait(max(0.0, min(delay, deadline - time.monotonic()))):
+            return None
         try:
-            self._container.close()
-        except Exception:  # noqa: BLE001
-            pass
+            container = open_stream(url, timeout=max(1.0, min(STREAM_TIMEOUT_S, deadline - time.monotonic())))
+            if container.streams.video:
+                return container
+            _close_quietly(container)
+            error = "no video stream"
+        except InputError as exc:
+            error = str(exc).split(": ", 1)[-1].replace(f": '{redact_url(url)}'", "")
+        if time.monotonic() >= deadline:
+            return error
+        delay = min(delay * 2, cap)
 
 
 def recorded_duration(url: str, container: Any) -> float | None:
@@ -307,12 +397,12 @@ def recorded_duration(url: str, container: Any) -> float | None:
     return float(duration) / 1e6 if duration and duration > 0 else None
 
 
-def open_stream(url: str) -> Any:
+def open_stream(url: str, timeout: float = STREAM_TIMEOUT_S) -> Any:
     """Open a stream URL with PyAV (rtsp over tcp, :data:`STREAM_TIMEOUT_S`); InputError without the credentials."""
     import av
 
     try:
-        return av.open(url, timeout=STREAM_TIMEOUT_S,
+        return av.open(url, timeout=timeout,
                        options={"rtsp_transport": "tcp"} if url.lower().startswith("rtsp") else None)
     except Exception as exc:  # noqa: BLE001 - any open failure is an input problem
         raise InputError(f"cannot open stream {redact_url(url)}: {one_line(exc)}") from None

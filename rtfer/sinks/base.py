@@ -8,7 +8,7 @@ from typing import Any
 
 from rtfer.errors import OutputError
 from rtfer.labels import CLASSES, scale_labels, valence
-from rtfer.types import FrameResult
+from rtfer.types import FrameResult, StreamGap
 
 CSV_COLUMNS: tuple[str, ...] = (
     "source", "frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", *CLASSES,
@@ -63,6 +63,19 @@ def result_records(result: FrameResult, *, raw: bool = False, source_name: str |
         rows.append(row)
     return rows
 
+
+
+def gap_records(gap: StreamGap, *, raw: bool = False, source_name: str | None = None) -> list[dict]:
+    """The row that marks a live stream's gap (a drop, and a reconnect unless it never came back): ``source`` and
+    ``time_s`` (the last frame before the drop) set, ``frame`` and every face field empty; the next row is the first
+    frame after the stream came back. JSON Lines also gets ``"gap": {"start_s", "end_s", "duration_s", "reason"}``
+    (``end_s`` null: the stream never came back)."""
+    row: dict[str, Any] = {c: None for c in columns(raw)}
+    row["source"] = source_name if source_name is not None else gap.source
+    row["time_s"] = _r(gap.start_s, 3) if gap.start_s is not None else None
+    row["gap"] = {"start_s": row["time_s"], "end_s": _r(gap.end_s, 3) if gap.end_s is not None else None,
+                  "duration_s": _r(gap.duration_s, 3) if gap.duration_s is not None else None, "reason": gap.reason}
+    return [row]
 
 
 def _unwritable_reason(folder: Path) -> str:

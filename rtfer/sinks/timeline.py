@@ -14,8 +14,8 @@ from typing import Any
 from rtfer.errors import OutputError
 from rtfer.labels import CLASSES
 from rtfer.sinks.atomic import AtomicPath
-from rtfer.sinks.base import Sink, columns, prepare_output_path, result_records
-from rtfer.types import FrameResult
+from rtfer.sinks.base import Sink, columns, gap_records, prepare_output_path, result_records
+from rtfer.types import FrameResult, StreamGap
 
 FLUSH_ROWS = 50
 FLUSH_SECONDS = 0.5
@@ -78,6 +78,16 @@ class _TextTimelineSink(Sink):
         self._buffered_rows += len(records)
         if self._buffered_rows >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    def append_gap(self, gap: StreamGap) -> None:
+        """Write the row that marks a live stream's gap (:func:`~rtfer.sinks.base.gap_records`), flushed at once."""
+        self._ensure_open()
+        if self._fh is None:
+            raise OutputError(f"cannot write {self.what} {self.path}: {self.output.error if self.output else 'closed'}")
+        records = gap_records(gap, raw=self.raw, source_name=self.source_name)
+        self._buffer.append(self._lines(records))
+        self._buffered_rows += len(records)
+        self.flush()
 
     def flush(self) -> None:
         """Write the buffered whole frames and flush them to the OS."""
