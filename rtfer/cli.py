@@ -69,8 +69,8 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help=f"classify each tracked face at most K times per second, smoothing carries the frames "
                         f"between (default {DEFAULT_CLASSIFY_RATE:g}; 0 or 'all' = every frame)")
     g.add_argument("--confidence-temperature", type=float, default=CONFIDENCE_TEMPERATURE, metavar="T",
-                   help=f"calibrate smoothed probabilities for video: divide log-probabilities by T "
-                        f"(default {CONFIDENCE_TEMPERATURE:g}; 1 = the model's own confidence)")
+                   help=f"flatten smoothed probabilities: divide log-probabilities by T (default "
+                        f"{CONFIDENCE_TEMPERATURE:g} = the model's own confidence, calibrated on FER+ val)")
 
 
 def _classify_rate(text: str) -> float:
@@ -359,9 +359,7 @@ def _command_line(args) -> str:
 
 
 def _print_run(stats, describe: dict, plan) -> None:
-    out = sys.stdout
-    for w in stats.warnings:
-        print(f"rtfer: warning: {redact_url(w)}", file=sys.stderr)
+    out = sys.stdout  # the run's warnings were logged when they happened (once; not repeated here)
     if stats.summary is not None and hasattr(stats.summary, "table"):
         print(stats.summary.table(), file=out)
     stages = ", ".join(f"{k} {v:.1f}" for k, v in stats.stage_ms.items() if v > 0)

@@ -1,0 +1,70 @@
+"""The steadiness, calibration and tracker-comparison benchmark scripts on tiny synthetic data (no model, no video)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_auroc_counts_pairs_and_ties():
+    vc = _load("val_calibration")
+    assert vc.auroc([0.9, 0.8, 0.3, 0.2], [1, 1, 0, 0]) == 1.0
+    assert vc.auroc([0.2, 0.3, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+    assert vc.auroc([0.5, 0.5], [1, 0]) == 0.5  # a tie counts half
+    assert vc.auroc([0.9, 0.4, 0.6, 0.1], [1, 1, 0, 0]) == pytest.approx(3 / 4)
+    assert np.isnan(vc.auroc([0.9, 0.8], [1, 1]))
+
+
+def test_val_figures_find_the_temperature_of_an_overconfident_model():
+    vc = _load("val_calibration")
+    rng = np.random.default_rng(0)
+    n = 3000
+    labels = rng.integers(0, 7, n)
+    logits = rng.normal(0, 1, (n, 7))
+    logits[np.arange(n), labels] += 1.5  # unit-variance scores: softmax(1.5 * logits) is the true posterior ...
+    sharp = np.exp(3 * logits)  # ... so softmax(3 * logits) is overconfident by temperature 2
+    probs = sharp / sharp.sum(1, keepdims=True)
+    f = vc.figures(probs, labels)
+    assert f["mean_conf"] > f["accuracy"] + 0.1 and 1.8 <= f["t_fit"] <= 2.2
+    assert f["ece_t_cv"] < f["ece"] / 3
+    rel = vc.reliability(probs, labels)
+    assert sum(r["share"] for r in rel) == pytest.approx(1.0)
+
+
+def test_id_stats_counts_jumps_between_detection_frames():
+    ts = _load("tracking_stability")
+    box = np.array([[100, 100, 140, 140]], float)
+    far = box + [60, 0, 60, 0]
+    frames = [(0, 0.0, np.array([1]), box, np.ones(1, bool)), (3, 0.1, np.array([1]), box, np.ones(1, bool)),
+              (6, 0.2, np.array([1]), far, np.ones(1, bool)),  # the ID jumped to another face between detections
+              (30, 1.0, np.array([1]), box, np.ones(1, bool))]  # a re-identification after a gap: not a jump
+    s = ts.id_stats(frames, every=3, persons=1)
+    assert s["jumps"] == 1 and s["ids"] == 1 and s["ids_0.5s"] == 1 and s["per_person"] == 1.0
+    assert ts.id_stats(frames, every=1, persons=1)["jumps"] == 0  # outputs 3 frames apart are not consecutive
+
+
+def test_tracker_compare_hides_one_face_and_knows_its_trackers():
+    tc = _load("tracker_compare")
+    det = {"fps": 30.0, "time": np.arange(3) / 30, "counts": np.array([2, 2, 1]),
+           "xyxy": np.array([[0, 0, 10, 10], [50, 50, 60, 60], [1, 0, 11, 10], [50, 50, 60, 60], [2, 0, 12, 10]],
+                            np.float32),
+           "landmarks": np.zeros((5, 5, 2), np.float32), "scores": np.full(5, 0.9, np.float32)}
+    got = [(i, len(f)) for i, f in tc.frame_faces(det, hide=[(1, 1, np.array([50, 50, 60, 60.0]))])]
+    assert got == [(0, 2), (1, 1), (2, 1)]
+    with pytest.raises(ValueError, match="unknown tracker"):
+        tc.make_tracker("nope", 30.0, 3)
+    assert tc.available("rtfer") is None
