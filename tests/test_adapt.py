@@ -147,11 +147,11 @@ def test_adapted_bundle_runs_in_analyze(shifted, adapted, tmp_path):
 
 
 def _same_as_base(spec, feats, *args):
-    return A._base_params(spec, feats)
+    return A.base_params(spec, feats)
 
 
 def _base_at_another_temperature(spec, feats, *args):
-    params = A._base_params(spec, feats)
+    params = A.base_params(spec, feats)
     params.temperature = 4.0
     return params
 
@@ -163,7 +163,7 @@ def test_nothing_written_when_no_candidate_beats_the_base(shifted, base_spec, mo
     from rtfer.cli import main
 
     _, examples, _, _ = shifted
-    monkeypatch.setattr(A, "candidate_fitters", lambda: {"same": _same_as_base, "hotter": _base_at_another_temperature})
+    monkeypatch.setattr(A.crossval, "candidate_fitters", lambda: {"same": _same_as_base, "hotter": _base_at_another_temperature})
     ex = A.collect_examples(examples, base_spec)
     result = A.run_adaptation(base_spec, ex, folds=2)
     assert result.chosen is None and result.params is None and result.after is None
@@ -203,11 +203,13 @@ def test_cross_fitted_temperature_keeps_predictions_and_never_scores_its_own_fit
     y = rng.integers(0, 7, 60)
     logits = rng.normal(0, 1, (60, 7))
     logits[np.arange(60), y] += 1.0
-    probs = A.softmax(logits, 0.2).astype(np.float64)  # over-confident
+    from rtfer.ensemble import softmax
+
+    probs = softmax(logits, 0.2).astype(np.float64)  # over-confident
     folds = [np.arange(i, 60, 3) for i in range(3)]
     cal = A.cross_fit_temperature(probs, y, folds)
     assert np.array_equal(cal.argmax(1), probs.argmax(1)) and np.allclose(cal.sum(1), 1)
-    assert A._nll(cal, y) < A._nll(probs, y)
+    assert A.nll(cal, y) < A.nll(probs, y)
     # each fold's temperature comes from the other folds: changing a fold's labels leaves its own calibration alone
     y2 = y.copy()
     y2[folds[0]] = (y2[folds[0]] + 1) % 7
@@ -326,3 +328,22 @@ def test_video_clip_examples_are_sampled_and_grouped(tmp_path, base_spec, group_
         holding = [i for i, f in enumerate(folds) if np.any(ex.groups[f] == video[0])]
         assert len(holding) == 1
         assert sorted(np.concatenate(folds).tolist()) == list(range(len(ex)))
+
+
+def test_adapt_is_a_package_by_job():
+    """rtfer.adapt: one module per job, layered (examples and features at the bottom, then fitting, cross-validation,
+    writing), no cycles, no private names across modules; the package keeps its public names."""
+    import subprocess
+    import sys
+
+    from package_helpers import assert_layered
+
+    graph = assert_layered("rtfer.adapt")
+    assert graph["rtfer.adapt.examples"] == graph["rtfer.adapt.features"] == set()
+    assert graph["rtfer.adapt.fitting"] == {"rtfer.adapt.features"}
+    assert graph["rtfer.adapt.crossval"] == {"rtfer.adapt.examples", "rtfer.adapt.features", "rtfer.adapt.fitting"}
+    assert "rtfer.adapt.crossval" in graph["rtfer.adapt.writer"]
+    code = ("import sys, rtfer.adapt as a, rtfer.adapt.writer as w; "
+            "assert a.write_adapted_bundle is w.write_adapted_bundle and callable(a.adapt); "
+            "heavy = [n for n in ('torch', 'onnx', 'cv2', 'scipy') if n in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
