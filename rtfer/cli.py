@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--raw", action="store_true", help="add unsmoothed raw_<class> columns and raw_emotion")
     a.add_argument("--jsonl", metavar="OUT.jsonl", help="also write JSON Lines (one object per face per frame)")
     a.add_argument("--annotated", metavar="OUT.mp4", help="also write the video with boxes, IDs and labels")
+    a.add_argument("--annotated-width", metavar="PX", type=int, default=None,
+                   help="width of the annotated video (default: the source's, at most 1920; never upscaled)")
     a.add_argument("--summary", metavar="OUT.png", help="also write a summary plot (emotion/valence over time)")
     a.add_argument("--report", metavar="OUT.html", nargs="?", const="",
                    help="also write a self-contained HTML report (face gallery, room valence, timelines, top "
@@ -317,8 +319,11 @@ def _cmd_analyze(args) -> int:
     from rtfer.pipeline import Pipeline
     from rtfer.run import lock_outputs, plan_outputs, run_file
 
+    if args.annotated_width is not None and args.annotated_width < 16:
+        raise RtferError(f"--annotated-width must be >= 16 pixels, got {args.annotated_width}")
     plans = plan_outputs(args.inputs, csv=args.output, jsonl=args.jsonl, annotated=args.annotated,
-                         summary_png=args.summary, report=args.report, raw=args.raw, overwrite=args.overwrite)
+                         summary_png=args.summary, report=args.report, raw=args.raw, overwrite=args.overwrite,
+                         annotated_width=args.annotated_width)
     pipeline = None
     # a second run on one of these paths is refused now, before the models load
     with lock_outputs(plans), ExitStack() as live_stack:

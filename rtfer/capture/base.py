@@ -3,8 +3,11 @@ through a bounded queue (:class:`Reader`), with the lifecycle (close, context ma
 pixel limit every kind applies before decoding (:func:`check_pixels`)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -55,6 +58,55 @@ def check_pixel_count(pixels: int, dims: str, what: str) -> None:
             "no decoder here takes more than 2**30 pixels"
         raise InputError(f"{what} is {dims} ({pixels / 1e6:.1f} megapixels), above the limit of {limit / 1e6:g} "
                          f"megapixels (a decompression bomb or a damaged header?); {hint}")
+
+
+_STDERR_LOCK = threading.Lock()
+#: What C decoders print on their own: libpng, libjpeg, libtiff, OpenCV's log. Kept out of the terminal (it reaches
+#: stderr even under -q), logged at debug and named in our one-line messages instead.
+_CODEC_NOISE = ("libpng", "Corrupt JPEG", "Premature end of JPEG", "Invalid JPEG", "Not a JPEG", "JPEG datastream",
+                "Bogus", "TIFF", "[ WARN", "[ERROR", "[ INFO", "imread_", "libtiff", "warning: ", "error: ")
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[list[str]]:
+    """Collect what C libraries write to file descriptor 2 during the block (OpenCV's image codecs print libpng and
+    libjpeg messages there, bypassing Python). Yields a list that holds the decoder's lines afterwards; anything
+    else written meanwhile (another thread's log line) is passed on to the real stderr. Does nothing where fd 2
+    cannot be redirected."""
+    lines: list[str] = []
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            yield lines
+            return
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield lines
+                finally:
+                    try:
+                        sys.stderr.flush()
+                    except (OSError, ValueError):
+                        pass
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    text = tmp.read().decode("utf-8", "replace")
+        finally:
+            os.close(saved)
+    other = []
+    for line in text.splitlines():
+        if line.strip():
+            (lines if any(mark in line for mark in _CODEC_NOISE) else other).append(line.strip())
+    for line in lines:
+        log.debug("decoder: %s", line)
+    if other:
+        try:
+            os.write(2, ("\n".join(other) + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
 
 
 class _Failure:

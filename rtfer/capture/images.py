@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rtfer.capture.base import Reader, Source, check_pixel_count
+from rtfer.capture.base import Reader, Source, captured_stderr, check_pixel_count
 from rtfer.errors import InputError
 from rtfer.types import Frame
 
@@ -49,33 +49,45 @@ def image_dimensions(data: bytes | np.ndarray) -> tuple[int, str] | None:
             return None
 
 
+#: "[ERROR:0@26.9] global grfmt_png.cpp:296 readHeader " before OpenCV's own log messages.
+_OPENCV_PREFIX = re.compile(r"^\[\s*[A-Z]+:[^\]]*\]\s+(?:global\s+\S+\s+\S+\s+)?")
+
+
 def read_image(path: Path) -> np.ndarray | None:
     """Decode an image file to BGR uint8 (None when it is not an image). Handles non-ASCII paths.
 
-    The header's dimensions are checked against :func:`max_image_pixels` before decoding: a decompression bomb
-    raises :class:`InputError` (one line) instead of taking gigabytes.
+    The header's dimensions are checked against :func:`~rtfer.capture.base.max_image_pixels` before decoding: a
+    decompression bomb raises :class:`InputError` (one line) instead of taking gigabytes.
     """
+    return decode_image(path)[0]
+
+
+def decode_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """:func:`read_image`, and why it gave None ("" when it did not): the decoder's own message (libpng, libjpeg),
+    which is kept off the terminal."""
     import cv2
 
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
     if data.size == 0:
-        return None
+        return None, "empty file"
     size = image_dimensions(data)
     if size is not None:
         check_pixel_count(*size, f"image {Path(path).name}")
-    try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    except cv2.error as exc:  # OpenCV's own size limit (2**30 pixels), a header it cannot take
-        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc):
-            raise InputError(f"image {Path(path).name} is larger than OpenCV decodes (more than 2**30 pixels, or a "
-                             "damaged header)") from None
-        return None
+    with captured_stderr() as noise:
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error as exc:  # OpenCV's own size limit (2**30 pixels), a header it cannot take
+            if "CV_IO_MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc):
+                raise InputError(f"image {Path(path).name} is larger than OpenCV decodes (more than 2**30 pixels, "
+                                 "or a damaged header)") from None
+            image = None
     if image is None or image.ndim != 3 or image.shape[2] != 3:
-        return None
-    return np.ascontiguousarray(image)
+        return None, "; ".join(_OPENCV_PREFIX.sub("", line) for line in noise)[:200] or \
+            "damaged, truncated or not an image format OpenCV decodes"
+    return np.ascontiguousarray(image), ""
 
 
 class ImageSource(Source):
@@ -138,12 +150,12 @@ class FolderSource(Source):
                 if reader.stop.is_set():
                     return
                 try:
-                    image = read_image(path)
+                    image, why = decode_image(path)
                 except InputError as exc:  # above the pixel limit: skip it, as an unreadable image
                     warn(f"skipped {path.name}: {exc}")
                     continue
                 if image is None:
-                    warn(f"skipped {path.name}: not a readable image")
+                    warn(f"skipped {path.name}: not a readable image ({why})")
                     continue
                 if not reader.put(Frame(0, 0.0, image, path.name)):
                     return

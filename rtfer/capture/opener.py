@@ -8,7 +8,7 @@ from typing import Any
 
 from rtfer.capture.base import Source
 from rtfer.capture.camera import CameraSource
-from rtfer.capture.images import IMAGE_EXTENSIONS, FolderSource, ImageSource, read_image
+from rtfer.capture.images import IMAGE_EXTENSIONS, FolderSource, ImageSource, decode_image, read_image
 from rtfer.capture.video import StreamSource, VideoSource, open_stream, open_video, recorded_duration
 from rtfer.errors import InputError
 
@@ -68,9 +68,9 @@ def _open_path(text: str, prefetch: int, drop_frames: bool) -> Source:
     if not os.access(path, os.R_OK):
         raise InputError(f"cannot read {path}: permission denied")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        image = read_image(path)
+        image, why = decode_image(path)
         if image is None:
-            raise InputError(f"cannot decode image {path}")
+            raise InputError(f"cannot decode image {path} ({why})")
         return ImageSource(path, image, prefetch=prefetch, drop_frames=drop_frames)
     container = open_video(path)
     if container is None:
