@@ -71,12 +71,18 @@ class PathLock:
         self.path = Path(path)
         self.what = what
         self.lock_file = Path(lock_file) if lock_file is not None else lock_file_for(path)
+        self._default_lock_file = lock_file is None
         self.hint = hint
         self._held = False
 
     def acquire(self) -> PathLock:
         if fcntl is None or self._held:
             return self
+        if self._default_lock_file:
+            from rtfer.sinks.atomic import is_special
+
+            if is_special(self.path):
+                return self  # /dev/null, a FIFO: nothing to protect, and no lock file beside it
         key = str(self.lock_file)
         with _GUARD:
             entry = _HELD.get(key)

@@ -455,3 +455,14 @@ def test_the_pipeline_does_not_import_the_run_layer():
     import rtfer.run
 
     assert callable(rtfer.run.process_file)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null")
+def test_dev_null_is_written_directly_never_replaced():
+    import stat
+
+    plans = plan_outputs(["clip.mp4"], csv="/dev/null")  # not "a file rtfer did not write": nothing is replaced
+    stats = Run(_Pipeline(), _Source(3), plan=plans[0]).execute()
+    assert stats.written == [("/dev/null", "CSV")]
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not [n for n in os.listdir("/dev") if "rtfer" in n or n.startswith(".null.")]

@@ -35,6 +35,18 @@ def temp_path(final: str | os.PathLike, pid: int | None = None) -> Path:
     return final.with_name(f".{final.stem}.{os.getpid() if pid is None else pid}.part{final.suffix}")
 
 
+def is_special(path: str | os.PathLike) -> bool:
+    """An existing path that is neither a regular file nor a folder (``/dev/null``, a FIFO): outputs are written to it
+    directly, without a temporary file or a lock."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    import stat
+
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists (a zombie counts; a pid we may not signal counts)."""
     if pid <= 0:
@@ -92,12 +104,18 @@ class AtomicPath:
         self.error: str | None = None
 
     def begin(self) -> Path:
+        if is_special(self.final):  # /dev/null, a FIFO: written as it is, never replaced by a renamed file
+            self.tmp = self.final
+            return self.tmp
         remove_stale_temps(self.final)
         self.tmp = temp_path(self.final)
         return self.tmp
 
     def commit(self) -> Path:
         """Rename the temporary file to the final path (atomic on one file system)."""
+        if self.tmp == self.final:
+            self.written = True
+            return self.final
         try:
             os.replace(self.tmp, self.final)
         except OSError as exc:
@@ -111,6 +129,8 @@ class AtomicPath:
         """Remove the temporary file; the final path keeps whatever it held before (or nothing)."""
         if reason and not self.error:
             self.error = reason
+        if self.tmp == self.final:
+            return  # a device or FIFO written directly
         try:
             self.tmp.unlink()
         except FileNotFoundError:
@@ -184,8 +204,8 @@ def _video_marked(path: Path) -> bool:
 def check_replace(path: str | os.PathLike, what: str, *, overwrite: bool = False) -> None:
     """Refuse to replace an existing file that rtfer did not write, unless ``overwrite`` (one line, before any work)."""
     path = Path(path).expanduser()
-    if overwrite or not path.exists() or path.is_dir():
-        return  # a directory is refused elsewhere, with its own message
+    if overwrite or not path.exists() or path.is_dir() or is_special(path):
+        return  # a directory is refused elsewhere, with its own message; /dev/null is not replaced by writing it
     if not written_by_rtfer(path):
         raise OutputError(f"{what} {path} exists and was not written by rtfer: pass --overwrite to replace it, or "
                           "choose another path")
