@@ -320,10 +320,6 @@ def check_plans(plans: Sequence[OutputPlan], *, overwrite: bool = False) -> None
 
     from rtfer.sinks.atomic import VIDEO_FORMATS, check_replace
 
-    for plan in plans:
-        check_format(plan.summary_png, SUMMARY_FORMATS, "summary plot")
-        check_format(plan.report, REPORT_FORMATS, "report")
-        check_format(plan.annotated, VIDEO_FORMATS, "annotated video")
     sources: dict[Path, str] = {}
     for plan in plans:
         if not is_live_spec(plan.input):
@@ -345,6 +341,12 @@ def check_plans(plans: Sequence[OutputPlan], *, overwrite: bool = False) -> None
                 raise OutputError(f"the {what} output {path} would overwrite the {seen[resolved]} output of the same "
                                   "run; give each output its own path (several inputs: use --out-dir DIR)")
             seen[resolved] = what
+    for plan in plans:
+        check_format(plan.summary_png, SUMMARY_FORMATS, "summary plot")
+        check_format(plan.report, REPORT_FORMATS, "report")
+        check_format(plan.annotated, VIDEO_FORMATS, "annotated video")
+    for plan in plans:
+        for path, what in plan.outputs():
             check_replace(path, what, overwrite=overwrite)
 
 
