@@ -7,8 +7,8 @@ The videos play one after the other at their own frame rate (as the app plays a 
 screenshot, into a :class:`rtfer.live.server.LiveServer` on a free loopback port. Chromium runs headless with a fresh
 profile and no network besides loopback; the script drives it through the DevTools protocol (with aiohttp, the live
 extra's WebSocket client): it opens the page, then every ``--every`` seconds saves ``DIR/live-N.png`` and prints what
-the page shows (face cards, frames received, timeline points). Needs ``chromium`` on PATH (``apt-get install
-chromium``).
+the page shows (face cards, bars, status, the frame's width, a checksum of the timeline). Needs ``chromium`` on
+PATH (``apt-get install chromium``).
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ PAGE_STATE_JS = """JSON.stringify({
   rate: document.getElementById('rate').textContent,
   frame: document.getElementById('frame').hidden ? null : document.getElementById('frame').naturalWidth,
   timeline: (() => { const c = document.getElementById('timeline'); const d = c.getContext('2d')
-      .getImageData(0, 0, c.width, c.height).data; let n = 0;
-      for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && d[i] + d[i + 1] + d[i + 2] < 600) n++; return n; })()
+      .getImageData(0, 0, c.width, c.height).data; let h = 0;  // a checksum of the timeline's pixels
+      for (let i = 0; i < d.length; i++) h = (h * 31 + d[i]) % 1000000007; return h; })()
 })"""
 
 

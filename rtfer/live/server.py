@@ -90,7 +90,9 @@ class LiveServer:
         self.jpegs = 0  # JPEGs encoded
         self.handoff_dropped = 0
         self.disconnected_slow = 0
+        self.errors = 0
         self._clients: set[_Client] = set()
+        self._snapshot: tuple[_Client, ...] = ()  # the clients, for other threads (stats)
         self._n_clients = 0  # read by the writer thread without the loop
         self._latest: tuple[int, FrameResult, Any] | None = None
         self._run: dict | None = None
@@ -156,24 +158,40 @@ class LiveServer:
         self.frames += 1
         self._latest = (self.frames, result, annotated)
         if self._n_clients:
+            try:
+                text = dumps(frame_message(result, self.frames))
+            except (ValueError, TypeError) as exc:  # a value JSON cannot carry (NaN): skip it, never stop the run
+                self._failed(exc)
+                return
             self.published += 1
-            self._publish(dumps(frame_message(result, self.frames)), True)
+            self._publish(text, True)
 
     def run_started(self, info: dict) -> None:
-        self._run = run_start_message(info)
-        self._publish(dumps(self._run), False)
+        try:
+            self._run = run_start_message(info)
+            self._publish(dumps(self._run), False)
+        except (ValueError, TypeError) as exc:
+            self._failed(exc)
 
     def run_finished(self, stats: Any, status: str) -> None:
         source = (self._run or {}).get("source") or str(getattr(stats, "input", ""))
-        self._publish(dumps(run_end_message(source, status, stats.frames, stats.fps)), False)
+        try:
+            self._publish(dumps(run_end_message(source, status, stats.frames, stats.fps)), False)
+        except (ValueError, TypeError) as exc:
+            self._failed(exc)
         self._run = None
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            log.warning("live server: a message could not be built (%s); such messages are skipped", exc)
 
     def stats(self) -> dict:
         """Counters for tests and benchmarks: per client (kind, sent, skipped, max_queued) and overall."""
         return {"frames": self.frames, "published": self.published, "jpegs": self.jpegs,
                 "handoff_dropped": self.handoff_dropped, "disconnected_slow": self.disconnected_slow,
                 "clients": [{"kind": c.kind, "sent": c.sent, "skipped": c.skipped, "max_queued": c.max_queued,
-                             "queued": len(c.queue)} for c in list(self._clients)]}
+                             "queued": len(c.queue)} for c in self._snapshot]}
 
     def _publish(self, text: str, is_frame: bool) -> None:
         loop = self._loop
@@ -314,13 +332,13 @@ class LiveServer:
         client.transport = request.transport
         client.offer(dumps(hello_message(self._run)), False)
         self._clients.add(client)
-        self._n_clients = len(self._clients)
+        self._snapshot, self._n_clients = tuple(self._clients), len(self._clients)
         log.info("live %s client connected from %s", kind, client.peer)
         return client
 
     def _unregister(self, client: _Client) -> None:
         self._clients.discard(client)
-        self._n_clients = len(self._clients)
+        self._snapshot, self._n_clients = tuple(self._clients), len(self._clients)
         log.info("live %s client %s left (%d messages sent, %d skipped)", client.kind, client.peer, client.sent,
                  client.skipped)
 
