@@ -207,6 +207,7 @@ class OutputPlan:
         from rtfer.sinks import AnnotatedVideoSink, CSVSink, JSONLSink, SummarySink, run_title
 
         outs = outputs if outputs is not None else PlanOutputs()
+        outs.planned = self.outputs()
         stack.push(outs)  # registered before the first open: a sink that fails to open closes those opened
         sinks: list = []
         if self.csv is not None:
@@ -227,6 +228,7 @@ class OutputPlan:
 
             sinks.append(outs.open(ReportSink.for_run(self.report, source, pipeline, command=command), self.report,
                                    "HTML report"))
+        outs.ready = True
         return sinks, summary
 
 
@@ -242,6 +244,8 @@ class PlanOutputs:
         self.written: list[tuple[str, str]] = []
         self.not_written: list[tuple[str, str, str]] = []
         self.failed: list[tuple[str, str, str]] = []  # not written because a write failed (not for want of frames)
+        self.ready = False  # every sink opened: the run started (else nothing is kept)
+        self.planned: list[tuple[str, str]] = []  # (path, what) of the plan's outputs, opened or not
 
     def open(self, sink, path: str | None, what: str):
         self._sinks.append((sink, None if path is None else str(path), what))
@@ -252,6 +256,9 @@ class PlanOutputs:
         """Close every sink (last opened first); returns ``(sink, error)`` for those whose close failed."""
         failed = []
         for sink, _, _ in reversed(self._sinks):
+            output = getattr(sink, "output", None)
+            if not self.ready and output is not None and not output.error:
+                output.error = "the run did not start"  # another output could not be opened
             try:
                 sink.close()
             except Exception as exc:  # noqa: BLE001 - keep closing the others; reported below
@@ -273,6 +280,10 @@ class PlanOutputs:
                 reason = errors.get(id(sink)) or getattr(output, "error", None) or "not finalised"
                 self.not_written.append((path, what, reason))
                 self.failed.append((path, what, reason))
+        known = {path for path, _ in self.written} | {path for path, _, _ in self.not_written}
+        for path, what in self.planned:
+            if path not in known:  # never opened: an output before it could not be
+                self.not_written.append((path, what, "the run did not start"))
         return failed
 
     def __call__(self, exc_type, exc, tb) -> bool:

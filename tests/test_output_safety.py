@@ -466,3 +466,20 @@ def test_dev_null_is_written_directly_never_replaced():
     assert stats.written == [("/dev/null", "CSV")]
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert not [n for n in os.listdir("/dev") if "rtfer" in n or n.startswith(".null.")]
+
+
+def test_an_output_that_cannot_be_opened_keeps_every_other_from_being_written(tmp_path, monkeypatch):
+    import av
+
+    (tmp_path / "out.csv").write_text("source,frame,time_s,face_id,x1\nearlier,0,0.0,1,1\n")  # an earlier run's
+
+    def refuse(*args, **kwargs):
+        raise av.error.PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(av, "open", refuse)
+    with pytest.raises(OutputError) as err:
+        Run(_Pipeline(), _Source(3), plan=_plan(tmp_path, csv=1, annotated=1, summary_png=1)).execute()
+    assert "cannot write video" in str(err.value) and f"not written: CSV {tmp_path / 'out.csv'}" in str(err.value)
+    assert f"summary plot {tmp_path / 'out.png'}" in str(err.value)
+    assert (tmp_path / "out.csv").read_text().startswith("source,frame,time_s,face_id,x1\nearlier")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]

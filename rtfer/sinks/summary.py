@@ -294,6 +294,8 @@ class SummarySink(Sink):
         if self._closed:
             return
         self._closed = True
+        if self.output is not None and self.output.error:
+            return  # the run did not start: no plot
         if self.png_path is not None:
             if self.output is None:
                 self.output = AtomicPath(self.png_path, "summary plot")

@@ -131,7 +131,10 @@ class _TextTimelineSink(Sink):
             self.output.discard(exc.strerror or str(exc))
             raise OutputError(f"cannot write {self.what} {self.path}: {exc.strerror or exc}") from None
         self._fh = None
-        self.output.commit()
+        if self.output.error:  # the run did not start (another output could not be opened): nothing to keep
+            self.output.discard()
+        else:
+            self.output.commit()
 
 
 class CSVSink(_TextTimelineSink):
