@@ -187,6 +187,7 @@ class OutputPlan:
     summary_png: str | None = None
     report: str | None = None
     raw: bool = False
+    annotated_width: int | None = None  # None: the source's width, capped (AnnotatedVideoSink)
 
     def outputs(self) -> list[tuple[str, str]]:
         """``(path, what)`` for every output this input writes."""
@@ -216,7 +217,8 @@ class OutputPlan:
             sinks.append(outs.open(JSONLSink(self.jsonl, raw=self.raw), self.jsonl, "JSON Lines"))
         if self.annotated is not None:
             audio = self.input if getattr(source, "kind", None) == "video" else None
-            sinks.append(outs.open(AnnotatedVideoSink(self.annotated, source.fps or 25.0, audio_from=audio),
+            sinks.append(outs.open(AnnotatedVideoSink(self.annotated, source.fps or 25.0, audio_from=audio,
+                                                      width=self.annotated_width),
                                    self.annotated, "annotated video"))
         describe = pipeline.describe() if callable(getattr(pipeline, "describe", None)) else {}
         summary = outs.open(SummarySink(
@@ -363,7 +365,7 @@ def check_plans(plans: Sequence[OutputPlan], *, overwrite: bool = False) -> None
 
 def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | None = None,
                  annotated: str | None = None, summary_png: str | None = None, report: str | None = None,
-                 raw: bool = False, overwrite: bool = False) -> list[OutputPlan]:
+                 raw: bool = False, overwrite: bool = False, annotated_width: int | None = None) -> list[OutputPlan]:
     """One checked :class:`OutputPlan` per input. ``report`` "" = beside each CSV. A folder of videos, or one
     explicit output path shared by several inputs, is refused: each input must get its own outputs. An existing
     file that rtfer did not write is refused unless ``overwrite`` (see :func:`check_plans`)."""
@@ -381,7 +383,8 @@ def plan_outputs(inputs: Sequence[str], *, csv: str | None = None, jsonl: str | 
     for spec in inputs:
         out = csv or default_output(spec)
         where = None if report is None else (report or str(Path(out).with_suffix(".html")))
-        plans.append(OutputPlan(str(spec), out, jsonl, annotated, summary_png, where, raw))
+        plans.append(OutputPlan(str(spec), out, jsonl, annotated, summary_png, where, raw,
+                                annotated_width=annotated_width))
     check_plans(plans, overwrite=overwrite)
     return plans
 
