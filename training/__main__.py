@@ -1,5 +1,5 @@
 """``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,
-rewrite-graphs,set-combiners,import-backbone,probe}``."""
+rewrite-graphs,set-combiners,import-backbone,probe,member-logits}``."""
 from __future__ import annotations
 
 import argparse
@@ -135,6 +135,14 @@ def _add_probe(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
 
 
+def _add_member_logits(sub) -> None:
+    p = sub.add_parser("member-logits", help="a bundle's members' validation outputs as run folders for fit-stacker")
+    p.add_argument("bundle", help="bundle name or folder")
+    p.add_argument("data", help="packed validation split (.npz)")
+    p.add_argument("-o", "--out", required=True, help="folder for one run folder per member")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+
+
 def _add_curves(sub) -> None:
     p = sub.add_parser("curves", help="plot the validation curves of several runs on one chart (PNG)")
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
@@ -215,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
-                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners, _add_import_backbone, _add_probe):
+                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners, _add_import_backbone, _add_probe, _add_member_logits):
         add(sub)
     return parser
 
@@ -357,10 +365,18 @@ def cmd_probe(a) -> int:
     return 0
 
 
+def cmd_member_logits(a) -> int:
+    from rtfer.training.member_logits import write_member_logits
+
+    write_member_logits(a.bundle, a.data, a.out, precision=a.precision)
+    return 0
+
+
 COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gradcam": cmd_gradcam,
             "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
             "curves": cmd_curves, "quantize": cmd_quantize, "rewrite-graphs": cmd_rewrite_graphs,
-            "set-combiners": cmd_set_combiners, "import-backbone": cmd_import_backbone, "probe": cmd_probe}
+            "set-combiners": cmd_set_combiners, "import-backbone": cmd_import_backbone, "probe": cmd_probe,
+            "member-logits": cmd_member_logits}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,3 +164,24 @@ def test_pretrained_member_exports_with_its_provenance(tmp_path):
     ort = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu").predict(crops)
     tor = rtfer.load_bundle(folder, backend="torch", device="cpu").predict(crops)
     np.testing.assert_allclose(ort, tor, atol=2e-3)
+
+
+def test_member_logits_reproduce_the_bundle_and_feed_the_stacker(tiny_bundle, tmp_path):
+    """member-logits: each member's tempered probabilities as run folders; fit-stacker reads them back unchanged."""
+    import rtfer
+    from rtfer.training.member_logits import write_member_logits
+    from rtfer.training.stacker import load_member_outputs
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 48, 48, 1), dtype=np.uint8)
+    labels = np.arange(20) % 7
+    data = tmp_path / "val.npz"
+    np.savez(data, images=images, labels=labels)
+    folders = write_member_logits(tiny_bundle, data, tmp_path / "runs")
+    bundle = rtfer.load_bundle(tiny_bundle, backend="onnxruntime", device="cpu", precision="fp32")
+    want = bundle.member_probs(np.repeat(images, 3, axis=-1))
+    assert [f.name for f in folders] == [m.name for m in bundle.spec.members]
+    for folder, p in zip(folders, want):
+        probs, lab, temp, _ = load_member_outputs(folder)
+        assert temp == 1.0 and np.array_equal(lab, labels)
+        np.testing.assert_allclose(probs, p, atol=1e-5)

@@ -1,0 +1,54 @@
+"""Validation outputs of a shipped bundle's members (``python -m rtfer.training member-logits``), so that a new
+member can be stacked with them when their training run folders are gone.
+
+Each member runs on onnxruntime exactly as at run time (its ONNX file, its preprocessing, its temperature); the
+result is written as a run folder per member (``val_logits.npz`` holding log-probabilities at the member's
+temperature, ``val.json`` with temperature 1) that ``fit-stacker`` reads like a training run's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from rtfer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def write_member_logits(bundle: str | Path, data: str | Path, out: str | Path, precision: str = "fp32",
+                        batch: int = 256) -> list[Path]:
+    import rtfer
+    from rtfer.training.data import load_split
+    from rtfer.training.evaluate import evaluate_logits
+
+    val = load_split(data)
+    images = val.images
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    if images.shape[1] != images.shape[2]:
+        raise InputError(f"{data}: images must be square, got {images.shape[1:3]}")
+    b = rtfer.load_bundle(bundle, backend="onnxruntime", device="cpu", precision=precision)
+    outs: list[list[np.ndarray]] = [[] for _ in b.spec.members]
+    for i in range(0, len(images), batch):
+        for k, p in enumerate(b.member_probs(np.ascontiguousarray(images[i:i + batch]))):
+            outs[k].append(p)
+    folders = []
+    for m, parts in zip(b.spec.members, outs):
+        probs = np.concatenate(parts).astype(np.float64)
+        logits = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
+        folder = Path(out) / m.name
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "val_logits.npz", logits=logits, labels=val.labels)
+        report = evaluate_logits(logits, val.labels, split="val", temperature=1.0)
+        (folder / "val.json").write_text(json.dumps({"temperature": 1.0, "source": f"bundle {b.spec.name} "
+                                                     f"{b.spec.version} member {m.name} ({precision})",
+                                                     "accuracy": report.classification.accuracy,
+                                                     "mean_class_accuracy":
+                                                         report.classification.mean_class_accuracy}, indent=1))
+        log.info("%s: val accuracy %.4f, mean-class %.4f -> %s", m.name, report.classification.accuracy,
+                 report.classification.mean_class_accuracy, folder)
+        folders.append(folder)
+    return folders
