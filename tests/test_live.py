@@ -413,3 +413,15 @@ def test_open_live_sinks_reads_the_token_from_the_environment(monkeypatch):
         assert _get(server.url)[0] == 401 and _get(server.url + "?token=from-env")[0] == 200
     with pytest.raises(RtferError, match="only used with --serve"):
         open_live_sinks(ExitStack(), serve_token="x")
+
+
+def test_the_live_page_references_nothing_outside_the_server():
+    import re
+    from importlib import resources
+
+    page = resources.files("rtfer.live").joinpath("page.html").read_text(encoding="utf-8")
+    refs = re.findall(r"""(?:src|href|action)\s*=\s*["']([^"']+)|url\(\s*["']?([^"')]+)|@import\s+["']([^"']+)""",
+                      page)
+    assert not [r for group in refs for r in group if r], "the page loads nothing by URL"
+    assert not re.search(r"""["'`](?:https?:)?//""", page), "no absolute URL in the page"
+    assert "location.host" in page and "/frame.jpg" in page  # everything comes from the serving origin
