@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -128,7 +129,11 @@ class LiveServer:
         if self._start_error is not None:
             self._thread.join()
             exc = self._start_error
-            reason = getattr(exc, "strerror", None) or str(exc)
+            errno = getattr(exc, "errno", None)
+            if isinstance(errno, int) and errno > 0:
+                reason = os.strerror(errno)
+            else:  # a host name that does not resolve (socket.gaierror) and the like
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise OutputError(f"--serve cannot listen on {self.host}:{self.port}: {reason}") from None
         log.info("live page at %s (WebSocket %sws, Server-Sent Events %sevents)%s", self.url, self.url, self.url,
                  "; requests need the token" if self.token else "")
