@@ -112,6 +112,8 @@ def video_figure(acc: SummaryAccumulator, faces: list[FaceSummary], Figure,  # n
         t, _, v = acc.binned(f.key)
         # identity is a neutral tone, a dash pattern and a marker, never a hue (hues mean emotions and valence)
         tone, dash, marker, _ = identity_style(f.face_id)
+        gaps = np.flatnonzero(np.diff(t) > acc.bin_s * 1.5) + 1  # break the line where the face was out of view
+        t, v = np.insert(t, gaps, np.nan), np.insert(v, gaps, np.nan)
         ax_val.plot(t + acc.bin_s / 2, v, lw=1.3, color=tone, ls=(0, dash) if dash else "-", marker=marker,
                     markevery=max(1, len(t) // 6), ms=4, label=f.label())
     if len(faces) > 1:
