@@ -13,8 +13,8 @@ prediction on this frame) may take a remaining high-score detection when the det
 was (centre distance up to ``reid_distance`` box sizes, similar size) and, where the frame was given, looks like it:
 each track keeps a colour histogram (hue-saturation, central part of the box) of its detections, compared by the
 Bhattacharyya coefficient (at least ``reid_min_similarity``). A face that the detector misses for a few frames
-thus keeps its ID. A face hidden for longer (behind someone walking past, turned away) keeps it for up to
-``max_age_frames`` (300: 10 s at 30 fps), but only within the shot where it was last seen: a lost track ends when
+thus keeps its ID, for up to ``max_age_frames`` (60: 2 s at 30 fps; a longer memory merged two people on the 4-face
+classroom fixture when detecting on every frame), and only within the shot where it was last seen: a lost track ends when
 the frame's 32 px grey thumbnail differs from the one at the track's last detection by more than ``cut_threshold``
 on average (fixture clips: the same shot 5 to 14 s later, panning included, 0.12 to 0.17; another shot after a title
 card 0.29 to 0.50), since position says nothing across a cut and colour says little (a grey video has none).
@@ -194,7 +194,7 @@ class Tracker:
     - ``min_flow_fraction``: a face is dropped by :meth:`propagate` when fewer of its points survive.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 300, *, high_score: float = 0.5,
+    def __init__(self, iou_threshold: float = 0.3, max_age_frames: int = 60, *, high_score: float = 0.5,
                  low_score: float = 0.1, low_iou_threshold: float = 0.5, velocity_smoothing: float = 0.5,
                  flow_width: int = 640, flow_max_error: float = 1.0, min_flow_fraction: float = 0.5,
                  reid_distance: float = 1.0, reid_max_scale: float = 1.5, reid_min_similarity: float = 0.5,
