@@ -255,3 +255,17 @@ def test_video_frames_above_the_pixel_limit_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("RTFER_MAX_IMAGE_PIXELS", "50000")
     with pytest.raises(InputError, match="each frame is 320x240 pixels"):
         open_source(path)
+
+
+def test_images_cut_inside_their_header_are_clean_errors(tmp_path):
+    """The large fuzz set found a PNG cut inside its IHDR: `internal error: unpack requires a buffer of 8 bytes`."""
+    from rtfer.capture import open_source
+    from rtfer.errors import InputError
+
+    for name, data, header in (("p.png", _png(64, 48), 33), ("g.gif", _gif((64, 48), (64, 48)), 13)):
+        for n in range(1, header):  # PNG: signature + IHDR; GIF: signature + logical screen descriptor
+            path = tmp_path / f"{n}{name}"
+            path.write_bytes(data[:n])
+            with pytest.raises(InputError):  # when opened, or (a GIF opened as a video) when no frame decodes
+                with open_source(path) as src:
+                    list(src)

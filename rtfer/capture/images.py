@@ -28,10 +28,10 @@ def image_dimensions(data: bytes | np.ndarray) -> tuple[int, str] | None:
         return None
     raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     head = raw[:32]
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":  # PNG: IHDR, big-endian
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:  # PNG: big-endian
         w, h = struct.unpack(">II", head[16:24])
         return w * h, f"{w}x{h} pixels"
-    if head[:6] in (b"GIF87a", b"GIF89a"):  # GIF: the logical screen every frame is drawn on, little-endian
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:  # GIF: the logical screen frames are drawn on
         w, h = struct.unpack("<HH", head[6:10])
         return w * h, f"{w}x{h} pixels"
     buffer = io.BytesIO(raw)
