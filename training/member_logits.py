@@ -2,8 +2,10 @@
 member can be stacked with them when their training run folders are gone.
 
 Each member runs on onnxruntime exactly as at run time (its ONNX file, its preprocessing, its temperature); the
-result is written as a run folder per member (``val_logits.npz`` holding log-probabilities at the member's
-temperature, ``val.json`` with temperature 1) that ``fit-stacker`` reads like a training run's.
+result is written as a run folder per member that ``fit-stacker`` reads like a training run's: ``val_logits.npz``
+(``T * log p``, logits that give the member's tempered probabilities ``p`` back at its temperature ``T``),
+``val.json`` (that temperature), and ``best.pt``, a training checkpoint rebuilt from the member's ONNX weights (its
+FP16-stored values, exactly), so that ``export`` can put the member into a new bundle.
 """
 from __future__ import annotations
 
@@ -16,6 +18,24 @@ import numpy as np
 from rtfer.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def _checkpoint_from_onnx(spec, member, path: Path) -> None:
+    """A training checkpoint (``load_checkpoint`` reads it) holding the member's ONNX weights."""
+    import torch
+
+    from rtfer.backends.torch import load_onnx_weights
+    from rtfer.models import create_model
+
+    model = create_model(member.architecture, **member.arch_kwargs)
+    load_onnx_weights(model, spec.path / member.file)
+    cfg = {"input_size": member.input_size, "mean": list(member.mean), "std": list(member.std),
+           "color": member.color}
+    torch.save({"architecture": member.architecture, "arch_kwargs": dict(member.arch_kwargs),
+                "model": model.state_dict(), "default_cfg": cfg, "epoch": None,
+                "provenance": {"pretrained_from": member.pretrained_from, "weights_license": member.weights_license,
+                               "training_data": member.training_data},
+                "source": f"bundle {spec.name} {spec.version} member {member.name}"}, path)
 
 
 def write_member_logits(bundle: str | Path, data: str | Path, out: str | Path, precision: str = "fp32",
@@ -38,12 +58,13 @@ def write_member_logits(bundle: str | Path, data: str | Path, out: str | Path, p
     folders = []
     for m, parts in zip(b.spec.members, outs):
         probs = np.concatenate(parts).astype(np.float64)
-        logits = np.log(np.clip(probs, 1e-12, 1.0)).astype(np.float32)
+        logits = (m.temperature * np.log(np.clip(probs, 1e-12, 1.0))).astype(np.float32)
         folder = Path(out) / m.name
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "val_logits.npz", logits=logits, labels=val.labels)
-        report = evaluate_logits(logits, val.labels, split="val", temperature=1.0)
-        (folder / "val.json").write_text(json.dumps({"temperature": 1.0, "source": f"bundle {b.spec.name} "
+        report = evaluate_logits(logits, val.labels, split="val", temperature=m.temperature)
+        _checkpoint_from_onnx(b.spec, m, folder / "best.pt")
+        (folder / "val.json").write_text(json.dumps({"temperature": m.temperature, "source": f"bundle {b.spec.name} "
                                                      f"{b.spec.version} member {m.name} ({precision})",
                                                      "accuracy": report.classification.accuracy,
                                                      "mean_class_accuracy":

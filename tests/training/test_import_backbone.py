@@ -181,7 +181,11 @@ def test_member_logits_reproduce_the_bundle_and_feed_the_stacker(tiny_bundle, tm
     bundle = rtfer.load_bundle(tiny_bundle, backend="onnxruntime", device="cpu", precision="fp32")
     want = bundle.member_probs(np.repeat(images, 3, axis=-1))
     assert [f.name for f in folders] == [m.name for m in bundle.spec.members]
-    for folder, p in zip(folders, want):
+    from rtfer.training.train import load_checkpoint
+
+    for folder, p, m in zip(folders, want, bundle.spec.members):
         probs, lab, temp, _ = load_member_outputs(folder)
-        assert temp == 1.0 and np.array_equal(lab, labels)
+        assert temp == m.temperature and np.array_equal(lab, labels)
         np.testing.assert_allclose(probs, p, atol=1e-5)
+        model, ckpt = load_checkpoint(folder / "best.pt")  # the member's weights, ready for export
+        assert ckpt["architecture"] == m.architecture and model.default_cfg["input_size"] == m.input_size
