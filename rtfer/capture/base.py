@@ -61,10 +61,11 @@ def check_pixel_count(pixels: int, dims: str, what: str) -> None:
 
 
 _STDERR_LOCK = threading.Lock()
-#: What C decoders print on their own: libpng, libjpeg, libtiff, OpenCV's log. Kept out of the terminal (it reaches
-#: stderr even under -q), logged at debug and named in our one-line messages instead.
-_CODEC_NOISE = ("libpng", "Corrupt JPEG", "Premature end of JPEG", "Invalid JPEG", "Not a JPEG", "JPEG datastream",
-                "Bogus", "TIFF", "[ WARN", "[ERROR", "[ INFO", "imread_", "libtiff", "warning: ", "error: ")
+#: Lines written to stderr while a decoder runs that are not the decoder's: our own log lines and a progress bar
+#: (another thread's, in the few milliseconds of the capture). Everything else there is the decoder's (libpng, libjpeg,
+#: libtiff, OpenCV's log), kept out of the terminal (it reached stderr even under -q), logged at debug and named in
+#: our one-line messages instead.
+_NOT_DECODER = ("rtfer", "%|", "frame/s", "frames/s")
 
 
 @contextlib.contextmanager
@@ -99,7 +100,7 @@ def captured_stderr() -> Iterator[list[str]]:
     other = []
     for line in text.splitlines():
         if line.strip():
-            (lines if any(mark in line for mark in _CODEC_NOISE) else other).append(line.strip())
+            (other if any(mark in line for mark in _NOT_DECODER) else lines).append(line.strip())
     for line in lines:
         log.debug("decoder: %s", line)
     if other:
