@@ -6,7 +6,10 @@
 ``--fixtures`` needs no CSV: it replays the fixture clips' cached per-frame classifications
 (``benchmarks/fixture_tracks.py``) through the default classification rate and smoothing, printing per face the
 switches per second raw vs smoothed and, on the labelled clips, mean confidence, accuracy and ECE raw vs smoothed
-(with and without the confidence temperature) plus the temperature fitted leave-one-clip-out.
+(with and without the confidence temperature) plus the temperature fitted leave-one-clip-out (for comparison only:
+no default is fitted on clips); how correlated neighbouring frames are; and issue 24's before/after table per clip
+(switches per second, confidence vs accuracy, AUROC, calm faces' valence per combiner, image vs video), saying which
+clips the defaults were tuned on.
 
 For every (source, face_id) with at least two rows it prints frames, seconds, label switches per second and the
 mean total variation of the raw (``raw_<class>``) and smoothed (``<class>``) probabilities. ``--resmooth`` also
@@ -161,7 +164,9 @@ def fixture_rows(bundle: str = "default", *, smoothing: str = "hmm", strength: f
 
     raw = [(r, y) for r, _, y in labelled]
     smooth = [(o, y) for _, o, y in labelled]
-    rows = [cal("raw", raw, 1.0), cal("smoothed", smooth, 1.0), cal("smoothed", smooth, temperature)]
+    rows = [cal("raw", raw, 1.0), cal("smoothed", smooth, 1.0)]
+    if temperature != 1.0:
+        rows.append(cal("smoothed", smooth, temperature))
     if len(smooth) > 1:  # leave one clip out: fit T by NLL on the others, score the held-out clip at that T
         grid = np.arange(1.0, 8.01, 0.25)
 
@@ -191,6 +196,45 @@ def _auroc(score, positive) -> float:
     from val_calibration import auroc
 
     return auroc(np.asarray(score), np.asarray(positive, bool))
+
+
+def correlated_evidence(bundle: str = "default", half_life_s: float = 0.2, fps: float = 30.0) -> dict:
+    """Why smoothing must not count neighbouring frames as independent evidence, measured on the fixture clips
+    without labels (tracks of >= 100 frames): how often a face's per-frame label equals its label k frames later,
+    the autocorrelation of the top-class log-odds around the track's mean, and the effective number of independent
+    observations that correlation leaves in an EMA window of ``half_life_s`` (``1 / sum_ij w_i w_j rho(|i - j|)``;
+    independent frames would give ``1 / sum_i w_i^2``). The track's mean itself (what makes a face read right or
+    wrong) is shared by every frame: for the label's correctness a window is one observation."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fixture_tracks import collect
+
+    lags = (1, 3, 10, 30, 90)
+    agree: dict[int, list[bool]] = {k: [] for k in lags}
+    series = []
+    for c in collect(bundle):
+        for rows in c.tracks().values():
+            if len(rows) < 100:
+                continue
+            lab, fr = c.raw[rows].argmax(1), c.frame[rows]
+            for k in lags:
+                i = np.arange(len(rows) - k)
+                ok = fr[i + k] - fr[i] == k
+                agree[k] += (lab[i + k] == lab[i])[ok].tolist()
+            p = np.clip(c.raw[rows], 1e-6, 1 - 1e-6)
+            top = np.bincount(lab, minlength=len(CLASSES)).argmax()
+            z = np.log(p[:, top]) - np.log1p(-p[:, top])
+            series.append(z - z.mean())
+    den = sum(float((x * x).sum()) for x in series)
+    n = 120
+    rho = np.array([1.0] + [sum(float((x[:-k] * x[k:]).sum()) for x in series if len(x) > k) / den
+                            for k in range(1, n)])
+    a = 1 - 0.5 ** (1 / (half_life_s * fps))
+    w = a * (1 - a) ** np.arange(n)
+    w /= w.sum()
+    r = rho[np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])]
+    return {"same_label_after": {k: float(np.mean(v)) for k, v in agree.items() if v},
+            "autocorrelation": {k: float(rho[k]) for k in (1, 3, 10, 30, 90)},
+            "n_eff_window": float(1 / (w @ r @ w)), "n_if_independent": float(1 / (w @ w))}
 
 
 def before_after(bundle: str = "default", rate: float | None = None) -> tuple[list[dict], list[dict], list[dict]]:
@@ -241,12 +285,15 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
                        "accuracy": float(right.mean()), "gap": float(abs(conf.mean() - right.mean())),
                        "auroc": _auroc(conf, right), "ece": expected_calibration_error(conf, right)})
     # valence of calm faces: which faces are calm is decided on the default combiner's raw labels
-    calm = {}
+    calm, strict = {}, set()
+    neutral = CLASSES.index("neutral")
     for c in clips:
         for tid, rows in c.tracks().items():
             t = c.time_s[rows]
-            if c.label is None and t[-1] - t[0] >= 1.0 and np.mean(c.raw[rows].argmax(1) == CLASSES.index("neutral")) >= 0.9:
+            if c.label is None and t[-1] - t[0] >= 1.0 and np.mean(c.raw[rows].argmax(1) == neutral) >= 0.9:
                 calm.setdefault(c.clip, []).append(tid)
+                if c.raw[rows, neutral].mean() >= 0.85:  # the model itself sure of neutral (the issue's 0.94 face)
+                    strict.add((c.clip, tid))
     for combiner in ("default", "balanced"):
         try:
             cl = collect(bundle, combiner=combiner) if combiner != "default" else clips
@@ -259,18 +306,22 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
                 continue
             tracks = c.tracks()
             for name, factory in configs.items():
-                means, image_gap = [], []
+                means, image_gap, sure = [], [], []
                 for tid in calm[c.clip]:
                     rows = tracks.get(tid)
                     if rows is None:
                         continue
                     out, _ = replay(c.time_s[rows], c.raw[rows], rate, factory)
                     means.append(float(valence(out).mean()))
+                    if (c.clip, tid) in strict:
+                        sure.append(means[-1])
                     # an image of the same frame: rtfer classifies images without smoothing or temperature
                     image_gap.append(float(np.abs(valence(out) - valence(c.raw[rows])).mean()))
                 val_rows.append({"combiner": combiner, "clip": Path(c.clip).stem.replace("unlabeled_", "")[:30],
                                  "smoothing": name, "calm_faces": len(means), "valence_mean": float(np.mean(means)),
                                  "valence_min": min(means), "valence_max": max(means),
+                                 "sure_faces": len(sure), "sure_min": min(sure) if sure else None,
+                                 "sure_max": max(sure) if sure else None,
                                  "image_vs_video": float(np.mean(image_gap))})
     return per_clip, pooled, val_rows
 
@@ -292,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         print("# labelled fixture frames: calibration raw vs smoothed")
         print(format_table(cal))
         print()
+        ev = correlated_evidence(args.bundle)
+        print("# neighbouring frames are not independent evidence (fixture tracks of >= 100 frames, no labels)")
+        print("same label k frames later: " + ", ".join(f"k={k}: {v:.3f}" for k, v in ev["same_label_after"].items()))
+        print("log-odds autocorrelation:  " + ", ".join(f"k={k}: {v:.2f}" for k, v in ev["autocorrelation"].items()))
+        print(f"independent observations in the 0.2 s EMA window: {ev['n_eff_window']:.2f} "
+              f"(independent frames would give {ev['n_if_independent']:.1f})")
+        print()
         per_clip, pooled, val_rows = before_after(args.bundle)
         print("# before (hmm 0.5, no hysteresis, --confidence-temperature 3) vs after (defaults); split: whether the")
         print(f"# defaults were tuned on the clip ({', '.join(TUNED_ON)}); the confidence scale saw no clip")
@@ -299,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_table(pooled))
         print()
-        print("# valence of calm faces (raw neutral on >= 90% of rows), per combiner; image_vs_video: mean |valence of")
-        print("# the smoothed row - valence of the same frame classified as a still image|")
+        print("# valence of calm faces (raw label neutral on >= 90% of rows; sure_: of those, mean raw neutral >= 0.85),")
+        print("# per combiner; image_vs_video: mean |valence of the smoothed row - valence of the same frame classified")
+        print("# as a still image (no smoothing)|")
         print(format_table(val_rows))
         print()
     for path in args.csv:

@@ -26,11 +26,25 @@ the previous update (a seek or a new source) clears every track.
   probabilities (half-life ``ema_half_life(strength)``, which keeps the model's own confidence scale) as its
   probabilities, with the HMM state as the label: where the two disagree (a near tie the filter holds through) the
   state and the estimate's top class share their probability mass, the state 1e-4 ahead.
+  Hysteresis: the shown label (kept per track) moves to the belief's top class only when that class leads the
+  shown one by ``margin`` in log belief (``HMM_SWITCH_MARGIN`` = 2: odds of e^2 = 7.4), so a near tie that tips
+  back and forth for a few frames does not flip the label, while a real change still shows within 8 frames at
+  30 fps (6 frames on a weak 0.5 step at 10 classifications per second).
 
-Honest confidence: the classifier is overconfident on video (fixture clips: mean confidence 0.86 at 50% frame
-accuracy). ``confidence_temperature`` (``T`` >= 1, default 1 here, the pipeline passes
-``CONFIDENCE_TEMPERATURE`` = 3, the NLL-optimal temperature on the labelled fixture frames) divides the smoothed
-log-probabilities by ``T`` before they are reported; it changes no label. ``benchmarks/smoothing_stability.py --fixtures`` measures ECE raw vs smoothed and re-fits it.
+Confidence, and why smoothing must not pile up evidence: the reported probability is meant to be the probability
+that the shown label is right. One classification's probabilities are calibrated on the FER+ val crops, large and
+trusted labels (the bundle's own temperature; ``benchmarks/val_calibration.py``: ECE 0.023, the NLL-optimal extra
+temperature 1.00). Neighbouring frames of one face are not independent observations of it: on the fixture clips a
+face's per-frame label equals its label 1 s later on 95% of frames, the top-class log-odds fluctuate with a
+correlation of 0.85 from one frame to the next and 0.5 ten frames apart, so a 0.2 s window holds about 1.7
+independent observations of those fluctuations, not the 17 that independent frames would give; and the part that
+decides whether a face reads right or wrong (a face the model misreads is misread on every frame) is shared by
+every frame, so for correctness a window is one observation. A filter that multiplies per-frame likelihoods
+counts each frame as new evidence and reports 0.99+ however often it is wrong. So the reported probabilities are
+the time-weighted average of the per-frame calibrated probabilities (one pooled observation): neither sharpened
+by the number of frames nor flattened afterwards. ``confidence_temperature`` (``T`` >= 1, default 1; the pipeline's
+default ``CONFIDENCE_TEMPERATURE`` is 1 too) still divides the smoothed log-probabilities by ``T`` for users who
+want flatter output; it changes no label. ``benchmarks/smoothing_stability.py --fixtures`` measures all of this.
 """
 from __future__ import annotations
 
