@@ -12,8 +12,11 @@ flow between detections, no classifier) and prints:
   kept through misses) and ``carried_max``: the longest such run in frames;
 - ``rows``: face rows written.
 
-    python benchmarks/tracking_stability.py                          # classroom fixture, default options
+    python benchmarks/tracking_stability.py                          # the 6- and 4-face classrooms, the portrait
     python benchmarks/tracking_stability.py VIDEO --every 1 --persons 10 --json out.json
+
+Without ``--persons`` the fixture clips use the people counted by eye (``tracker_compare.PERSONS``).
+Side by side with other trackers on the same detections: ``benchmarks/tracker_compare.py``.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_VIDEO = (Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "videos"
-                 / "unlabeled_george210843_classroom_6faces.mp4")
+_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "videos"
+DEFAULT_VIDEO = _FIXTURES / "unlabeled_george210843_classroom_6faces.mp4"
+DEFAULT_VIDEOS = (DEFAULT_VIDEO, _FIXTURES / "unlabeled_george210843_classroom_4faces.mp4",
+                  _FIXTURES / "unlabeled_kameshpravin_grayscale_portrait_01.mp4")
 
 
 def track_video(video: str | Path, *, every: int = 3, bundle: str = "default", detector=None,
@@ -97,19 +102,27 @@ def id_stats(frames, *, every: int = 3, persons: float | None = None, min_s: flo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("video", nargs="?", default=str(DEFAULT_VIDEO))
+    ap.add_argument("video", nargs="*", default=[str(v) for v in DEFAULT_VIDEOS])
     ap.add_argument("--every", type=int, default=3, help="detect every N frames (default 3, as rtfer analyze)")
     ap.add_argument("--persons", type=float, default=None, help="people in the clip (default: estimated)")
     ap.add_argument("--bundle", default="default", help="bundle whose detector to use")
     ap.add_argument("--json", default="")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    stats = id_stats(track_video(a.video, every=a.every, bundle=a.bundle), every=a.every, persons=a.persons)
-    print(f"# {Path(a.video).name}, --every {a.every}")
-    for k, v in stats.items():
-        print(f"{k:12s} {v:.2f}" if isinstance(v, float) else f"{k:12s} {v}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tracker_compare import PERSONS
+
+    everything = {}
+    for video in a.video:
+        persons = a.persons if a.persons is not None else PERSONS.get(Path(video).stem)
+        stats = id_stats(track_video(video, every=a.every, bundle=a.bundle), every=a.every, persons=persons)
+        everything[Path(video).name] = stats
+        print(f"# {Path(video).name}, --every {a.every}")
+        for k, v in stats.items():
+            print(f"{k:12s} {v:.2f}" if isinstance(v, float) else f"{k:12s} {v}")
     if a.json:
-        Path(a.json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        out = everything if len(everything) != 1 else next(iter(everything.values()))
+        Path(a.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
