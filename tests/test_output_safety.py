@@ -483,3 +483,17 @@ def test_an_output_that_cannot_be_opened_keeps_every_other_from_being_written(tm
     assert f"summary plot {tmp_path / 'out.png'}" in str(err.value)
     assert (tmp_path / "out.csv").read_text().startswith("source,frame,time_s,face_id,x1\nearlier")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_a_resumed_batch_removes_what_a_killed_worker_left_but_not_a_live_runs_files(tmp_path):
+    from rtfer.batch import worker
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    d, live = dead.pid, os.getppid()
+    left = [f".clip.{d}.part.csv", f"..clip.{d}.part.{d}.part.csv", f"..clip.{d}.part.csv.rtfer-lock"]
+    kept = [f".clip.{live}.part.csv", f"..clip.{live}.part.{live}.part.csv", "clip.csv", ".other.123.part.csv"]
+    for name in left + kept:
+        (tmp_path / name).write_text("x")
+    worker._remove_stale_temps(tmp_path / "clip.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -22,10 +22,25 @@ def _temp_path(output: Path) -> Path:
 
 
 def _remove_stale_temps(output: Path) -> None:
-    """Remove temporary files of ``output`` left by killed runs; a live process's (another run's) is kept."""
-    from rtfer.sinks.atomic import remove_stale_temps
+    """Remove what a killed worker left for ``output``: its temporary file ``.STEM.PID.partSUFFIX``, the run layer's
+    temporary file beside that one and their lock files. A live process's files (another run's) are kept."""
+    import re
 
-    remove_stale_temps(output)
+    from rtfer.sinks.atomic import pid_alive
+
+    pattern = re.compile(r"^\.\.?" + re.escape(output.stem) + r"\.(\d+)\.part")
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
+            try:
+                (output.parent / name).unlink()
+                log.info("removed %s, left by a worker that was killed", output.parent / name)
+            except OSError:
+                pass
 
 
 _PIPELINE_CACHE: dict[str, Pipeline] = {}
