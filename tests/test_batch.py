@@ -288,6 +288,7 @@ def pool_fake(task: VideoTask, options) -> VideoResult:
     """Per-video function run in spawned workers: reports its pid and thread cap; 'die' kills the worker."""
     text = Path(task.input).read_text()
     if text == "die":
+        time.sleep(0.5)  # let the siblings' results arrive first: only this video's failure is then certain
         os._exit(3)
     if text == "bad":
         raise ValueError("unexpected failure\nin a worker")

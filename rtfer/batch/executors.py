@@ -55,11 +55,16 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
     in_flight: dict = {}
     try:
         while queue or in_flight:
+            broken = False
             while queue and len(in_flight) < workers:
                 task = queue.pop()
-                in_flight[pool.submit(fn, task, options)] = task
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            broken = False
+                try:
+                    in_flight[pool.submit(fn, task, options)] = task
+                except BrokenProcessPool:  # a worker died since the last wait: this task never started
+                    queue.append(task)
+                    broken = True
+                    break
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED) if in_flight else (set(), set())
             for fut in done:
                 task = in_flight.pop(fut)
                 try:
