@@ -497,3 +497,38 @@ def test_a_resumed_batch_removes_what_a_killed_worker_left_but_not_a_live_runs_f
         (tmp_path / name).write_text("x")
     worker._remove_stale_temps(tmp_path / "clip.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_pool_broken_between_wait_and_submit_is_replaced_not_fatal(monkeypatch, tmp_path):
+    """A worker that dies after the last wait makes the next submit raise BrokenProcessPool: the task is retried on
+    a fresh pool instead of the driver crashing."""
+    import concurrent.futures
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rtfer.batch import VideoResult, VideoTask
+    from rtfer.batch.executors import run_pool
+
+    pools = []
+
+    class FakePool:
+        def __init__(self, *args, **kwargs):
+            self.submits = 0
+            pools.append(self)
+
+        def submit(self, fn, task, options):
+            self.submits += 1
+            if len(pools) == 1 and self.submits == 2:
+                raise BrokenProcessPool("a child process terminated abruptly")
+            fut = Future()
+            fut.set_result(fn(task, options))
+            return fut
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", FakePool)
+    tasks = [VideoTask(f"{i}.mp4", str(tmp_path / f"{i}.csv")) for i in range(3)]
+    results = list(run_pool(tasks, None, lambda t, o: VideoResult(t.input, t.output, "ok"), 1, 1))
+    assert sorted(r.input for r in results) == ["0.mp4", "1.mp4", "2.mp4"] and {r.status for r in results} == {"ok"}
+    assert len(pools) == 2
