@@ -423,6 +423,9 @@ def test_a_run_replaces_its_earlier_output_but_not_a_file_of_the_users(tmp_path)
     notes.write_text("my,own\n1,2\n")
     with pytest.raises(OutputError, match="was not written by rtfer: pass --overwrite"):
         plan_outputs([str(tmp_path / "clip.mp4")], csv=str(notes))
+    empty = tmp_path / "mktemp.csv"
+    empty.touch()  # an empty file holds nothing to lose
+    plan_outputs([str(tmp_path / "clip.mp4")], csv=str(empty))
     plans = plan_outputs([str(tmp_path / "clip.mp4")], csv=str(notes), overwrite=True)
     Run(_Pipeline(), _Source(2), plan=plans[0]).execute()
     assert _rows(notes)[0]["source"] == "clip"

@@ -67,10 +67,10 @@ def _refuse_foreign_outputs(todo: list[VideoTask], index: Path | None = None) ->
     """The same rule as a single run: an existing file at an output path is replaced only when rtfer wrote it (a
     failed or interrupted video's earlier output), never a file of the user's without ``overwrite``."""
     from rtfer.errors import OutputError
-    from rtfer.sinks.atomic import written_by_rtfer
+    from rtfer.sinks.atomic import replaceable
 
     paths = [p for t in todo for p in (t.output, t.report) if p] + ([str(index)] if index is not None else [])
-    foreign = [p for p in paths if Path(p).is_file() and not written_by_rtfer(p)]
+    foreign = [p for p in paths if not replaceable(p)]
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise OutputError(f"{foreign[0]}{more} exists and was not written by rtfer: pass --overwrite to replace it, "

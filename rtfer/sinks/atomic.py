@@ -201,12 +201,25 @@ def _video_marked(path: Path) -> bool:
         return False
 
 
+def replaceable(path: str | os.PathLike) -> bool:
+    """Whether an output may be written at ``path`` without ``--overwrite``: nothing is there, an empty file (``mktemp``
+    makes one; it holds nothing to lose), a device such as ``/dev/null`` (written, not replaced), or an earlier rtfer
+    output (:func:`written_by_rtfer`). A directory counts too: it is refused elsewhere, with its own message."""
+    path = Path(path).expanduser()
+    try:
+        if not path.exists() or path.is_dir() or is_special(path) or path.stat().st_size == 0:
+            return True
+    except OSError:
+        return True  # unreadable: writing it fails with its own message
+    return written_by_rtfer(path)
+
+
 def check_replace(path: str | os.PathLike, what: str, *, overwrite: bool = False) -> None:
     """Refuse to replace an existing file that rtfer did not write, unless ``overwrite`` (one line, before any work)."""
     path = Path(path).expanduser()
-    if overwrite or not path.exists() or path.is_dir() or is_special(path):
-        return  # a directory is refused elsewhere, with its own message; /dev/null is not replaced by writing it
-    if not written_by_rtfer(path):
-        raise OutputError(f"{what} {path} exists and was not written by rtfer: pass --overwrite to replace it, or "
-                          "choose another path")
-    log.info("replacing %s (an earlier rtfer output)", path)
+    if overwrite or replaceable(path):
+        if path.is_file() and path.stat().st_size > 0:
+            log.info("replacing %s", path)
+        return
+    raise OutputError(f"{what} {path} exists and was not written by rtfer: pass --overwrite to replace it, or "
+                      "choose another path")
