@@ -102,7 +102,7 @@ class _FaceReader:
         if crops not in ("auto", "yes", "no"):
             raise ValueError(f"crops must be auto, yes or no, got {crops!r}")
         self.spec = spec
-        self.sizes = sorted({m.input_size for m in spec.members})
+        self.sizes = sorted({m.crop_size for m in spec.members})
         self.detector_name = detector
         self.crops_mode = crops
         self.clip_frames = int(clip_frames)

@@ -98,7 +98,7 @@ def member_features(spec: BundleSpec, crops: dict[int, np.ndarray], batch: int =
         else:
             model.graph.output.append(helper.make_tensor_value_info(head.embedding, TensorProto.FLOAT, None))
         sess = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-        x_all = preprocess(crops[m.input_size], m)
+        x_all = preprocess(crops[m.crop_size], m)
         names = [o.name for o in sess.get_outputs()]
         logits, embs = [], []
         for i in range(0, len(x_all), batch):

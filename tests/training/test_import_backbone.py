@@ -189,3 +189,27 @@ def test_member_logits_reproduce_the_bundle_and_feed_the_stacker(tiny_bundle, tm
         np.testing.assert_allclose(probs, p, atol=1e-5)
         model, ckpt = load_checkpoint(folder / "best.pt")  # the member's weights, ready for export
         assert ckpt["architecture"] == m.architecture and model.default_cfg["input_size"] == m.input_size
+
+
+def test_align_size_feeds_a_member_the_softness_it_was_trained_on(tiny_bundle, tmp_path):
+    """A member with align_size 48 gets 48 px crops upsampled to its input: the runtime aligns at 48 for it."""
+    import json
+    import shutil
+
+    import rtfer
+    from rtfer.bundle import BUNDLE_FILE
+
+    folder = tmp_path / "b"
+    shutil.copytree(tiny_bundle, folder)
+    meta = json.loads((folder / BUNDLE_FILE).read_text())
+    meta["members"][1]["align_size"] = 48
+    (folder / BUNDLE_FILE).write_text(json.dumps(meta))
+    b = rtfer.load_bundle(folder, backend="onnxruntime", device="cpu")
+    m = b.spec.members[1]
+    assert m.input_size != 48 and m.crop_size == 48 and 48 in b.input_sizes and m.input_size not in b.input_sizes
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    sharp = rng.integers(0, 256, (2, m.input_size, m.input_size, 3), dtype=np.uint8)
+    probs = b.member_probs({48: small, m.input_size: sharp, b.spec.members[0].input_size: small})
+    want = b.member_probs(small)  # the 48 px crops, resized per member
+    np.testing.assert_allclose(probs[1], want[1], atol=1e-6)
