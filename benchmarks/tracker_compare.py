@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             frames = run_tracker(n, video, det, a.every)
             if n == "rtfer":
                 reference = frames
-            s = id_stats(frames, every=a.every, persons=PERSONS.get(video.stem))
+            known = PERSONS.get(video.stem)
+            s = id_stats(frames, every=a.every, persons=None if known is None else float(known))
             row = {"clip": video.stem.replace("unlabeled_", "")[:32], "tracker": n, "persons": s["persons"],
                    "ids": s["ids"], "ids_0.5s": s["ids_0.5s"], "per_person": s["per_person"], "jumps": s["jumps"]}
             if not a.no_hide:
