@@ -4,6 +4,7 @@ They only draw what they are given; none of them runs inference or touches the p
 """
 from __future__ import annotations
 
+import html
 import logging
 
 import numpy as np
@@ -169,6 +170,7 @@ class ProbabilityPanel(QScrollArea):
         self._layout.setContentsMargins(4, 4, 4, 4)
         self._layout.setSpacing(2)
         self.caption = QLabel()  # image folders: which image the bars belong to
+        self.caption.setTextFormat(Qt.TextFormat.PlainText)  # file names are shown as they are
         self.caption.setStyleSheet("color: #333333; font-weight: bold; padding: 2px 4px;")
         self.caption.hide()
         self._layout.addWidget(self.caption)
@@ -348,7 +350,8 @@ class TimelineWidget(QWidget):
                 curve = self.valence_plot.plot(pen=track_pen(s.track_id))
                 self._valence_curves[s.track_id] = curve
                 self._dominant_curves[s.track_id] = self.dominant_plot.plot(
-                    pen=None, symbol={"^": "t"}.get(marker, marker), symbolSize=6, symbolPen=pg.mkPen(tone), symbolBrush=pg.mkBrush(tone))
+                    pen=None, symbol={"^": "t"}.get(marker, marker), symbolSize=6, symbolPen=pg.mkPen(tone),
+                    symbolBrush=pg.mkBrush(tone))
             curve.setData(s.times, s.valence)
             dominant = level_probs(s.probs, self.scale).argmax(axis=1).astype(np.float32)
             # spread tracks a little so overlapping tracks stay visible
@@ -397,7 +400,7 @@ class TimelineWidget(QWidget):
         self._image_dominant.setData(x=xs, y=doms, brush=dom_brushes)
         if last is not None:
             faces = len(last.valence)
-            self.legend_label.setText(f"Image {last.index}: <b>{last.name}</b> &nbsp;·&nbsp; {faces} face"
+            self.legend_label.setText(f"Image {last.index}: <b>{html.escape(last.name)}</b> &nbsp;·&nbsp; {faces} face"
                                       f"{'' if faces == 1 else 's'} (points: one per face; colours: valence above, "
                                       "emotion below)")
         else:
@@ -427,7 +430,7 @@ class TimelineWidget(QWidget):
                 levels = level_probs(probs, self.scale)
                 top = int(np.argmax(levels))
                 parts.append(f"<b>face {row}</b> {val:+.2f} {pretty(names[top])} {100 * levels[top]:.0f}%")
-            text = (f"image {entry.index} ({entry.name}): &nbsp;" +
+            text = (f"image {entry.index} ({html.escape(entry.name)}): &nbsp;" +
                     (" &nbsp;·&nbsp; ".join(parts) if parts else "no face"))
         self.hover_label.setText(text)
         return text
