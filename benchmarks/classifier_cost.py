@@ -149,7 +149,8 @@ def record(bundle_name: str, result: dict) -> None:
     cost = {r["what"].split(" ")[0]: round(r["ms_per_face"], 2) for r in result["rows"] if r["batch"] == first}
     meta.setdefault("metrics", {})["cost_ms_per_face"] = cost
     meta["metrics"]["cost_note"] = (f"benchmarks/classifier_cost.py: onnxruntime, {result['threads']} thread(s), "
-                                    f"batch {first}, median, precision {result.get('precision', 'fp32')}")
+                                    f"batch {first}, median, precision {result.get('precision', 'fp32')}, "
+                                    f"{result.get('clock', 'wall')} clock")
     write_bundle_json(folder, meta)
     log.warning("recorded %s in %s", cost, folder / BUNDLE_FILE)
 

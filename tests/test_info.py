@@ -23,7 +23,8 @@ def test_info_tables_name_every_section(capsys):
 def test_info_names_another_builtin_bundle(capsys):
     assert main(["info", "--bundle", "fast"]) == 0
     out = capsys.readouterr().out
-    assert "bundle fast" in out and "convnextv2" in out and "resnet18_cbam_attn" not in out
+    assert "bundle fast" in out and "faceres29" in out and "resnet18_cbam_attn" not in out
+    assert "dlib_face_recognition_resnet_model_v1" in out and "CC0-1.0" in out  # its provenance
 
 
 def test_info_json_is_complete(capsys):

@@ -376,13 +376,18 @@ OWN_WEIGHTS_LICENSE = "MIT (rtfer; trained by the project)"
 
 
 def member_provenance(member: dict, model) -> dict:
-    """bundle.json provenance of a member: given explicitly, or from the backbone the model was built on."""
+    """bundle.json provenance of a member: given explicitly, else the model's own record. A model built on a
+    pretrained backbone records the backbone (``pretrained_from`` != "none"), whose licence and data are named
+    beside the project's; a from-scratch member's record is taken as it is."""
     given = dict(member.get("provenance") or {})
     pre = dict(getattr(model, "provenance", {}) or {})
     pretrained = given.get("pretrained_from") or pre.get("pretrained_from") or "none"
-    data = given.get("training_data") or FER_PLUS_DATA
-    if pretrained != "none" and pre.get("training_data") and not given.get("training_data"):
-        data = f"{data}; backbone pretrained on {pre['training_data']}"
+    if pretrained == "none":
+        return {"pretrained_from": "none",
+                "weights_license": given.get("weights_license") or pre.get("weights_license") or OWN_WEIGHTS_LICENSE,
+                "training_data": given.get("training_data") or pre.get("training_data") or FER_PLUS_DATA}
+    data = given.get("training_data") or (
+        f"{FER_PLUS_DATA}; backbone pretrained on {pre['training_data']}" if pre.get("training_data") else FER_PLUS_DATA)
     licence = given.get("weights_license") or (
         f"{OWN_WEIGHTS_LICENSE}; backbone {pre['weights_license']}" if pre.get("weights_license") else OWN_WEIGHTS_LICENSE)
     return {"pretrained_from": pretrained, "weights_license": licence, "training_data": data}
