@@ -250,6 +250,8 @@ def test_ctrl_c_while_finishing_is_ignored_until_every_output_is_written(tmp_pat
         return out
 
     monkeypatch.setattr(PlanOutputs, "open", with_slow)
+    # Python's own Ctrl-C handler, even where this process was started with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def interrupt(i):
         if first_interrupt and i == 3:
@@ -261,7 +263,9 @@ def test_ctrl_c_while_finishing_is_ignored_until_every_output_is_written(tmp_pat
     assert [w for _, w in err.value.written] == ["CSV", "summary plot", "HTML report"]
     for name in ("out.csv", "out.png", "out.html"):
         assert (tmp_path / name).stat().st_size > 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    restored = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, previous)
+    assert restored is signal.default_int_handler  # the handler the run found is back
 
 
 def test_the_cli_after_ctrl_c_names_only_the_outputs_that_exist():
