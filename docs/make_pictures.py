@@ -4,9 +4,11 @@
 
 What it makes (each from the installed rtfer and its built-in ``default`` bundle, on the fixture clips):
 
-- ``summary-classroom.png``: ``rtfer analyze`` on the six-face classroom clip with ``--summary``.
-- ``report-classroom.png``: the same run's ``--report`` page, photographed by headless Chromium.
-- ``screenshot-app.png``: ``rtfer-app`` on the classroom clip in a real X server (``xvfb-run``).
+- ``summary-mosaic.png``: ``rtfer analyze`` with ``--summary`` on a 2x2 mosaic of the four MIT-licensed labelled
+  clips (anger, disgust, fear, happiness playing side by side: four faces). The classroom and portrait fixtures
+  state no licence, so nothing made from them enters the repository.
+- ``report-mosaic.png``: the same run's ``--report`` page, photographed by headless Chromium.
+- ``screenshot-app.png``: ``rtfer-app`` on the mosaic clip in a real X server (``xvfb-run``).
 - ``screenshot-app-images.png``: ``rtfer-app`` on a folder of six stills from the labelled clips (per-image view).
 - ``confusion-default-bundle.png``: the default bundle's own confusion matrix (``metrics.confusion_png``).
 
@@ -28,7 +30,10 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
-CLASSROOM = "unlabeled_george210843_classroom_6faces.mp4"
+#: The four MIT-licensed labelled clips (480x480, 5 s each) tiled 2x2 into the docs' multi-face clip.
+MOSAIC_CLIPS = ("anger_diverhansun_01.mp4", "disgust_diverhansun_01.mp4", "fear_diverhansun_01.mp4",
+                "happiness_diverhansun_01.mp4")
+MOSAIC = "four-clips.mp4"
 #: Stills for the image-folder screenshot: (clip, time in seconds, file name), from the MIT-licensed labelled clips.
 STILLS = (("anger_diverhansun_01.mp4", 1.5, "01_anger.jpg"),
           ("disgust_diverhansun_01.mp4", 2.0, "02_disgust.jpg"),
@@ -38,7 +43,7 @@ STILLS = (("anger_diverhansun_01.mp4", 1.5, "01_anger.jpg"),
           ("happiness_diverhansun_01.mp4", 3.5, "06_happiness.jpg"))
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
-PICTURES = ("summary-classroom", "report-classroom", "screenshot-app", "screenshot-app-images",
+PICTURES = ("summary-mosaic", "report-mosaic", "screenshot-app", "screenshot-app-images",
             "confusion-default-bundle")
 
 log = logging.getLogger("make_pictures")
@@ -62,17 +67,38 @@ def shrink_png(path: Path, colors: int = 256) -> None:
     small.save(path, optimize=True)
 
 
-def make_analysis(fixtures: Path, work: Path) -> Path:
-    """The classroom run whose summary PNG and report the docs show; returns the report's path."""
-    clip = work / CLASSROOM  # run beside a link to the clip: the report's command line shows plain names
-    clip.unlink(missing_ok=True)
-    clip.symlink_to((fixtures / CLASSROOM).resolve())
-    for name in ("classroom.csv", "classroom.html", "summary-classroom.png"):
+def make_mosaic(fixtures: Path, work: Path) -> Path:
+    """The four labelled clips tiled 2x2 frame by frame (960x960, 30 fps, as long as the shortest)."""
+    import av
+    import numpy as np
+
+    out = work / MOSAIC
+    containers = [av.open(str(fixtures / c)) for c in MOSAIC_CLIPS]
+    try:
+        with av.open(str(out), "w") as dst:
+            stream = dst.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 960, 960, "yuv420p"
+            for frames in zip(*(c.decode(video=0) for c in containers)):
+                tiles = [f.to_ndarray(format="rgb24") for f in frames]
+                grid = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(grid), format="rgb24")):
+                    dst.mux(packet)
+            for packet in stream.encode():
+                dst.mux(packet)
+    finally:
+        for c in containers:
+            c.close()
+    return out
+
+
+def make_analysis(clip: Path, work: Path) -> Path:
+    """The run whose summary PNG and report the docs show; returns the report's path."""
+    for name in ("mosaic.csv", "mosaic.html", "summary-mosaic.png"):
         (work / name).unlink(missing_ok=True)
-    run(rtfer("analyze", CLASSROOM, "-o", "classroom.csv", "--summary", "summary-classroom.png", "--report",
-              "classroom.html", "--no-progress", "-q"), cwd=work)
-    shutil.copyfile(work / "summary-classroom.png", DOCS / "summary-classroom.png")
-    return work / "classroom.html"
+    run(rtfer("analyze", clip.name, "-o", "mosaic.csv", "--summary", "summary-mosaic.png", "--report",
+              "mosaic.html", "--no-progress", "-q"), cwd=work)
+    shutil.copyfile(work / "summary-mosaic.png", DOCS / "summary-mosaic.png")
+    return work / "mosaic.html"
 
 
 def photograph_page(html: Path, out: Path, width: int = 1280, height: int = 2300) -> None:
@@ -119,18 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, help="keep the intermediate files (CSV, HTML report, stills) here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.fixtures / CLASSROOM).is_file():
+    if not all((args.fixtures / c).is_file() for c in MOSAIC_CLIPS):
         raise SystemExit(f"make_pictures: fixture clips not found in {args.fixtures} (use --fixtures)")
     wanted = set(args.only or PICTURES)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if wanted & {"summary-classroom", "report-classroom"}:
-            report = make_analysis(args.fixtures, work)
-            if "report-classroom" in wanted:
-                photograph_page(report, DOCS / "report-classroom.png")
+        mosaic = make_mosaic(args.fixtures, work) if wanted & {"summary-mosaic", "report-mosaic",
+                                                                "screenshot-app"} else None
+        if wanted & {"summary-mosaic", "report-mosaic"}:
+            report = make_analysis(mosaic, work)
+            if "report-mosaic" in wanted:
+                photograph_page(report, DOCS / "report-mosaic.png")
         if "screenshot-app" in wanted:
-            app_screenshot(args.fixtures / CLASSROOM, DOCS / "screenshot-app.png", work, 8)
+            app_screenshot(mosaic, DOCS / "screenshot-app.png", work, 5)
         if "screenshot-app-images" in wanted:
             app_screenshot(make_stills(args.fixtures, work / "stills"), DOCS / "screenshot-app-images.png", work, 30)
         if "confusion-default-bundle" in wanted:
