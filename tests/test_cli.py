@@ -221,9 +221,14 @@ def test_sigint_finalises_csv(tmp_path, tiny_bundle, group_photo):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "PYTHONFAULTHANDLER": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    def rows_so_far() -> int:  # the CSV is written beside its final name (.o.PID.part.csv) until the run ends
+        files = [out, *tmp_path.glob(f".{out.stem}.*.part{out.suffix}")]
+        return max((len(f.read_text().splitlines()) for f in files if f.exists()), default=0)
+
     deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
+    while time.time() < deadline and rows_so_far() < 20 and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=30)
