@@ -92,13 +92,10 @@ def test_bframes_avi_of_real_faces_runs_end_to_end_and_time_never_goes_backwards
         assert np.allclose(np.diff(got), 0.1) and 0 <= got[0] <= 0.1 + 1e-9  # AVI's first pts is one frame in
 
 
-def test_mp4_times_are_untouched(tmp_path):
-    """A container with real presentation times (MP4 with B-frames) keeps them exactly."""
+def _write_bframes_mp4(path) -> None:
+    """20 marked frames at 25 fps, H.264 with 3 B-frames (decode order differs from presentation order)."""
     import av
 
-    from rtfer.capture import open_source
-
-    path = tmp_path / "b.mp4"
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
@@ -110,6 +107,16 @@ def test_mp4_times_are_untouched(tmp_path):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+
+
+def test_mp4_times_are_untouched(tmp_path):
+    """A container with real presentation times (MP4 with B-frames) keeps them exactly."""
+    import av
+
+    from rtfer.capture import open_source
+
+    path = tmp_path / "b.mp4"
+    _write_bframes_mp4(path)
     with av.open(str(path)) as c:
         expected = [float(f.time) for f in c.decode(c.streams.video[0])]
     with open_source(path) as src:
@@ -148,17 +155,7 @@ def test_avi_made_by_ffmpeg_copy_has_its_real_rate_count_and_no_truncation_warni
     from rtfer.capture import open_source
 
     mp4 = tmp_path / "b.mp4"
-    with av.open(str(mp4), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.codec_context.options = {"x264-params": "bframes=3:b-adapt=0"}
-        for i in range(20):
-            frame = av.VideoFrame.from_ndarray(_marked(i), format="bgr24")
-            frame.pts = i
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    _write_bframes_mp4(mp4)
     avi = tmp_path / "b.avi"
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(mp4), "-c", "copy", str(avi)],
                    check=True, timeout=60)
