@@ -70,24 +70,21 @@ class _TextTimelineSink(Sink):
 
     def append(self, result: FrameResult) -> None:
         """Queue this frame's rows; write and flush them when 50 rows or 0.5 s have accumulated."""
-        self._ensure_open()
-        if self._fh is None:
-            raise OutputError(f"cannot write {self.what} {self.path}: {self.output.error if self.output else 'closed'}")
-        records = result_records(result, raw=self.raw, source_name=self.source_name)
-        self._buffer.append(self._lines(records))
-        self._buffered_rows += len(records)
+        self._queue(result_records(result, raw=self.raw, source_name=self.source_name))
         if self._buffered_rows >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
     def append_gap(self, gap: StreamGap) -> None:
         """Write the row that marks a live stream's gap (:func:`~rtfer.sinks.base.gap_records`), flushed at once."""
+        self._queue(gap_records(gap, raw=self.raw, source_name=self.source_name))
+        self.flush()
+
+    def _queue(self, records: list[dict]) -> None:
         self._ensure_open()
         if self._fh is None:
             raise OutputError(f"cannot write {self.what} {self.path}: {self.output.error if self.output else 'closed'}")
-        records = gap_records(gap, raw=self.raw, source_name=self.source_name)
         self._buffer.append(self._lines(records))
         self._buffered_rows += len(records)
-        self.flush()
 
     def flush(self) -> None:
         """Write the buffered whole frames and flush them to the OS."""
