@@ -3,21 +3,16 @@ ranges and wrong extensions, plus image bombs and wrong containers. Goal: 0 inte
 results, and no stderr line that is not rtfer's own. The large set over the fixtures is benchmarks/fuzz_inputs.py."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from bench_helpers import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _fuzz():
-    spec = importlib.util.spec_from_file_location("fuzz_inputs", BENCH / "fuzz_inputs.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fuzz_inputs")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and the live extra staying unimported until an option asks for it."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_helpers import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -23,11 +23,7 @@ def test_the_live_extra_is_imported_only_when_an_option_asks_for_it():
 
 
 def _load_live_page():
-    spec = importlib.util.spec_from_file_location("live_page", BENCH / "live_page.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("live_page")
 
 
 @pytest.mark.slow

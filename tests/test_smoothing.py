@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from rtfer.smoothing import (EMASmoother, HMMSmoother, calibrate, ema_half_life,
 from rtfer.stability import (label_switches, label_switches_per_second, mean_total_variation, stability,
                              step_lag_frames, step_sequence)
 from rtfer.types import EmotionScores, Faces
+from bench_helpers import load_benchmark
 
 REF = 1 / 30
 
@@ -234,12 +233,7 @@ def test_smoothing_reduces_flicker_on_noisy_sequence():
 
 # -- benchmark script core ---------------------------------------------------------------------------------------------
 def _load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "smoothing_stability.py"
-    spec = importlib.util.spec_from_file_location("smoothing_stability", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("smoothing_stability")
 
 
 def _write_csv(path: Path) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from rtfer.tracking import Tracker, iou_matrix
 from rtfer.types import Faces
+from bench_helpers import load_benchmark
 
 
 def _faces(boxes, scores=None) -> Faces:
@@ -241,15 +242,7 @@ def test_a_carried_box_is_dropped_when_no_detection_confirms_it(group_photo, det
 
 
 def test_tracking_benchmark_counts_ids_jumps_and_carried_boxes():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tracking_stability.py"
-    spec = importlib.util.spec_from_file_location("tracking_stability", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("tracking_stability")
     frames = []
     for k in range(30):  # 30 fps; id 1 steady all along; id 2 for 0.2 s; id 3 jumps onto another face at frame 20
         ids, boxes, conf = [1], [_box(100, 100)], [k % 3 == 0]
