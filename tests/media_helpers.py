@@ -14,13 +14,14 @@ def pan_frames(photo, n: int, width: int = 640, out_width: int = 320, step: int 
 
 
 def write_test_video(path, frames, fps: float = 25.0, *,
-                     codec: str = "mpeg4", times=None, faststart: bool = True):
+                     codec: str = "mpeg4", times=None, faststart: bool = True, codec_options: dict | None = None):
     """Write BGR uint8 ``frames`` to a short video with PyAV (for tests and examples).
 
     ``codec``: "mpeg4" (fast, everywhere) or "h264"/"libx264". ``times`` (seconds, increasing) sets each frame's
     presentation time explicitly, which builds a variable-frame-rate file; otherwise frames are 1/fps apart.
     Frame sizes are cropped to even width/height as yuv420p requires. ``faststart`` puts an MP4's index first,
-    so a truncated copy still decodes up to the cut (as a broken download or recording would).
+    so a truncated copy still decodes up to the cut (as a broken download or recording would). ``codec_options``: the
+    encoder's options (e.g. ``{"x264-params": "bframes=3"}`` for B-frames).
     """
     from fractions import Fraction
     from pathlib import Path
@@ -42,6 +43,8 @@ def write_test_video(path, frames, fps: float = 25.0, *,
             if stream is None:
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if codec_options:
+                    stream.codec_context.options = dict(codec_options)
                 if time_iter is not None:
                     stream.time_base = tb
                     stream.codec_context.time_base = tb

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import bundle_args, run_cli
+from media_helpers import write_test_video
 
 
 def _marked(i: int) -> np.ndarray:
@@ -27,22 +28,9 @@ def _mark(image: np.ndarray) -> int:
 
 def write_bframes_avi(path, n: int = 40, fps: int = 25, frames=None):
     """H.264 with B-frames muxed into AVI, as ``ffmpeg -i clip.mp4 -c copy clip.avi`` makes it."""
-    import av
-
     images = list(frames) if frames is not None else [_marked(i) for i in range(n)]
-    h, w = images[0].shape[0] // 2 * 2, images[0].shape[1] // 2 * 2
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.codec_context.options = {"x264-params": "bframes=3:b-adapt=0:keyint=20"}
-        for i, image in enumerate(images):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:h, :w]), format="bgr24")
-            frame.pts = i
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+    return write_test_video(path, images, fps, codec="libx264",
+                            codec_options={"x264-params": "bframes=3:b-adapt=0:keyint=20"})
 
 
 def _container_pts(path) -> list[int]:
@@ -94,19 +82,8 @@ def test_bframes_avi_of_real_faces_runs_end_to_end_and_time_never_goes_backwards
 
 def _write_bframes_mp4(path) -> None:
     """20 marked frames at 25 fps, H.264 with 3 B-frames (decode order differs from presentation order)."""
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        s.codec_context.options = {"x264-params": "bframes=3:b-adapt=0"}
-        for i in range(20):
-            frame = av.VideoFrame.from_ndarray(_marked(i), format="bgr24")
-            frame.pts = i
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    write_test_video(path, [_marked(i) for i in range(20)], 25, codec="libx264",
+                     codec_options={"x264-params": "bframes=3:b-adapt=0"})
 
 
 def test_mp4_times_are_untouched(tmp_path):
