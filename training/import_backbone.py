@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +90,8 @@ _NAMES = {b"con_4": "con", b"con_5": "con", b"affine_": "affine", b"fc_2": "fc",
           b"avg_pool_2": "avg_pool", b"input_rgb_image_sized": "input"}
 
 
-def _next_name(data: bytes, start: int) -> tuple[int, bytes] | None:
-    """The next serialised layer name at or after ``start``: (offset of its length prefix, name)."""
-    best = None
-    for name in _NAMES:
-        i = data.find(bytes([1, len(name)]) + name, start)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, name)
-    return best
+#: A serialised layer name: dlib's one-byte length prefix (size byte 1, then the length), then the name.
+_NAME_RE = re.compile(b"|".join(re.escape(bytes([1, len(n)]) + n) for n in _NAMES))
 
 
 def read_dlib_net(path: str | Path) -> list[DlibLayer]:
@@ -106,10 +101,10 @@ def read_dlib_net(path: str | Path) -> list[DlibLayer]:
         raise DlibFormatError(f"{path} is not a dlib metric-learning network (dlib_face_recognition_resnet_model)")
     layers: list[DlibLayer] = []
     pos = 0
-    while (hit := _next_name(data, pos)) is not None:
+    while (hit := _NAME_RE.search(data, pos)) is not None:
         r = _Reader(data)
-        r.p = hit[0] + 2 + len(hit[1])
-        kind = _NAMES[hit[1]]
+        r.p = hit.end()
+        kind = _NAMES[hit.group()[2:]]
         if kind == "input":
             mean = [r.float() for _ in range(3)]
             layers.append(DlibLayer(kind, geometry={"mean_rgb": mean, "size": (r.int(), r.int())}))

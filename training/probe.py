@@ -49,7 +49,8 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarr
 
 
 def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: int = 64) -> tuple[dict, float]:
-    """Pooled features of every trunk stage (and the embedding when the model has one); seconds per image."""
+    """Pooled features of every trunk stage that runs at ``size`` (and the 128-D embedding when they all do);
+    seconds per image."""
     import torch
     import torch.nn.functional as F
 
@@ -58,6 +59,7 @@ def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: in
     mean = torch.tensor(DLIB_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(DLIB_STD).view(1, 3, 1, 1)
     feats: dict[str, list[np.ndarray]] = {}
+    runnable = sum(1 for h in stage_sizes(size) if h > 0)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(images), batch):
@@ -70,10 +72,10 @@ def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: in
                 x = x[..., m:h - m, m:h - m]
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             x = (x - mean) / std
-            maps = model.trunk.forward_stages(x) if min(stage_sizes(size)) > 0 else _partial(model.trunk, x, size)
+            maps = model.trunk.forward_stages(x, upto=runnable)  # small inputs end before the last down block
             for k, fm in enumerate(maps[1:], start=1):
                 feats.setdefault(f"stage{k}", []).append(fm.mean(dim=(2, 3)).numpy())
-            if hasattr(model, "fc") and model.fc.in_features == maps[-1].shape[1] and model.fc.out_features == 128:
+            if len(maps) == len(model.trunk.stages):  # the embedding needs every stage
                 feats.setdefault("embed", []).append(model.fc(maps[-1].mean(dim=(2, 3))).numpy())
     dt = (time.perf_counter() - t0) / max(1, len(images))
     out = {k: np.concatenate(v) for k, v in feats.items()}
@@ -82,21 +84,6 @@ def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: in
     else:
         out["stage2+3"] = np.concatenate([out["stage2"], out["stage3"]], axis=1)
     return out, dt
-
-
-def _partial(trunk, x, size: int) -> list:
-    """The stages that can run at ``size`` (small inputs end before the last down block)."""
-    import torch.nn.functional as F
-
-    from rtfer.models.faceres import stage_sizes
-
-    n = sum(1 for h in stage_sizes(size) if h > 0)
-    x = F.max_pool2d(F.relu(trunk.aff1(trunk.conv1(x))), 3, 2)
-    maps = []
-    for stage in list(trunk.stages)[:n]:
-        x = stage(x)
-        maps.append(x)
-    return maps
 
 
 def fit_probe(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, seed: int = 0,

@@ -129,10 +129,11 @@ class FaceResNet(nn.Module):
             aff.weight.fill_(1.0)
             aff.bias.zero_()
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Each stage's output, for the first ``upto`` stages (default: all)."""
         x = F.max_pool2d(F.relu(self.aff1(self.conv1(x))), 3, 2)
         out = []
-        for stage in self.stages:
+        for stage in list(self.stages)[:upto]:
             x = stage(x)
             out.append(x)
         return out
@@ -173,7 +174,8 @@ class FaceResClassifier(nn.Module):
 
 
 def load_backbone(model: nn.Module, path: str | Path) -> dict:
-    """Load an ``import-backbone`` file's trunk tensors into ``model.trunk``; returns the file's provenance."""
+    """Load an ``import-backbone`` file's trunk tensors into ``model.trunk`` (and its embedding into ``model.fc``
+    for the identity network); returns the file's provenance."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone file {path} does not exist (make it with python -m rtfer.training "
@@ -185,6 +187,8 @@ def load_backbone(model: nn.Module, path: str | Path) -> dict:
     # a trunk cut short (``depth``) takes the stages it has; every tensor it has must be in the file
     tensors = {k: v for k, v in blob["trunk"].items() if k in own}
     model.trunk.load_state_dict(tensors, strict=True)
+    if isinstance(model, FaceResEmbed):
+        model.fc.load_state_dict(blob["embed"], strict=True)
     return dict(blob.get("provenance", {}))
 
 
@@ -233,9 +237,5 @@ def faceres29_embed(num_classes: int = 128, input_size: int = 150, pretrained: b
                     pretrained_path=None) -> nn.Module:
     """The original identity network (``num_classes`` = embedding size, 128), for checking an import."""
     model = FaceResEmbed(DLIB_STAGES, num_classes)
-    provenance = None
-    if pretrained_path:
-        provenance = load_backbone(model, pretrained_path)
-        blob = torch.load(pretrained_path, map_location="cpu", weights_only=True)
-        model.fc.load_state_dict(blob["embed"], strict=True)
+    provenance = load_backbone(model, pretrained_path) if pretrained_path else None
     return _cfg(model, input_size, provenance)
