@@ -117,14 +117,24 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-async def shoot(url: str, out: Path, shots: int, every_s: float, browser: Browser, first_s: float = 3.0) -> list[dict]:
-    """Open ``url`` and save ``shots`` screenshots ``every_s`` apart (the first after ``first_s``)."""
+def page_ready(state: dict) -> bool:
+    """The page shows faces and a decoded frame (what a first screenshot should wait for)."""
+    return bool(state.get("faces")) and bool(state.get("frame"))
+
+
+async def shoot(url: str, out: Path, shots: int, every_s: float, browser: Browser, first_s: float = 3.0,
+                ready_timeout_s: float = 30.0) -> list[dict]:
+    """Open ``url`` and save ``shots`` screenshots ``every_s`` apart, the first after ``first_s`` and once the page
+    shows faces and a frame (waiting at most ``ready_timeout_s`` more: a loaded machine draws late)."""
     await browser.connect()
     try:
         await browser.call("Page.enable")
         await browser.call("Page.navigate", url=url)
         states = []
         await asyncio.sleep(first_s)
+        deadline = time.monotonic() + ready_timeout_s
+        while not page_ready(await browser.state()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
         for i in range(shots):
             if i:
                 await asyncio.sleep(every_s)
