@@ -326,6 +326,45 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
     return per_clip, pooled, val_rows
 
 
+def margin_sweep(bundle: str = "default", method: str = "ema", margins=(0.0, 0.25, 0.5, 0.75, 1.0),
+                 rate: float | None = None) -> list[dict]:
+    """How the hysteresis margin of ``method`` (strength 0.5) trades steadiness for lag: per margin, the label
+    switches per second on the fixture clips (duration-weighted mean and worst face, tuned-on and held-out clips
+    apart) and the worst step lag (frames at 30 fps, every phase of the classification schedule) on a strong (0.8)
+    and a weak (0.5) synthetic step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from classify_rate import replay, step_lag
+    from fixture_tracks import collect
+
+    from rtfer.pipeline import DEFAULT_CLASSIFY_RATE
+
+    rate = DEFAULT_CLASSIFY_RATE if rate is None else rate
+    clips = collect(bundle)
+    rows = []
+    for margin in margins:
+        def factory(m=margin):
+            return make_smoother(method, 0.5, margin=m)
+
+        row: dict = {"method": method, "margin": margin}
+        for split in ("tuned-on", "held-out"):
+            sw, dur = [], []
+            for c in clips:
+                if ("tuned-on" if Path(c.clip).stem in TUNED_ON else "held-out") != split:
+                    continue
+                for rows_ in c.tracks().values():
+                    t = c.time_s[rows_]
+                    if len(rows_) >= 2 and t[-1] - t[0] >= 1.0:
+                        out, _ = replay(t, c.raw[rows_], rate, factory)
+                        sw.append(label_switches_per_second(out, t))
+                        dur.append(t[-1] - t[0])
+            row[f"sw_{split}"] = float(np.average(sw, weights=dur)) if sw else None
+            row[f"swmax_{split}"] = max(sw) if sw else None
+        row["lag_strong"] = step_lag(rate, factory, confidence=0.8)
+        row["lag_weak"] = step_lag(rate, factory, confidence=0.5)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixtures", action="store_true",
@@ -361,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         print("# per combiner; image_vs_video: mean |valence of the smoothed row - valence of the same frame classified")
         print("# as a still image (no smoothing)|")
         print(format_table(val_rows))
+        print()
+        print("# hysteresis margin (strength 0.5, default classification rate): switches per second on the fixture")
+        print("# clips by split, worst step lag in frames at 30 fps (strong 0.8 and weak 0.5 steps; the target is <= 8)")
+        print(format_table(margin_sweep(args.bundle, "ema") + margin_sweep(args.bundle, "hmm", (0.0, 1.0, 2.0, 3.0))))
         print()
     for path in args.csv:
         print(f"# {path}")

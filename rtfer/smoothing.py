@@ -10,7 +10,10 @@ the previous update (a seek or a new source) clears every track.
 
 * ``ema``: half-life ``h = strength * EMA_MAX_HALF_LIFE_S`` (0.4 s), so the default 0.5 gives 0.2 s. The weight on
   a new observation after ``dt`` seconds is ``alpha = 1 - 0.5 ** (dt / h)`` (the same decay per second whatever
-  the frame rate). A step between two confident classes is followed after about one half-life.
+  the frame rate). A step between two confident classes is followed after about one half-life. Hysteresis as for
+  the HMM: the shown label moves to the estimate's top class only when that class leads the shown one by
+  ``EMA_SWITCH_MARGIN`` in log probability (0.25: a lead of 1.28 to 1); a near tie keeps its label, reported as a
+  tie (the shown class 1e-4 ahead).
 * ``hmm``: a sticky forward filter over the 7 classes decides the *label*; the reported *probabilities* are a
   calibrated estimate (below). The transition matrix per reference step (``ref_dt_s`` = 1/30 s) is
   ``T = lam * I + (1 - lam) * U`` (U: every entry 1/7): self-transition ``p_stay = lam + (1 - lam) / 7``, the rest
@@ -68,6 +71,9 @@ HMM_EMISSION_POWER = 0.5
 #: HMM hysteresis: the shown label changes only when another class leads it by this much in log belief
 #: (``log b_new - log b_shown``; measured: ``benchmarks/smoothing_stability.py --fixtures``).
 HMM_SWITCH_MARGIN = 2.0
+#: EMA hysteresis: the shown label changes only when another class leads it by this much in log probability of
+#: the averaged estimate (measured: ``benchmarks/smoothing_stability.py --fixtures``, step lag within 8 frames).
+EMA_SWITCH_MARGIN = 0.25
 #: An observation after a gap counts as at most this many reference steps of evidence (a classification every
 #: 1/10 s at 30 fps stands for 3 frames; a face unseen for seconds is not trusted more than this).
 HMM_MAX_EVIDENCE_STEPS = 4.0
@@ -269,21 +275,66 @@ class NoSmoother(Smoother):
 
 
 class EMASmoother(Smoother):
-    """Time-aware exponential moving average: ``s <- s + alpha * (p - s)``, ``alpha = 1 - 0.5 ** (dt / half_life)``."""
+    """Time-aware exponential moving average: ``s <- s + alpha * (p - s)``, ``alpha = 1 - 0.5 ** (dt / half_life)``,
+    with hysteresis on the shown label. State per track: ``[estimate, shown label (one-hot)]``."""
 
     method = "ema"
 
-    def __init__(self, strength: float = 0.5, **kwargs) -> None:
+    def __init__(self, strength: float = 0.5, *, margin: float = EMA_SWITCH_MARGIN, **kwargs) -> None:
         super().__init__(strength, **kwargs)
         self.half_life_s = ema_half_life(self.strength)
+        self.margin = _check_margin(margin) if self.strength > 0 else 0.0
 
     def alpha(self, dt):
         """Weight of a new observation ``dt`` seconds (a float or an array) after the previous one."""
         return _ema_alpha(dt, self.half_life_s)
 
+    def label(self, track_id: int) -> int | None:
+        """The class index a track shows (the hysteresis state), or None."""
+        tr = self._tracks.get(int(track_id))
+        return None if tr is None else int(tr.state[1].argmax())
+
+    def _state_shape(self) -> tuple[int, ...]:
+        return (2, NUM_CLASSES)
+
+    def _init(self, p: np.ndarray) -> np.ndarray:
+        return np.stack([p, np.eye(NUM_CLASSES)[p.argmax(axis=1)]], axis=1)
+
     def _step(self, state: np.ndarray, p: np.ndarray, dt: np.ndarray) -> np.ndarray:
         a = self.alpha(dt)
-        return (1.0 - a) * state + a * p
+        estimate = (1.0 - a) * state[:, 0] + a * p
+        shown = _hysteresis(estimate, state[:, 1].argmax(axis=1), self.margin)
+        return np.stack([estimate, np.eye(NUM_CLASSES)[shown]], axis=1)
+
+    def _output(self, state: np.ndarray) -> np.ndarray:
+        return _shown_on_top(calibrate(state[:, 0], self.confidence_temperature), state[:, 1].argmax(axis=1))
+
+
+def _check_margin(margin: float) -> float:
+    if not 0.0 <= margin < float("inf"):
+        raise ValueError(f"margin must be a number >= 0, got {margin}")
+    return float(margin)
+
+
+def _hysteresis(scores: np.ndarray, shown: np.ndarray, margin: float) -> np.ndarray:
+    """The label each row shows next: its top class in ``scores`` (m, 7) once that class leads the ``shown`` one by
+    ``margin`` in log score, else the shown one (a near tie that tips back and forth keeps the label it had)."""
+    top = scores.argmax(axis=1)
+    rows = np.arange(len(scores))
+    lead = np.log(np.maximum(scores[rows, top], _PROB_FLOOR)) - np.log(np.maximum(scores[rows, shown], _PROB_FLOOR))
+    return np.where(lead >= margin, top, shown)
+
+
+def _shown_on_top(q: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Probabilities ``q`` (m, 7) whose top class is ``label``: where another class leads (a near tie the
+    hysteresis holds through) the two share their mass, the shown class ``_TIE_GAP`` ahead."""
+    q = q.copy()
+    top = q.argmax(axis=1)
+    for i in np.flatnonzero(label != top):
+        s, k = label[i], top[i]
+        mid = (q[i, s] + q[i, k]) / 2
+        q[i, s], q[i, k] = mid + _TIE_GAP / 2, mid - _TIE_GAP / 2
+    return q
 
 
 def _ema_alpha(dt, half_life_s: float):
@@ -303,8 +354,7 @@ class HMMSmoother(Smoother):
         super().__init__(strength, **kwargs)
         if not 0.0 < emission_power <= 1.0:
             raise ValueError(f"emission_power must be in (0, 1], got {emission_power}")
-        if not 0.0 <= margin < float("inf"):
-            raise ValueError(f"margin must be a number >= 0, got {margin}")
+        _check_margin(margin)
         self.lam = hmm_lambda(self.strength)
         self.p_stay = hmm_p_stay(self.strength)
         self.emission_power = float(emission_power)
@@ -351,22 +401,12 @@ class HMMSmoother(Smoother):
         estimate = (1.0 - a) * state[:, 1] + a * p
         # hysteresis: the shown label moves to the belief's top class only once that class leads the shown one by
         # the margin (in log belief); a near tie that tips back and forth keeps the label it had
-        shown = state[:, 2].argmax(axis=1)
-        top = belief.argmax(axis=1)
-        rows = np.arange(len(belief))
-        lead = np.log(np.maximum(belief[rows, top], _PROB_FLOOR)) - np.log(np.maximum(belief[rows, shown], _PROB_FLOOR))
-        shown = np.where(lead >= self.margin, top, shown)
+        shown = _hysteresis(belief, state[:, 2].argmax(axis=1), self.margin)
         return np.stack([belief, estimate, np.eye(NUM_CLASSES)[shown]], axis=1)
 
     def _output(self, state: np.ndarray) -> np.ndarray:
-        q = calibrate(state[:, 1], self.confidence_temperature)
-        label = state[:, 2].argmax(axis=1)
-        top = q.argmax(axis=1)
-        for i in np.flatnonzero(label != top):  # a near tie the filter holds through: report it as one
-            s, k = label[i], top[i]
-            mid = (q[i, s] + q[i, k]) / 2
-            q[i, s], q[i, k] = mid + _TIE_GAP / 2, mid - _TIE_GAP / 2
-        return q
+        # a near tie the filter holds through is reported as one
+        return _shown_on_top(calibrate(state[:, 1], self.confidence_temperature), state[:, 2].argmax(axis=1))
 
 
 #: Gap by which the HMM's state leads a class it ties with (survives the CSV's 4 decimals).
@@ -378,7 +418,7 @@ _REGISTRY: dict[str, Callable[..., Smoother]] = {"none": NoSmoother, "ema": EMAS
 
 def make_smoother(method: str = "ema", strength: float = 0.5, **kwargs) -> Smoother:
     """Create a smoother: ``method`` in {"none", "ema", "hmm"}; ``kwargs``: ``max_age_s``, ``ref_dt_s``,
-    ``confidence_temperature`` (and ``emission_power`` for hmm)."""
+    ``confidence_temperature``, ``margin`` (ema and hmm) and ``emission_power`` (hmm)."""
     key = str(method).strip().lower()
     if key not in _REGISTRY:
         raise ValueError(f"unknown smoothing method {method!r}; choose from {', '.join(METHODS)}")

@@ -205,9 +205,11 @@ def test_step_lag():
     probs, times = step_sequence("neutral", "happiness", n_before=5, n_after=7)
     assert probs.shape == (12, 7) and probs[4].argmax() == 6 and probs[5].argmax() == 3
     assert step_lag_frames(lambda: make_smoother("none")) == 0
+    # without hysteresis the 0.8 vs 0.0333 peaks cross when the old weight 0.5 ** (k / 30 / 0.2) drops below 1/2:
+    # k >= 6 -> lag 5; the default margin (the new class must lead by e^0.25) adds two frames, within 8
+    assert step_lag_frames(lambda: make_smoother("ema", 0.5, margin=0.0), fps=30) == 5
     ema = step_lag_frames(lambda: make_smoother("ema", 0.5), fps=30)
-    # 0.8 vs 0.0333 peaks cross when the old weight 0.5 ** (k / 30 / 0.2) drops below 1/2: k >= 6 -> lag 5
-    assert ema == 5
+    assert ema == 7
     assert step_lag_frames(lambda: make_smoother("ema", 1.0)) > ema
     hmm_lags = [step_lag_frames(lambda: make_smoother("hmm", s)) for s in (0.25, 0.5, 1.0)]
     assert hmm_lags == sorted(hmm_lags) and hmm_lags[-1] > 0
@@ -314,7 +316,7 @@ def test_hmm_matches_explicit_transition_matrix_product():
 # -- honest confidence and the HMM's reported probabilities --------------------------------------------------------
 def test_hmm_reports_the_ema_estimate_with_the_filtered_label():
     sm = make_smoother("hmm", 0.5)
-    ema = make_smoother("ema", 0.5)
+    ema = make_smoother("ema", 0.5, margin=0.0)  # the bare estimate
     rng = np.random.default_rng(2)
     a, b = _onehotish(6, 0.55), _onehotish(0, 0.55)
     for k in range(40):
@@ -469,3 +471,50 @@ def test_default_confidence_is_the_pooled_per_frame_probability():
         out = sm.update([0], p[None], k * REF)[0]
     assert sm.belief(0).max() > 0.99  # the filter's belief would claim far more than one frame's evidence
     assert out.max() == pytest.approx(0.9, abs=1e-3)
+
+
+# -- EMA hysteresis ------------------------------------------------------------------------------------------------
+def _tie(a: str, b: str, lead: float) -> np.ndarray:
+    """Two classes near a tie (``a`` ahead by ``lead``), the rest of the mass spread."""
+    p = np.full(7, 0.02)
+    p[CLASSES.index(a)], p[CLASSES.index(b)] = 0.45 + lead / 2, 0.45 - lead / 2
+    return p / p.sum()
+
+
+def test_ema_hysteresis_holds_a_near_tie_that_tips_back_and_forth():
+    sm, bare = make_smoother("ema", 0.5), make_smoother("ema", 0.5, margin=0.0)
+    labels, bare_labels = [], []
+    for k in range(60):  # neutral and sadness alternate the lead every 3 frames, by 0.06
+        p = _tie("neutral", "sadness", 0.06) if (k // 3) % 2 == 0 else _tie("sadness", "neutral", 0.06)
+        labels.append(int(sm.update([1], p[None], k * REF)[0].argmax()))
+        bare_labels.append(int(bare.update([1], p[None], k * REF)[0].argmax()))
+    assert len(set(labels)) == 1 and sm.label(1) == CLASSES.index("neutral")  # the first label is kept
+    assert sum(a != b for a, b in zip(bare_labels, bare_labels[1:])) >= 5  # without the margin it flickers
+
+
+def test_ema_hysteresis_reports_the_held_label_as_a_tie_and_follows_a_real_change():
+    sm, bare = make_smoother("ema", 0.5), make_smoother("ema", 0.5, margin=0.0)
+    n, s = CLASSES.index("neutral"), CLASSES.index("sadness")
+    for k in range(30):
+        sm.update([1], _tie("neutral", "sadness", 0.3)[None], k * REF)
+        bare.update([1], _tie("neutral", "sadness", 0.3)[None], k * REF)
+    ties = 0
+    for k in range(30, 60):  # sadness now leads clearly: the label follows within 8 frames
+        out = sm.update([1], _tie("sadness", "neutral", 0.3)[None], k * REF)[0]
+        est = bare.update([1], _tie("sadness", "neutral", 0.3)[None], k * REF)[0]
+        assert int(out.argmax()) == sm.label(1)
+        if sm.label(1) == n and int(est.argmax()) == s:  # held through a lead under the margin: reported as a tie
+            ties += 1
+            assert out[n] - out[s] == pytest.approx(1e-4, abs=1e-6)
+            assert out[n] + out[s] == pytest.approx(est[n] + est[s], abs=1e-6)
+        elif sm.label(1) == s:
+            np.testing.assert_allclose(out, est, atol=1e-6)
+    assert ties >= 1 and sm.label(1) == s
+    assert step_lag_frames(lambda: make_smoother("ema", 0.5), confidence=0.5) <= 8  # a weak step too
+
+
+def test_ema_margin_is_checked_and_strength_zero_keeps_no_hysteresis():
+    with pytest.raises(ValueError, match="margin"):
+        make_smoother("ema", 0.5, margin=-1)
+    assert make_smoother("ema", 0.0, margin=3.0).margin == 0.0
+    assert make_smoother("ema", 0.5).margin == pytest.approx(0.25)
