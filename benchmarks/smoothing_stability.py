@@ -301,6 +301,9 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
             log_row = {"combiner": combiner, "clip": f"unavailable: {exc}"}
             val_rows.append(log_row)
             continue
+        from rtfer.bundle import BundleSpec, resolve_bundle_path
+
+        shift = BundleSpec.read(resolve_bundle_path(bundle)).posterior_shift(combiner)  # valence as rtfer computes it
         for c in cl:
             if c.clip not in calm:
                 continue
@@ -312,11 +315,12 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
                     if rows is None:
                         continue
                     out, _ = replay(c.time_s[rows], c.raw[rows], rate, factory)
-                    means.append(float(valence(out).mean()))
+                    sh = shift if name == "after" else None  # before: valence straight from the combiner's output
+                    means.append(float(valence(out, sh).mean()))
                     if (c.clip, tid) in strict:
                         sure.append(means[-1])
                     # an image of the same frame: rtfer classifies images without smoothing or temperature
-                    image_gap.append(float(np.abs(valence(out) - valence(c.raw[rows])).mean()))
+                    image_gap.append(float(np.abs(valence(out, sh) - valence(c.raw[rows], sh)).mean()))
                 val_rows.append({"combiner": combiner, "clip": Path(c.clip).stem.replace("unlabeled_", "")[:30],
                                  "smoothing": name, "calm_faces": len(means), "valence_mean": float(np.mean(means)),
                                  "valence_min": min(means), "valence_max": max(means),

@@ -34,7 +34,7 @@ from rtfer import backends
 from rtfer.detection.align import ARCFACE_TEMPLATE
 from rtfer.ensemble import Ensemble, make_ensemble, softmax
 from rtfer.errors import BundleError
-from rtfer.labels import CLASSES, NUM_CLASSES
+from rtfer.labels import CLASSES, NUM_CLASSES, valence
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,24 @@ class BundleSpec:
             if cname == DEFAULT_COMBINER:
                 raise BundleError(f"{meta}: a combiner may not be called {DEFAULT_COMBINER!r} (the bundle's own)")
             make_ensemble(c, len(members), float(c.get("temperature", 1.0)))
+            if c.get("posterior_shift") is not None:
+                try:
+                    shift = np.asarray(c["posterior_shift"], np.float64)
+                except (TypeError, ValueError):
+                    shift = None
+                if shift is None or shift.shape != (NUM_CLASSES,) or not np.all(np.isfinite(shift)):
+                    raise BundleError(f"{meta}: combiner {cname!r} posterior_shift must be {NUM_CLASSES} finite numbers")
         return spec
+
+    def posterior_shift(self, name: str = DEFAULT_COMBINER) -> np.ndarray | None:
+        """The named combiner's ``posterior_shift`` (7 log-probability offsets that take its output back to the
+        validation data's class frequencies; valence is computed through it), or None (the bundle's own combiner,
+        whose output already has them)."""
+        if not name or name == DEFAULT_COMBINER:
+            return None
+        c, _ = self.combiner(name)
+        shift = c.get("posterior_shift")
+        return None if shift is None else np.asarray(shift, np.float64)
 
     def combiner(self, name: str = DEFAULT_COMBINER) -> tuple[dict, float]:
         """(ensemble object, temperature) of the named combiner: "default" is the bundle's own (``ensemble``),
@@ -367,6 +384,7 @@ class Bundle:
                                                  max_batch=max_batch, precision=self.member_precision(m))
                          for m in spec.members]
         self.ensemble: Ensemble = make_ensemble(ens, len(spec.members), temperature)
+        self.posterior_shift = spec.posterior_shift(self.combiner)
         log.info("bundle %s %s: %d members on %s%s", spec.name, spec.version, len(self.members),
                  self.backends[0].describe(),
                  "" if self.combiner == DEFAULT_COMBINER else f", combiner {self.combiner}")
@@ -416,6 +434,11 @@ class Bundle:
                 raise BundleError(f"member {m.name} returns {logits.shape[1]} outputs, expected {NUM_CLASSES}")
             out.append(softmax(logits, m.temperature))
         return out
+
+    def valence(self, probs: np.ndarray) -> np.ndarray:
+        """Valence of probability rows combined by this bundle's combiner (through its ``posterior_shift``, if any:
+        :func:`rtfer.labels.valence`)."""
+        return valence(probs, self.posterior_shift)
 
     def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         if len(member_probs[0]) == 0:

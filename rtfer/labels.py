@@ -101,8 +101,17 @@ def scale_labels(probs: np.ndarray, scale: str) -> list[str]:
 
 
 
-def valence(probs: np.ndarray) -> np.ndarray:
-    """P(positive) - P(negative) on the 3-level scale, in [-1, 1]."""
+def valence(probs: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+    """P(positive) - P(negative) on the 3-level scale, in [-1, 1].
+
+    ``shift`` (7 log-probability offsets, a combiner's ``posterior_shift``) first re-weights each row,
+    ``p * exp(shift)`` renormalised: it takes a combiner that answers for equally common classes (``balanced``)
+    back to the class frequencies of real faces, so that valence stays an expectation over how faces are, whichever
+    combiner names the emotion."""
+    if shift is not None:
+        shift = np.asarray(shift, np.float64).reshape(NUM_CLASSES)
+        p = np.asarray(probs, np.float64) * np.exp(shift - shift.max())
+        probs = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-300)
     p3 = to_scale(probs, "sentiment3")
     return p3[..., 2] - p3[..., 0]
 

@@ -83,11 +83,16 @@ class Faces:
 
 @dataclass
 class EmotionScores:
-    """Per-face class probabilities in the canonical order; rows sum to 1."""
+    """Per-face class probabilities in the canonical order; rows sum to 1. ``valence`` (n,) is P(positive) -
+    P(negative) of each row unless given: the pipeline gives it when its combiner carries a ``posterior_shift``
+    (:func:`rtfer.labels.valence`), so that every output (CSV, report, app, live) shows the same valence."""
 
     probs: np.ndarray
+    valence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        from rtfer.labels import valence
+
         self.probs = np.asarray(self.probs, dtype=np.float32)
         if self.probs.size == 0:
             self.probs = self.probs.reshape(0, NUM_CLASSES)
@@ -97,6 +102,12 @@ class EmotionScores:
             sums = self.probs.sum(axis=1)
             _check(bool(np.all(np.abs(sums - 1.0) < 1e-3)),
                    f"EmotionScores rows must sum to 1 (got sums {np.round(sums, 4).tolist()[:5]})")
+        if self.valence is None:
+            self.valence = valence(self.probs).astype(np.float32)
+        else:
+            self.valence = np.asarray(self.valence, dtype=np.float32).reshape(-1)
+            _check(len(self.valence) == len(self.probs) and bool(np.all(np.abs(self.valence) <= 1 + 1e-6)),
+                   f"EmotionScores.valence must be ({len(self.probs)},) in [-1, 1], got {self.valence.shape}")
 
     def __len__(self) -> int:
         return len(self.probs)

@@ -40,3 +40,24 @@ def test_reorder_between_edge_orders():
     assert labels.remap_labels(folder_labels, labels.FER2013_FOLDERS).tolist() == [5, 3, 0]
     with pytest.raises(ValueError):
         labels.permutation(("neutral", "happiness"))
+
+
+def test_valence_through_a_posterior_shift():
+    from rtfer.labels import valence
+    from rtfer.types import EmotionScores
+
+    p = np.array([[0.05, 0.1, 0.1, 0.05, 0.2, 0.1, 0.4]])  # a neutral-ish row leaning negative
+    assert valence(p, np.zeros(7)) == pytest.approx(valence(p), abs=1e-7)
+    shift = np.log([1, 0.2, 0.1, 2, 0.5, 0.5, 3.0])
+    q = p * np.exp(shift)
+    q /= q.sum()
+    assert valence(p, shift)[0] == pytest.approx(q[0, [0, 3]].sum() - q[0, [1, 2, 4, 5]].sum(), abs=1e-6)
+    assert abs(valence(p, shift)[0]) < abs(valence(p)[0])
+    assert valence(p, shift + 5.0)[0] == pytest.approx(valence(p, shift)[0], abs=1e-7)  # offsets are relative
+    # EmotionScores computes valence from its rows unless given one
+    s = EmotionScores(p)
+    assert s.valence.shape == (1,) and s.valence[0] == pytest.approx(valence(p)[0], abs=1e-6)
+    assert EmotionScores(p, valence(p, shift)).valence[0] == pytest.approx(valence(p, shift)[0], abs=1e-6)
+    assert EmotionScores.empty().valence.shape == (0,)
+    with pytest.raises(ValueError, match="valence"):
+        EmotionScores(p, np.array([0.1, 0.2]))

@@ -179,12 +179,20 @@ def _add_set_combiners(sub) -> None:
     p = sub.add_parser("set-combiners", help="give an existing bundle the alternative combiners (e.g. balanced) of "
                                              "the fit-stacker run it was exported from")
     p.add_argument("bundle", help="bundle folder (bundle.json changed in place)")
-    p.add_argument("--ensemble", required=True, help="ensemble.json written by fit-stacker for the bundle's members")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--ensemble", help="ensemble.json written by fit-stacker for the bundle's members")
+    g.add_argument("--shift-from", nargs="+", metavar="RUN",
+                   help="only fit each alternative combiner's posterior_shift (valence goes through it) on these "
+                        "member run folders' validation outputs, one per member in order (member-logits writes them)")
 
 
 def cmd_set_combiners(a) -> int:
-    from rtfer.training.bundling import set_combiners
+    from rtfer.training.bundling import set_combiners, set_posterior_shifts
 
+    if a.shift_from:
+        for name, shift in set_posterior_shifts(a.bundle, a.shift_from).items():
+            print(f"{a.bundle}: combiner {name} posterior_shift " + " ".join(f"{v:+.3f}" for v in shift))
+        return 0
     names = set_combiners(a.bundle, a.ensemble)
     print(f"{a.bundle}: combiners default" + "".join(f", {n}" for n in names))
     return 0

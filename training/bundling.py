@@ -172,3 +172,36 @@ def set_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[str]:
     write_bundle_json(spec.path, meta)
     return list(combiners)
 
+
+
+def set_posterior_shifts(bundle: str | Path, runs: list[str | Path]) -> dict[str, list[float]]:
+    """Give each alternative combiner of an existing bundle its ``posterior_shift``
+    (:func:`rtfer.training.stacker.fit_posterior_shift`), fitted on the combiner's own output for the members'
+    validation outputs in ``runs`` (one run folder per member, in the bundle's member order, named as the members:
+    ``python -m rtfer.training member-logits`` writes them for a shipped bundle). ``fit-stacker`` fits the shift
+    itself (on out-of-fold outputs); this is for bundles fitted before it did. Returns {combiner: shift}."""
+    from rtfer.bundle import BundleSpec, resolve_bundle_path, write_bundle_json
+    from rtfer.ensemble import make_ensemble
+    from rtfer.errors import BundleError
+    from rtfer.training.stacker import fit_posterior_shift, load_member_outputs
+
+    spec = BundleSpec.read(resolve_bundle_path(bundle))
+    if not spec.combiners:
+        raise BundleError(f"bundle {spec.name} has no alternative combiner to shift")
+    outputs = [load_member_outputs(r) for r in runs]
+    names = [o[3] for o in outputs]
+    if names != [m.name for m in spec.members]:
+        raise InputError(f"runs {names} are not bundle {spec.name}'s members {[m.name for m in spec.members]} "
+                         "(one run folder per member, in order)")
+    labels = outputs[0][1]
+    for o in outputs[1:]:
+        if not np.array_equal(o[1], labels):
+            raise InputError(f"run {o[3]} was validated on different images than {names[0]}")
+    meta = spec.raw
+    shifts = {}
+    for cname, c in spec.combiners.items():
+        probs = make_ensemble(c, len(spec.members), float(c.get("temperature", 1.0)))([o[0] for o in outputs])
+        shifts[cname] = fit_posterior_shift(probs, labels).tolist()
+        meta["combiners"][cname]["posterior_shift"] = shifts[cname]
+    write_bundle_json(spec.path, meta)
+    return shifts

@@ -168,7 +168,9 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
         if candidate == chosen:
             continue
         t, e = _tempered(oofs[candidate], labels)
+        shift = fit_posterior_shift(softmax(np.log(np.clip(oofs[candidate], 1e-12, None)), t), labels)
         alternatives[alt] = {**finals[candidate].to_dict(), "temperature": t, "fitted_as": candidate,
+                             "posterior_shift": shift.tolist(),
                              "metrics": {"cross_validated": True, "folds": folds,
                                          "accuracy": fitted[candidate]["accuracy"],
                                          "mean_class_accuracy": fitted[candidate]["mean_class_accuracy"],
@@ -187,6 +189,31 @@ def fit_ensemble(member_probs: list[np.ndarray], labels: np.ndarray, names: list
     return StackerFit(chosen=chosen, ensemble=final.to_dict(), temperature=float(temperature), member_names=list(names),
                       member_temperatures=list(member_temperatures or [1.0] * len(names)), ablation=rows,
                       metric=metric, folds=folds, metrics=metrics, alternatives=alternatives)
+
+
+def fit_posterior_shift(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The 7 log-probability offsets ``b`` (mean 0) that make ``softmax(log probs + b)`` fit ``labels`` best (NLL,
+    L-BFGS; mean 0 over the classes in ``labels``, a class absent from them keeps 0). For a combiner that answers as if every class were equally
+    common (``balanced``), ``b`` takes its output back to the class frequencies of the validation data; the
+    runtime computes valence through it (``rtfer.labels.valence``), so a calm face does not lean negative just
+    because four of the seven classes are negative and rare."""
+    from scipy.optimize import minimize
+
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, None))
+    labels = np.asarray(labels, np.int64)
+    present = np.bincount(labels, minlength=NUM_CLASSES) > 0
+    onehot = np.eye(NUM_CLASSES)[labels]
+
+    def nll_grad(b):
+        z = logp + np.where(present, b, 0.0)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        nll = -float(np.mean(np.log(np.maximum(p[np.arange(len(labels)), labels], 1e-300))))
+        return nll, np.where(present, (p - onehot).mean(axis=0), 0.0)
+
+    b = minimize(nll_grad, np.zeros(NUM_CLASSES), jac=True, method="L-BFGS-B").x
+    return np.where(present, b - b[present].mean(), 0.0)
 
 
 def _tempered(oof: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:

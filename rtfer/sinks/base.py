@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rtfer.errors import OutputError
-from rtfer.labels import CLASSES, scale_labels, valence
+from rtfer.labels import CLASSES, scale_labels
 from rtfer.types import FrameResult, StreamGap
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -43,7 +43,7 @@ def result_records(result: FrameResult, *, raw: bool = False, source_name: str |
     top = probs.argmax(axis=1)
     s5 = scale_labels(probs, "sentiment5")
     s3 = scale_labels(probs, "sentiment3")
-    val = valence(probs)
+    val = result.smoothed.valence
     raw_probs = result.raw.probs
     rows = []
     for i in range(n):

@@ -142,7 +142,8 @@ class SummaryAccumulator:
         """Add one frame (smoothed scores)."""
         ids = np.asarray(result.faces.track_ids)
         ids = np.where(ids >= 0, ids, np.arange(len(ids)))
-        self.add(float(result.time_s), ids, result.smoothed.probs, source=result.source)
+        self.add(float(result.time_s), ids, result.smoothed.probs, source=result.source,
+                 valence_values=result.smoothed.valence)
 
     def key(self, source: str | None, face_id: int) -> int:
         """The accumulator's key of face ``face_id`` of ``source`` (the id itself for the first source)."""
@@ -156,8 +157,10 @@ class SummaryAccumulator:
             k = self._other_keys[(source, int(face_id))] = _OTHER_SOURCE_KEYS + len(self._other_keys)
         return k
 
-    def add(self, time_s: float, face_ids: np.ndarray, probs: np.ndarray, *, source: str | None = None) -> None:
-        """Array form of :meth:`update`: ``face_ids`` (n,), ``probs`` (n, 7), the frame's ``source`` name."""
+    def add(self, time_s: float, face_ids: np.ndarray, probs: np.ndarray, *, source: str | None = None,
+            valence_values: np.ndarray | None = None) -> None:
+        """Array form of :meth:`update`: ``face_ids`` (n,), ``probs`` (n, 7), the frame's ``source`` name and the
+        faces' valence (computed from ``probs`` when not given)."""
         self.frames += 1
         self.t_end = max(self.t_end, float(time_s))
         self._credit_previous_frame(float(time_s))
@@ -168,7 +171,7 @@ class SummaryAccumulator:
             self.t0 = time_s
         b = self._bin(time_s)
         probs = np.asarray(probs, dtype=np.float64)
-        vals = valence(probs)
+        vals = valence(probs) if valence_values is None else np.asarray(valence_values, np.float64)
         tops = probs.argmax(axis=1)
         self.room[b] += (float(np.mean(vals)), 1.0, float(len(face_ids)))
         for fid, p, v, top in zip(np.asarray(face_ids).tolist(), probs, vals.tolist(), tops.tolist()):

@@ -45,6 +45,8 @@ def test_runs_to_bundle_round_trip(tiny_packed, tmp_path):
     alt = fit["alternatives"]["balanced"]
     balanced = rtfer.load_bundle(bundle, backend="onnxruntime", device="cpu", combiner="balanced").predict(crops)
     assert np.allclose(balanced, make_ensemble(alt, 2, alt["temperature"])(probs), atol=2e-3)
+    shift = np.asarray(meta["combiners"]["balanced"]["posterior_shift"])  # valence goes through it
+    assert shift.shape == (7,) and np.all(np.isfinite(shift)) and abs(shift.mean()) < 1e-9
 
 
 def test_set_combiners_on_an_existing_bundle(tiny_bundle, tmp_path):
@@ -85,3 +87,76 @@ def test_set_combiners_on_an_existing_bundle(tiny_bundle, tmp_path):
     with pytest.raises(RtferError, match="was not fitted on bundle"):
         from rtfer.training.bundling import set_combiners
         set_combiners(bundle, path)
+
+
+def _write_run(folder, probs, labels, temperature=1.0):
+    folder.mkdir(parents=True)
+    np.savez(folder / "val_logits.npz", logits=np.log(np.clip(probs, 1e-9, None)) * temperature, labels=labels)
+    (folder / "val.json").write_text(json.dumps({"temperature": temperature}))
+
+
+def test_posterior_shift_of_an_existing_bundle_feeds_valence_everywhere(tiny_bundle, tmp_path, group_photo):
+    import csv
+    import shutil
+
+    import cv2
+    import pytest
+
+    from rtfer.bundle import BundleSpec
+    from rtfer.labels import valence
+    from rtfer.pipeline import AnalyzeOptions
+    from rtfer.run import process_file
+    from rtfer.training.stacker import fit_posterior_shift
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    alt = {"method": "soft_vote", "weights": [0.3, 0.7], "temperature": 1.0, "fitted_as": "logistic_balanced"}
+    meta["combiners"] = {"balanced": alt}
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert BundleSpec.read(bundle).posterior_shift("balanced") is None
+    # members' validation outputs that over-call sadness (index 4) on neutral faces (index 6)
+    rng = np.random.default_rng(0)
+    labels = rng.choice(7, 600, p=[0.1, 0.02, 0.02, 0.3, 0.1, 0.06, 0.4])
+    logits = rng.normal(0, 1, (600, 7))
+    logits[np.arange(600), labels] += 2.5
+    logits[:, 4] += 1.0
+    member = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    runs = [tmp_path / "runs" / "ddamfn", tmp_path / "runs" / "convnext"]
+    for r in runs:
+        _write_run(r, member, labels, 1.2)
+    assert main(["set-combiners", str(bundle), "--shift-from", *map(str, runs[::-1])]) != 0  # wrong order: refused
+    assert main(["set-combiners", str(bundle), "--shift-from", *map(str, runs)]) == 0
+    spec = BundleSpec.read(bundle)
+    shift = spec.posterior_shift("balanced")
+    want = fit_posterior_shift(make_ensemble(alt, 2, 1.0)([member, member]), labels)
+    np.testing.assert_allclose(shift, want, atol=1e-9)
+    assert shift[4] < -0.5 and abs(shift.mean()) < 1e-9  # sadness was over-called: the shift takes it back
+    assert spec.posterior_shift("default") is None
+    # the runtime computes valence through it: the CSV's valence is the shifted one, not P(pos) - P(neg) of the row
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), group_photo)
+    rows = {}
+    for combiner in ("default", "balanced"):
+        out = tmp_path / f"{combiner}.csv"
+        process_file(folder, out, AnalyzeOptions(bundle=str(bundle), backend="onnxruntime", device="cpu",
+                                                 combiner=combiner))
+        rows[combiner] = [r for r in csv.DictReader(out.open()) if r["face_id"]]
+    from rtfer.labels import CLASSES
+
+    for combiner, sh in (("default", None), ("balanced", shift)):
+        assert rows[combiner]
+        for r in rows[combiner]:
+            p = np.array([float(r[c]) for c in CLASSES])
+            assert float(r["valence"]) == pytest.approx(float(valence(p / p.sum(), sh)), abs=2e-4)
+    p = np.array([[float(r[c]) for c in CLASSES] for r in rows["balanced"]])
+    assert not np.allclose(valence(p, shift), valence(p), atol=1e-3)
+    # a malformed shift is refused when bundle.json is read
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["combiners"]["balanced"]["posterior_shift"] = [0.0] * 6
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    from rtfer.errors import BundleError
+
+    with pytest.raises(BundleError, match="posterior_shift must be 7 finite numbers"):
+        BundleSpec.read(bundle)

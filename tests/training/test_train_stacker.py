@@ -127,3 +127,24 @@ def test_fit_from_run_folders(tmp_path):
     assert "| logistic |" in (tmp_path / "ens" / "ablation.md").read_text()
     assert fit.chosen in ("soft_vote", "logistic")
     assert "ECE" in (tmp_path / "ens" / "ablation.md").read_text()
+
+
+def test_posterior_shift_recovers_a_prior_shift():
+    from rtfer.training.stacker import fit_posterior_shift
+
+    rng = np.random.default_rng(3)
+    prior = np.array([0.12, 0.02, 0.01, 0.3, 0.12, 0.08, 0.35])
+    labels = rng.choice(7, 20000, p=prior)
+    logits = rng.normal(0, 1, (20000, 7))
+    logits[np.arange(20000), labels] += 1.5
+    # calibrated posterior under the prior, then a combiner that divides the prior out ("balanced")
+    post = np.exp(logits) * prior
+    post /= post.sum(1, keepdims=True)
+    balanced = post / prior
+    balanced /= balanced.sum(1, keepdims=True)
+    shift = fit_posterior_shift(balanced, labels)
+    want = np.log(prior) - np.log(prior).mean()
+    np.testing.assert_allclose(shift, want, atol=0.2)  # sampling noise on the rarest class (200 of 20,000)
+    # a class absent from the labels keeps no shift of its own
+    few = labels != 2
+    assert fit_posterior_shift(balanced[few], labels[few])[2] == pytest.approx(0.0, abs=1e-12)
