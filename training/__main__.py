@@ -102,6 +102,9 @@ def _add_export(sub) -> None:
     p.add_argument("--tta-flip", action="store_true",
                    help="members average each crop with its mirror image at run time (fit the stacker on flip-TTA "
                         "validation logits: evaluate --tta-flip --out RUN_tta)")
+    p.add_argument("--align-size", type=int, default=0, metavar="PX",
+                   help="members with a larger input align faces at PX and upsample them at run time, as they were "
+                        "trained (48 for members trained on FER2013's 48 px faces; default: align at the input size)")
 
 
 def _add_import(sub) -> None:
@@ -339,7 +342,7 @@ def cmd_export(a) -> int:
                            interim=a.interim, alignment_template=template, alignment=alignment,
                            parity_images=a.parity_images or None,
                            member_names=names, training_extra={"data": a.data_note} if a.data_note else None,
-                           parity_tol=a.parity_tol, tta_flip=a.tta_flip)
+                           parity_tol=a.parity_tol, tta_flip=a.tta_flip, align_size=a.align_size)
     log.info("bundle written to %s", folder)
     return 0
 

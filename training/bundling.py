@@ -50,8 +50,12 @@ def _run_summary(run_dir: Path) -> dict:
 def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_json: str | Path, name: str = "default",
                   version: str = "0.1.0", interim: bool = False, alignment_template=None, alignment: dict | None = None,
                   parity_images: str | Path | np.ndarray | None = None, member_names: list[str] | None = None,
-                  training_extra: dict | None = None, parity_tol: float | None = None, tta_flip: bool = False) -> Path:
+                  training_extra: dict | None = None, parity_tol: float | None = None, tta_flip: bool = False,
+                  align_size: int = 0) -> Path:
     """Write a bundle folder for the member checkpoints (``best.pt`` of each run) and the fitted ensemble.
+
+    ``align_size`` (px, 0 = off): members whose input is larger align faces at this size and upsample them to their
+    input at run time (bundle.json ``align_size``), as they were trained on FER2013's 48 px faces upsampled.
 
     ``parity_tol`` is passed to write_bundle (its per-member ONNX-vs-torch tolerance, relative to the logit scale,
     which includes random input). Afterwards the whole bundle is checked end to end on the real crops: bundle
@@ -91,6 +95,10 @@ def export_bundle(checkpoints: list[str | Path], out: str | Path, *, ensemble_js
     meta = json.loads((Path(folder) / BUNDLE_FILE).read_text(encoding="utf-8"))
     if crops is not None:
         meta["metrics"]["end_to_end_parity"] = end_to_end_parity(folder, checkpoints, crops, fit, tta_flip=tta_flip)
+    if align_size:
+        for m in meta["members"]:
+            if int(m["input_size"]) > int(align_size):
+                m["align_size"] = int(align_size)
     if fit.get("alternatives"):  # alternative combiners (rtfer analyze --combiner NAME)
         meta["combiners"] = fit["alternatives"]
     confusion = ens_path.parent / "confusion.png"

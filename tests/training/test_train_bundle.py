@@ -24,9 +24,11 @@ def test_runs_to_bundle_round_trip(tiny_packed, tmp_path):
     bundle = tmp_path / "bundle"
     assert main(["export", *(str(r / "best.pt") for r in runs), "-o", str(bundle), "--ensemble",
                  str(tmp_path / "ens" / "ensemble.json"), "--name", "tiny", "--interim", "--parity-images", str(val),
-                 "--data-note", "synthetic"]) == 0
+                 "--data-note", "synthetic", "--align-size", "24"]) == 0
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["interim"] is True and [m["name"] for m in meta["members"]] == ["ddamfn", "convnext"]
+    assert [m["align_size"] for m in meta["members"]] == [24, 24]  # aligned small, upsampled as in training
+    assert rtfer.load_bundle(bundle, backend="onnxruntime", device="cpu").input_sizes == [24, 24]
     assert all(m["color"] == "gray" and m["input_size"] == 32 for m in meta["members"])
     assert set(meta["metrics"]["members"]) == {"ddamfn", "convnext"}
     assert meta["training"]["data"] == "synthetic"
