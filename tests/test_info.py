@@ -13,7 +13,7 @@ def test_info_tables_name_every_section(capsys):
     for heading in ("bundle default", "members", "provenance", "ensemble", "validation", "ablation", "detector",
                     "backends", "devices", "auto choice"):
         assert heading in out, heading
-    assert "ddamfn" in out and "resnet18_cbam_attn" in out and "onnxruntime" in out and "cpu" in out
+    assert "ddamfn" in out and "faceres29" in out and "onnxruntime" in out and "cpu" in out
     acc = BundleSpec.read(resolve_bundle_path("default")).raw["metrics"]["ensemble"]["accuracy"]
     assert f"{acc:.1%}" in out  # the ensemble's validation accuracy, read from bundle.json
     balanced = BundleSpec.read(resolve_bundle_path("default")).combiners["balanced"]["metrics"]
@@ -34,7 +34,7 @@ def test_info_json_is_complete(capsys):
     assert [c["name"] for c in info["combiners"]] == ["default", "balanced"]
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
-    assert [m["name"] for m in info["members"]] == ["ddamfn", "resnet18_cbam_attn"]
+    assert [m["name"] for m in info["members"]] == ["ddamfn", "faceres29"]
     raw = {m["name"]: m for m in BundleSpec.read(resolve_bundle_path("default")).raw["members"]}
     for m in info["members"]:  # provenance, as bundle.json records it
         for key in ("pretrained_from", "weights_license", "training_data"):
