@@ -75,12 +75,25 @@ def test_downscaling_agrees_within_the_stated_tolerance(aligned):
     assert np.abs(runtime - shifted).mean() > 2 * diff.mean()
 
 
-def test_members_that_preprocess_alike_share_one_batch(aligned, monkeypatch):
-    """The default bundle's two members both take 48 px grey crops with the same mean/std: one preprocessing for both,
-    and the same probabilities as preprocessing for each."""
+def test_members_that_preprocess_alike_share_one_batch(aligned, monkeypatch, tmp_path):
+    """Two members that both take 48 px grey crops with the same mean/std (the default bundle's DDAMFN twice, as the
+    0.5.0 default's pair did): one preprocessing for both, and the same probabilities as preprocessing for each."""
+    import json
+    import shutil
+
     import rtfer.bundle as bundle_module
 
-    bundle = bundle_module.load_bundle("default", backend="onnxruntime", device="cpu", precision="fp32")
+    src = bundle_module.resolve_bundle_path("default")
+    meta = json.loads((src / bundle_module.BUNDLE_FILE).read_text())
+    ddamfn = next(m for m in meta["members"] if m["name"] == "ddamfn")
+    ddamfn.pop("int8", None)
+    meta["members"] = [dict(ddamfn, name="a"), dict(ddamfn, name="b", temperature=1.5)]
+    meta["ensemble"] = {"method": "soft_vote", "weights": [0.5, 0.5]}
+    for key in ("combiners", "quantization"):
+        meta.pop(key, None)
+    shutil.copyfile(src / ddamfn["file"], tmp_path / ddamfn["file"])
+    (tmp_path / bundle_module.BUNDLE_FILE).write_text(json.dumps(meta))
+    bundle = bundle_module.load_bundle(tmp_path, backend="onnxruntime", device="cpu", precision="fp32")
     sizes = {(m.input_size, m.color, tuple(m.mean), tuple(m.std)) for m in bundle.members}
     assert len(bundle.members) == 2 and len(sizes) == 1
     crops = {48: aligned[48]}
