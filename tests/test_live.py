@@ -388,7 +388,9 @@ def test_a_client_that_never_reads_neither_stalls_nor_grows_memory():
     # every message (n frames and the hello) was sent, is queued, was dropped (from the client's queue or, when the
     # loop lagged, the hand-off), or is the one whose send is blocked
     assert client["sent"] + client["queued"] + client["skipped"] + totals["handoff_dropped"] in (n, n + 1)
-    assert client["skipped"] > n / 4  # it really was stalled (the rest went into the kernel's socket buffers)
+    # it really was stalled: most messages never reached its socket (the rest went into the kernel's buffers). They
+    # were dropped from its queue or, when the server's loop lagged behind a loaded CPU, at the hand-off
+    assert client["skipped"] + totals["handoff_dropped"] > n / 4 and client["sent"] < n / 2
     assert grown < min(1.5e6, message_bytes / 4)
     assert elapsed / (n // 2) < 0.01  # per frame: the writer thread never waits for the client
     assert close_s < 8
