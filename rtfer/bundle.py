@@ -34,7 +34,7 @@ from rtfer import backends
 from rtfer.detection.align import ARCFACE_TEMPLATE
 from rtfer.ensemble import Ensemble, make_ensemble, softmax
 from rtfer.errors import BundleError
-from rtfer.labels import CLASSES, NUM_CLASSES, valence
+from rtfer.labels import CLASSES, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +172,7 @@ class BundleSpec:
             if cname == DEFAULT_COMBINER:
                 raise BundleError(f"{meta}: a combiner may not be called {DEFAULT_COMBINER!r} (the bundle's own)")
             make_ensemble(c, len(members), float(c.get("temperature", 1.0)))
-            if c.get("posterior_shift") is not None:
-                try:
-                    shift = np.asarray(c["posterior_shift"], np.float64)
-                except (TypeError, ValueError):
-                    shift = None
-                if shift is None or shift.shape != (NUM_CLASSES,) or not np.all(np.isfinite(shift)):
-                    raise BundleError(f"{meta}: combiner {cname!r} posterior_shift must be {NUM_CLASSES} finite numbers")
+            spec.posterior_shift(cname)  # validate early
         return spec
 
     def posterior_shift(self, name: str = DEFAULT_COMBINER) -> np.ndarray | None:
@@ -188,8 +182,16 @@ class BundleSpec:
         if not name or name == DEFAULT_COMBINER:
             return None
         c, _ = self.combiner(name)
-        shift = c.get("posterior_shift")
-        return None if shift is None else np.asarray(shift, np.float64)
+        if c.get("posterior_shift") is None:
+            return None
+        try:
+            shift = np.asarray(c["posterior_shift"], np.float64)
+        except (TypeError, ValueError):
+            shift = None
+        if shift is None or shift.shape != (NUM_CLASSES,) or not np.all(np.isfinite(shift)):
+            raise BundleError(f"{self.path / BUNDLE_FILE}: combiner {name!r} posterior_shift must be {NUM_CLASSES} "
+                              "finite numbers")
+        return shift
 
     def combiner(self, name: str = DEFAULT_COMBINER) -> tuple[dict, float]:
         """(ensemble object, temperature) of the named combiner: "default" is the bundle's own (``ensemble``),
@@ -434,11 +436,6 @@ class Bundle:
                 raise BundleError(f"member {m.name} returns {logits.shape[1]} outputs, expected {NUM_CLASSES}")
             out.append(softmax(logits, m.temperature))
         return out
-
-    def valence(self, probs: np.ndarray) -> np.ndarray:
-        """Valence of probability rows combined by this bundle's combiner (through its ``posterior_shift``, if any:
-        :func:`rtfer.labels.valence`)."""
-        return valence(probs, self.posterior_shift)
 
     def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         if len(member_probs[0]) == 0:

@@ -290,8 +290,8 @@ class Pipeline:
             timings = dict(p.timings, infer=infer_ms, stack=stack_ms, smooth=(t4 - t3) * 1e3)
             f = p.frame
             yield FrameResult(index=f.index, time_s=f.time_s, source=f.source, faces=p.faces,
-                              raw=EmotionScores(raw, self.bundle.valence(raw)),
-                              smoothed=EmotionScores(smoothed, self.bundle.valence(smoothed)), timings_ms=timings,
+                              raw=EmotionScores(raw, self.bundle.posterior_shift),
+                              smoothed=EmotionScores(smoothed, self.bundle.posterior_shift), timings_ms=timings,
                               image=f.image if keep_images else None, width=f.width, height=f.height,
                               captured=f.captured)
         schedule.busy_s = busy

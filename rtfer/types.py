@@ -1,12 +1,13 @@
 """Typed pipeline messages. Each holds batched numpy arrays and validates shapes on construction."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtfer.labels import NUM_CLASSES
+from rtfer.labels import NUM_CLASSES, valence
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -83,16 +84,14 @@ class Faces:
 
 @dataclass
 class EmotionScores:
-    """Per-face class probabilities in the canonical order; rows sum to 1. ``valence`` (n,) is P(positive) -
-    P(negative) of each row unless given: the pipeline gives it when its combiner carries a ``posterior_shift``
-    (:func:`rtfer.labels.valence`), so that every output (CSV, report, app, live) shows the same valence."""
+    """Per-face class probabilities in the canonical order; rows sum to 1. ``posterior_shift``: the combiner's, when
+    it has one (``--combiner balanced``); :attr:`valence` goes through it (:func:`rtfer.labels.valence`), so that every
+    output (CSV, report, app, live) shows the same valence."""
 
     probs: np.ndarray
-    valence: np.ndarray | None = None
+    posterior_shift: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        from rtfer.labels import valence
-
         self.probs = np.asarray(self.probs, dtype=np.float32)
         if self.probs.size == 0:
             self.probs = self.probs.reshape(0, NUM_CLASSES)
@@ -102,12 +101,17 @@ class EmotionScores:
             sums = self.probs.sum(axis=1)
             _check(bool(np.all(np.abs(sums - 1.0) < 1e-3)),
                    f"EmotionScores rows must sum to 1 (got sums {np.round(sums, 4).tolist()[:5]})")
-        if self.valence is None:
-            self.valence = valence(self.probs).astype(np.float32)
-        else:
-            self.valence = np.asarray(self.valence, dtype=np.float32).reshape(-1)
-            _check(len(self.valence) == len(self.probs) and bool(np.all(np.abs(self.valence) <= 1 + 1e-6)),
-                   f"EmotionScores.valence must be ({len(self.probs)},) in [-1, 1], got {self.valence.shape}")
+        if self.posterior_shift is not None:
+            self.posterior_shift = np.asarray(self.posterior_shift, dtype=np.float64).reshape(-1)
+            _check(self.posterior_shift.shape == (NUM_CLASSES,),
+                   f"EmotionScores.posterior_shift (the valence re-weighting) must be {NUM_CLASSES} numbers, "
+                   f"got {self.posterior_shift.shape}")
+
+    @functools.cached_property
+    def valence(self) -> np.ndarray:
+        """(n,) float32: P(positive) - P(negative) of each row, through ``posterior_shift`` when there is one;
+        computed on first use (most frames' raw scores never need it)."""
+        return valence(self.probs, self.posterior_shift).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.probs)

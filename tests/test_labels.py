@@ -57,7 +57,7 @@ def test_valence_through_a_posterior_shift():
     # EmotionScores computes valence from its rows unless given one
     s = EmotionScores(p)
     assert s.valence.shape == (1,) and s.valence[0] == pytest.approx(valence(p)[0], abs=1e-6)
-    assert EmotionScores(p, valence(p, shift)).valence[0] == pytest.approx(valence(p, shift)[0], abs=1e-6)
+    assert EmotionScores(p, shift).valence[0] == pytest.approx(valence(p, shift)[0], abs=1e-6)
     assert EmotionScores.empty().valence.shape == (0,)
     with pytest.raises(ValueError, match="valence"):
         EmotionScores(p, np.array([0.1, 0.2]))
