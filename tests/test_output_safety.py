@@ -493,7 +493,7 @@ def test_an_output_that_cannot_be_opened_keeps_every_other_from_being_written(tm
 
 
 def test_a_resumed_batch_removes_what_a_killed_worker_left_but_not_a_live_runs_files(tmp_path):
-    from rtfer.batch import worker
+    from rtfer.sinks.atomic import remove_stale_temps  # what the batch worker calls before each video
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -502,7 +502,7 @@ def test_a_resumed_batch_removes_what_a_killed_worker_left_but_not_a_live_runs_f
     kept = [f".clip.{live}.part.csv", f"..clip.{live}.part.{live}.part.csv", "clip.csv", ".other.123.part.csv"]
     for name in left + kept:
         (tmp_path / name).write_text("x")
-    worker._remove_stale_temps(tmp_path / "clip.csv")
+    remove_stale_temps(tmp_path / "clip.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 

@@ -16,33 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 
-def _temp_path(output: Path) -> Path:
-    """A hidden sibling of ``output`` that a crashed run may leave behind and that never looks finished."""
-    return output.with_name(f".{output.stem}.{os.getpid()}.part{output.suffix}")
-
-
-def _remove_stale_temps(output: Path) -> None:
-    """Remove what a killed worker left for ``output``: its temporary file ``.STEM.PID.partSUFFIX``, the run layer's
-    temporary file beside that one and their lock files. A live process's files (another run's) are kept."""
-    import re
-
-    from rtfer.sinks.atomic import pid_alive
-
-    pattern = re.compile(r"^\.\.?" + re.escape(output.stem) + r"\.(\d+)\.part")
-    try:
-        names = os.listdir(output.parent)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if m and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
-            try:
-                (output.parent / name).unlink()
-                log.info("removed %s, left by a worker that was killed", output.parent / name)
-            except OSError:
-                pass
-
-
 _PIPELINE_CACHE: dict[str, Pipeline] = {}
 
 
@@ -72,17 +45,18 @@ def process_video(task: VideoTask, options: AnalyzeOptions) -> VideoResult:
     and ImportErrors are raised: they would fail every video the same way, and the driver stops the batch on them.
     """
     from rtfer.run import process_file
+    from rtfer.sinks.atomic import remove_stale_temps, temp_path
 
     pipeline = get_pipeline(options)  # raises RtferError on a bad bundle / backend: fatal for the batch
     output = Path(task.output)
-    tmp = _temp_path(output)
+    tmp = temp_path(output)
     report = Path(task.report) if task.report else None
-    report_tmp = _temp_path(report) if report is not None else None
+    report_tmp = temp_path(report) if report is not None else None
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(output)
+        remove_stale_temps(output)  # what a killed worker left for this video (never a live run's)
         if report is not None:
-            _remove_stale_temps(report)
+            remove_stale_temps(report)
         stats = process_file(task.input, tmp, options, pipeline=pipeline, raw=task.raw, progress=False,
                              report=report_tmp, command=f"rtfer analyze (batch) {task.input}" if report else None)
         if stats.status == "ok":

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 MARK = "written by rtfer"
 #: Video containers the annotated video can be written to (H.264 or MPEG-4 video, a comment tag).
 VIDEO_FORMATS = (".mp4", ".mov", ".m4v", ".mkv", ".avi")
-_TEMP_RE = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)\.part(?P<suffix>\.[^.]*)?$")
 
 
 def temp_path(final: str | os.PathLike, pid: int | None = None) -> Path:
@@ -61,19 +60,23 @@ def pid_alive(pid: int) -> bool:
 
 
 def stale_temps(final: str | os.PathLike) -> list[Path]:
-    """Temporary files of ``final`` left by processes that no longer run (killed with ``kill -9``, a power cut).
+    """Files of ``final`` left by processes that no longer run (killed with ``kill -9``, a power cut): its temporary
+    file ``.STEM.PID.partSUFFIX``, and what was made beside that one when it was itself a run's output (a batch
+    worker writes a video's CSV there): its temporary file ``..STEM.PID.part.PID.partSUFFIX`` and lock file
+    ``..STEM.PID.partSUFFIX.rtfer-lock``.
 
-    A live process's temporary file is never listed: another run may be writing it."""
+    A live process's files are never listed: another run may be writing them."""
     final = Path(final)
+    pattern = re.compile(r"^\.\.?" + re.escape(final.stem) + r"\.(\d+)\.part(\.\d+\.part)?" + re.escape(final.suffix)
+                         + r"(\.rtfer-lock)?$")
     found = []
     try:
         names = os.listdir(final.parent)
     except OSError:
         return []
     for name in names:
-        m = _TEMP_RE.match(name)
-        if m and m["stem"] == final.stem and (m["suffix"] or "") == final.suffix and int(m["pid"]) != os.getpid() \
-                and not pid_alive(int(m["pid"])):
+        m = pattern.match(name)
+        if m and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
             found.append(final.parent / name)
     return found
 
