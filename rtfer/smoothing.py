@@ -205,6 +205,12 @@ class Smoother:
                 out[i] = tr.output
         return out.astype(np.float32)
 
+    def label(self, track_id: int) -> int | None:
+        """The class index a track shows, or None: the top class of its last reported probabilities (with
+        hysteresis, the held label: it is reported on top, :func:`_shown_on_top`)."""
+        tr = self._tracks.get(int(track_id))
+        return None if tr is None else int(tr.output.argmax())
+
     def has(self, track_id: int) -> bool:
         """Whether ``track_id`` has live state (its probabilities can be held)."""
         return int(track_id) in self._tracks
@@ -288,11 +294,6 @@ class EMASmoother(Smoother):
     def alpha(self, dt):
         """Weight of a new observation ``dt`` seconds (a float or an array) after the previous one."""
         return _ema_alpha(dt, self.half_life_s)
-
-    def label(self, track_id: int) -> int | None:
-        """The class index a track shows (the hysteresis state), or None."""
-        tr = self._tracks.get(int(track_id))
-        return None if tr is None else int(tr.state[1].argmax())
 
     def _state_shape(self) -> tuple[int, ...]:
         return (2, NUM_CLASSES)
@@ -378,11 +379,6 @@ class HMMSmoother(Smoother):
         """The filtered state belief of a track (7,), or None."""
         tr = self._tracks.get(int(track_id))
         return None if tr is None else tr.state[0].copy()
-
-    def label(self, track_id: int) -> int | None:
-        """The class index a track shows (the hysteresis state), or None."""
-        tr = self._tracks.get(int(track_id))
-        return None if tr is None else int(tr.state[2].argmax())
 
     def _state_shape(self) -> tuple[int, ...]:
         return (3, NUM_CLASSES)
