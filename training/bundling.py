@@ -191,20 +191,16 @@ def set_posterior_shifts(bundle: str | Path, runs: list[str | Path]) -> dict[str
     from rtfer.bundle import BundleSpec, resolve_bundle_path, write_bundle_json
     from rtfer.ensemble import make_ensemble
     from rtfer.errors import BundleError
-    from rtfer.training.stacker import fit_posterior_shift, load_member_outputs
+    from rtfer.training.stacker import fit_posterior_shift, load_runs
 
     spec = BundleSpec.read(resolve_bundle_path(bundle))
     if not spec.combiners:
         raise BundleError(f"bundle {spec.name} has no alternative combiner to shift")
-    outputs = [load_member_outputs(r) for r in runs]
+    outputs, labels = load_runs(runs)
     names = [o[3] for o in outputs]
     if names != [m.name for m in spec.members]:
         raise InputError(f"runs {names} are not bundle {spec.name}'s members {[m.name for m in spec.members]} "
                          "(one run folder per member, in order)")
-    labels = outputs[0][1]
-    for o in outputs[1:]:
-        if not np.array_equal(o[1], labels):
-            raise InputError(f"run {o[3]} was validated on different images than {names[0]}")
     meta = spec.raw
     shifts = {}
     for cname, c in spec.combiners.items():

@@ -270,14 +270,21 @@ def load_member_outputs(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, fl
     return softmax(logits, temperature), labels, temperature, name
 
 
-def fit_ensemble_from_runs(runs: list[str | Path], out: str | Path, *, choose: str = "auto",
-                           metric: str = "accuracy", folds: int = 5, seed: int = 0) -> StackerFit:
-    """Fit on the members' saved validation outputs; write ensemble.json, ablation.md and ablation.json."""
+def load_runs(runs: list[str | Path]) -> tuple[list[tuple[np.ndarray, np.ndarray, float, str]], np.ndarray]:
+    """:func:`load_member_outputs` of each run and their shared labels; refused unless every run was validated on
+    the same images."""
     outputs = [load_member_outputs(r) for r in runs]
     labels = outputs[0][1]
     for (_, lab, _, name) in outputs[1:]:
         if not np.array_equal(lab, labels):
             raise InputError(f"run {name} was validated on different images than {outputs[0][3]}")
+    return outputs, labels
+
+
+def fit_ensemble_from_runs(runs: list[str | Path], out: str | Path, *, choose: str = "auto",
+                           metric: str = "accuracy", folds: int = 5, seed: int = 0) -> StackerFit:
+    """Fit on the members' saved validation outputs; write ensemble.json, ablation.md and ablation.json."""
+    outputs, labels = load_runs(runs)
     fit = fit_ensemble([o[0] for o in outputs], labels, [o[3] for o in outputs], choose=choose, metric=metric,
                        folds=folds, seed=seed, member_temperatures=[o[2] for o in outputs])
     out = Path(out)
