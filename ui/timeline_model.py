@@ -66,7 +66,7 @@ class TimelineBuffer:
         """Add one frame's faces. Faces without a track id (-1) are keyed by their row so they still show."""
         faces = result.faces
         probs = result.smoothed.probs
-        vals = result.smoothed.valence if len(probs) else np.zeros(0, np.float32)
+        vals = result.smoothed.valence
         if self.mode == "images":
             with self._lock:
                 self._image_count += 1
