@@ -172,6 +172,8 @@ class BundleSpec:
             if cname == DEFAULT_COMBINER:
                 raise BundleError(f"{meta}: a combiner may not be called {DEFAULT_COMBINER!r} (the bundle's own)")
             make_ensemble(c, len(members), float(c.get("temperature", 1.0)))
+            if not isinstance(c.get("tta_flip", False), bool):
+                raise BundleError(f"{meta}: combiner {cname!r} tta_flip must be true or false")
             spec.posterior_shift(cname)  # validate early
         return spec
 
@@ -387,6 +389,9 @@ class Bundle:
                          for m in spec.members]
         self.ensemble: Ensemble = make_ensemble(ens, len(spec.members), temperature)
         self.posterior_shift = spec.posterior_shift(self.combiner)
+        # A combiner fitted on flip-TTA outputs (bundle.json combiners.NAME.tta_flip) has every member read each
+        # crop and its mirror image too: twice the classifier cost.
+        self.tta_flip = bool(ens.get("tta_flip", False))
         log.info("bundle %s %s: %d members on %s%s", spec.name, spec.version, len(self.members),
                  self.backends[0].describe(),
                  "" if self.combiner == DEFAULT_COMBINER else f", combiner {self.combiner}")
@@ -430,7 +435,7 @@ class Bundle:
             if x is None:
                 x = prepared[key] = preprocess(crops, m)
             logits = b.infer(x)
-            if m.tta_flip:  # the mirror image's logits, averaged (as in training's flip TTA)
+            if m.tta_flip or self.tta_flip:  # the mirror image's logits, averaged (as in training's flip TTA)
                 logits = (logits + b.infer(np.ascontiguousarray(x[..., ::-1]))) / 2
             if logits.shape[1] != NUM_CLASSES:
                 raise BundleError(f"member {m.name} returns {logits.shape[1]} outputs, expected {NUM_CLASSES}")

@@ -77,12 +77,13 @@ def collect_info(bundle: str = "default", backend: str = "auto", device: str = "
                 **{k: v for k, v in spec.ensemble.items() if k != "method"},
                 **{k: v for k, v in ens_metrics.items() if k != "method"}}
     combiners = [{"name": "default", "method": spec.ensemble.get("method"), "accuracy": ens_metrics.get("accuracy"),
-                  "mean_class_accuracy": ens_metrics.get("mean_class_accuracy"), "recall": ens_metrics.get("recall")}]
+                  "mean_class_accuracy": ens_metrics.get("mean_class_accuracy"), "recall": ens_metrics.get("recall"),
+                  "tta_flip": False}]
     for cname, c in spec.combiners.items():
         cm = c.get("metrics") or {}
         combiners.append({"name": cname, "method": c.get("method"), "fitted_as": c.get("fitted_as"),
                           "accuracy": cm.get("accuracy"), "mean_class_accuracy": cm.get("mean_class_accuracy"),
-                          "recall": cm.get("recall")})
+                          "recall": cm.get("recall"), "tta_flip": bool(c.get("tta_flip", False))})
     int8: dict[str, Any] = {}
     if hasattr(spec, "int8") and spec.int8:
         usable, accepted, why = spec.int8_status()
@@ -205,10 +206,11 @@ def render_info(info: dict[str, Any]) -> str:
                            "yes" if r.get("fitted") else "no"] for r in info["ablation"]]))
     if len(info.get("combiners") or []) > 1:
         out.append("\ncombiners (rtfer analyze --combiner NAME; validation, cross-validated)")
-        out.append(table(["combiner", "method", "accuracy", "mean-class", "fear recall", "disgust recall"],
+        out.append(table(["combiner", "method", "accuracy", "mean-class", "fear recall", "disgust recall", "cost"],
                          [[c["name"], c.get("fitted_as") or c.get("method"), _pct(c.get("accuracy")),
                            _pct(c.get("mean_class_accuracy")), _pct((c.get("recall") or {}).get("fear")),
-                           _pct((c.get("recall") or {}).get("disgust"))] for c in info["combiners"]]))
+                           _pct((c.get("recall") or {}).get("disgust")),
+                           "2x (face + mirror)" if c.get("tta_flip") else "1x"] for c in info["combiners"]]))
     if info["cost_ms_per_face"]:
         out.append("\ncost per face (onnxruntime, 1 thread)")
         out.append(table(["part", "ms"], [[k, f"{v:.2f}"] for k, v in info["cost_ms_per_face"].items()]))

@@ -144,6 +144,8 @@ def _add_member_logits(sub) -> None:
     p.add_argument("data", help="packed validation split (.npz)")
     p.add_argument("-o", "--out", required=True, help="folder for one run folder per member")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="each image and its mirror image, logits averaged (for a flip combiner: set-combiners --flip)")
 
 
 def _add_curves(sub) -> None:
@@ -187,11 +189,18 @@ def _add_set_combiners(sub) -> None:
     g.add_argument("--shift-from", nargs="+", metavar="RUN",
                    help="only fit each alternative combiner's posterior_shift (valence goes through it) on these "
                         "member run folders' validation outputs, one per member in order (member-logits writes them)")
+    g.add_argument("--flip", metavar="ENSEMBLE_JSON",
+                   help="add flip combiners (flip, flip_balanced, ...: each face and its mirror image, twice the "
+                        "classifier cost) from fit-stacker's fit on member-logits BUNDLE --tta-flip outputs")
 
 
 def cmd_set_combiners(a) -> int:
-    from rtfer.training.bundling import set_combiners, set_posterior_shifts
+    from rtfer.training.bundling import set_combiners, set_flip_combiners, set_posterior_shifts
 
+    if a.flip:
+        names = set_flip_combiners(a.bundle, a.flip)
+        print(f"{a.bundle}: combiners default" + "".join(f", {n}" for n in names))
+        return 0
     if a.shift_from:
         for name, shift in set_posterior_shifts(a.bundle, a.shift_from).items():
             print(f"{a.bundle}: combiner {name} posterior_shift " + " ".join(f"{v:+.3f}" for v in shift))
@@ -379,7 +388,7 @@ def cmd_probe(a) -> int:
 def cmd_member_logits(a) -> int:
     from rtfer.training.member_logits import write_member_logits
 
-    write_member_logits(a.bundle, a.data, a.out, precision=a.precision)
+    write_member_logits(a.bundle, a.data, a.out, precision=a.precision, tta_flip=a.tta_flip)
     return 0
 
 

@@ -155,31 +155,72 @@ def torch_member_probs(checkpoints: list[str | Path], crops: np.ndarray,
 
 def set_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[str]:
     """Copy the alternative combiners of ``ensemble_json`` (fit-stacker's output) into an existing bundle's
-    bundle.json ``combiners``, replacing any there. The fit must be the one the bundle was exported from: the same
-    number of members and the same default combiner; anything else was fitted on other members' outputs and would
-    combine the wrong probabilities. Returns the combiner names now in the bundle."""
-    from rtfer.bundle import BundleSpec, resolve_bundle_path, write_bundle_json
-    from rtfer.ensemble import make_ensemble
+    bundle.json ``combiners``, replacing any there (flip combiners, :func:`set_flip_combiners`, are kept). The fit must
+    be the one the bundle was exported from: the same number of members and the same default combiner; anything else
+    was fitted on other members' outputs and would combine the wrong probabilities. Returns the combiner names now in
+    the bundle."""
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
     from rtfer.errors import BundleError
 
     spec = BundleSpec.read(resolve_bundle_path(bundle))
-    ens_path = Path(ensemble_json)
-    if not ens_path.is_file():
-        raise InputError(f"ensemble file {ens_path} does not exist (run `python -m rtfer.training fit-stacker` first)")
-    fit = json.loads(ens_path.read_text(encoding="utf-8"))
+    ens_path, fit = _read_fit(ensemble_json)
     # bundle.json's ensemble was written from this very fit: JSON round-trips floats exactly, so it compares equal
     if len(fit["member_names"]) != len(spec.members) or fit["ensemble"] != spec.ensemble \
             or float(fit["temperature"]) != spec.temperature:
         raise BundleError(f"{ens_path} was not fitted on bundle {spec.name}'s members (its default combiner differs "
                           "from the bundle's)")
-    combiners = dict(fit.get("alternatives") or {})
+    kept = {n: c for n, c in spec.combiners.items() if c.get("tta_flip")}
+    return _write_combiners(spec, {**dict(fit.get("alternatives") or {}), **kept})
+
+
+def set_flip_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[str]:
+    """Give an existing bundle combiners that read each face and its mirror image (flip TTA): ``flip`` (the fit's
+    chosen combiner) and ``flip_NAME`` for each of its alternatives, all with ``tta_flip: true``, replacing the
+    bundle's earlier flip combiners. ``ensemble_json`` is fit-stacker's output for the bundle's own members' flip-TTA
+    validation outputs (``member-logits BUNDLE --tta-flip``): the same member names and temperatures, and runs whose
+    val.json says ``tta_flip``. Returns the combiner names now in the bundle."""
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+    from rtfer.errors import BundleError
+
+    spec = BundleSpec.read(resolve_bundle_path(bundle))
+    ens_path, fit = _read_fit(ensemble_json)
+    names = [m.name for m in spec.members]
+    temps = [m.temperature for m in spec.members]
+    if list(fit.get("member_names") or []) != names or \
+            [float(t) for t in fit.get("member_temperatures") or []] != temps:
+        raise BundleError(f"{ens_path} was not fitted on bundle {spec.name}'s members {names} at their temperatures "
+                          "(fit-stacker on the folders of member-logits BUNDLE --tta-flip)")
+    for run in fit.get("runs") or []:
+        report = Path(run) / "val.json"
+        if not report.is_file() or not json.loads(report.read_text(encoding="utf-8")).get("tta_flip"):
+            raise BundleError(f"{ens_path} was fitted on {run}, whose outputs are not flip-TTA ones "
+                              "(member-logits BUNDLE --tta-flip writes them)")
+    flip = {"flip": {**fit["ensemble"], "temperature": float(fit["temperature"]), "fitted_as": fit.get("chosen", ""),
+                     "metrics": {k: v for k, v in ((fit.get("metrics") or {}).get("ensemble") or {}).items()
+                                 if k not in ("confusion", "method", "temperature")}, "tta_flip": True}}
+    for n, c in (fit.get("alternatives") or {}).items():
+        flip[f"flip_{n}"] = {**c, "tta_flip": True}
+    kept = {n: c for n, c in spec.combiners.items() if not c.get("tta_flip")}
+    return _write_combiners(spec, {**kept, **flip})
+
+
+def _read_fit(ensemble_json: str | Path) -> tuple[Path, dict]:
+    ens_path = Path(ensemble_json)
+    if not ens_path.is_file():
+        raise InputError(f"ensemble file {ens_path} does not exist (run `python -m rtfer.training fit-stacker` first)")
+    return ens_path, json.loads(ens_path.read_text(encoding="utf-8"))
+
+
+def _write_combiners(spec, combiners: dict) -> list[str]:
+    from rtfer.bundle import write_bundle_json
+    from rtfer.ensemble import make_ensemble
+
     for c in combiners.values():  # checked before bundle.json is touched
         make_ensemble(c, len(spec.members), float(c.get("temperature", 1.0)))
-    meta = spec.raw  # bundle.json as read above; write_bundle_json re-reads and validates what it writes
+    meta = spec.raw  # bundle.json as read; write_bundle_json re-reads and validates what it writes
     meta["combiners"] = combiners
     write_bundle_json(spec.path, meta)
     return list(combiners)
-
 
 
 def set_posterior_shifts(bundle: str | Path, runs: list[str | Path]) -> dict[str, list[float]]:

@@ -39,7 +39,7 @@ def _checkpoint_from_onnx(spec, member, path: Path) -> None:
 
 
 def write_member_logits(bundle: str | Path, data: str | Path, out: str | Path, precision: str = "fp32",
-                        batch: int = 256) -> list[Path]:
+                        batch: int = 256, tta_flip: bool = False) -> list[Path]:
     import rtfer
     from rtfer.training.data import load_split
     from rtfer.training.evaluate import evaluate_logits
@@ -51,6 +51,7 @@ def write_member_logits(bundle: str | Path, data: str | Path, out: str | Path, p
     if images.shape[1] != images.shape[2]:
         raise InputError(f"{data}: images must be square, got {images.shape[1:3]}")
     b = rtfer.load_bundle(bundle, backend="onnxruntime", device="cpu", precision=precision)
+    b.tta_flip = tta_flip  # each crop and its mirror image, as a combiner fitted on these outputs will run
     outs: list[list[np.ndarray]] = [[] for _ in b.spec.members]
     for i in range(0, len(images), batch):
         for k, p in enumerate(b.member_probs(np.ascontiguousarray(images[i:i + batch]))):
@@ -64,8 +65,9 @@ def write_member_logits(bundle: str | Path, data: str | Path, out: str | Path, p
         np.savez(folder / "val_logits.npz", logits=logits, labels=val.labels)
         report = evaluate_logits(logits, val.labels, split="val", temperature=m.temperature)
         _checkpoint_from_onnx(b.spec, m, folder / "best.pt")
-        (folder / "val.json").write_text(json.dumps({"temperature": m.temperature, "source": f"bundle {b.spec.name} "
-                                                     f"{b.spec.version} member {m.name} ({precision})",
+        source = f"bundle {b.spec.name} {b.spec.version} member {m.name} ({precision}{', flip TTA' if tta_flip else ''})"
+        (folder / "val.json").write_text(json.dumps({"temperature": m.temperature, "source": source,
+                                                     "tta_flip": tta_flip,
                                                      "accuracy": report.classification.accuracy,
                                                      "mean_class_accuracy":
                                                          report.classification.mean_class_accuracy}, indent=1))

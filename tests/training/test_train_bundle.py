@@ -162,3 +162,57 @@ def test_posterior_shift_of_an_existing_bundle_feeds_valence_everywhere(tiny_bun
 
     with pytest.raises(BundleError, match="posterior_shift must be 7 finite numbers"):
         BundleSpec.read(bundle)
+
+
+def test_flip_combiner_reads_each_face_and_its_mirror(tiny_bundle, tiny_packed, tmp_path):
+    import shutil
+
+    import pytest
+
+    from rtfer.bundle import BundleSpec
+    from rtfer.errors import BundleError
+    from rtfer.training.bundling import set_flip_combiners
+
+    _, val = tiny_packed
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    # the members' flip-TTA validation outputs, as the runtime computes them, then a fit on them
+    assert main(["member-logits", str(bundle), str(val), "-o", str(tmp_path / "flip"), "--tta-flip"]) == 0
+    runs = [tmp_path / "flip" / m for m in ("ddamfn", "convnext")]
+    assert all(json.loads((r / "val.json").read_text())["tta_flip"] is True for r in runs)
+    assert main(["fit-stacker", *map(str, runs), "-o", str(tmp_path / "ens"), "--folds", "2"]) == 0
+    assert main(["set-combiners", str(bundle), "--flip", str(tmp_path / "ens" / "ensemble.json")]) == 0
+    spec = BundleSpec.read(bundle)
+    assert set(spec.combiners) == {"flip", "flip_balanced"}
+    assert all(c["tta_flip"] is True for c in spec.combiners.values())
+    fit = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    crops = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    own = rtfer.load_bundle(bundle, backend="onnxruntime", device="cpu")
+    flip = rtfer.load_bundle(bundle, backend="onnxruntime", device="cpu", combiner="flip")
+    assert not own.tta_flip and flip.tta_flip
+    # averaging two views' logits = averaging their log-probabilities (softmax is shift-invariant per row)
+    views = [own.member_probs(crops), own.member_probs(np.ascontiguousarray(crops[:, :, ::-1]))]
+    mixed = []
+    for a, b in zip(*views):
+        z = (np.log(a) + np.log(b)) / 2
+        mixed.append(np.exp(z) / np.exp(z).sum(1, keepdims=True))
+    want = make_ensemble(fit["ensemble"], 2, fit["temperature"])(mixed)
+    assert np.allclose(flip.predict(crops), want, atol=1e-5)
+    seen = []  # the mirror really is read: a second pass on the width-flipped batch
+    infer = flip.backends[0].infer
+    flip.backends[0].infer = lambda x: seen.append(x.copy()) or infer(x)
+    flip.member_probs(crops)
+    assert len(seen) == 2 and np.array_equal(seen[1], seen[0][..., ::-1])
+    # a fit on plain (not flip) outputs is refused, and the bundle keeps its flip combiners
+    assert main(["member-logits", str(bundle), str(val), "-o", str(tmp_path / "plain")]) == 0
+    plain = [tmp_path / "plain" / m for m in ("ddamfn", "convnext")]
+    assert main(["fit-stacker", *map(str, plain), "-o", str(tmp_path / "ens0"), "--folds", "2"]) == 0
+    with pytest.raises(BundleError, match="not flip-TTA"):
+        set_flip_combiners(bundle, tmp_path / "ens0" / "ensemble.json")
+    assert set(BundleSpec.read(bundle).combiners) == {"flip", "flip_balanced"}
+    # tta_flip must be a boolean
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["combiners"]["flip"]["tta_flip"] = "yes"
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="tta_flip must be true or false"):
+        BundleSpec.read(bundle)
