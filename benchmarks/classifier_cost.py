@@ -50,14 +50,14 @@ def time_call(fn, repeats: int, min_seconds: float = 1.0, clock: str = "wall") -
 
 
 def measure(bundle_name: str, batches: tuple[int, ...], repeats: int, precision: str = "auto",
-            clock: str = "wall") -> dict:
+            clock: str = "wall", combiner: str = "default") -> dict:
     from rtfer.bundle import load_bundle, preprocess
 
-    bundle = load_bundle(bundle_name, backend="onnxruntime", device="cpu", precision=precision)
+    bundle = load_bundle(bundle_name, backend="onnxruntime", device="cpu", precision=precision, combiner=combiner)
     rng = np.random.default_rng(0)
     result = {"bundle": f"{bundle.spec.name} {bundle.spec.version}", "threads": os.environ.get("RTFER_ORT_THREADS"),
               "precision": bundle.precision, "opt_level": os.environ.get("RTFER_ORT_OPT_LEVEL", "all"),
-              "clock": clock, "rows": []}
+              "clock": clock, "combiner": combiner, "rows": []}
     for n in batches:
         crops = {m.input_size: rng.integers(0, 256, (n, m.input_size, m.input_size, 3), dtype=np.uint8)
                  for m in bundle.members}
@@ -67,7 +67,8 @@ def measure(bundle_name: str, batches: tuple[int, ...], repeats: int, precision:
             result["rows"].append({"what": f"{member.name} ({member.architecture} @{member.input_size})",
                                    "batch": n, "ms_per_face": s * 1e3 / n})
         s = time_call(lambda: bundle.predict(crops), repeats, clock=clock)
-        result["rows"].append({"what": "ensemble (preprocess + members + stacker)", "batch": n,
+        what = "ensemble (preprocess + members + stacker" + (", each face and its mirror)" if bundle.tta_flip else ")")
+        result["rows"].append({"what": what, "batch": n,
                                "ms_per_face": s * 1e3 / n})
     return result
 
@@ -75,7 +76,7 @@ def measure(bundle_name: str, batches: tuple[int, ...], repeats: int, precision:
 def table(result: dict) -> str:
     lines = [f"bundle {result['bundle']}, onnxruntime, {result['threads']} thread(s), precision "
              f"{result.get('precision', 'fp32')}, graph optimisation {result.get('opt_level', 'all')}, "
-             f"{result.get('clock', 'wall')} clock", "",
+             f"{result.get('clock', 'wall')} clock, combiner {result.get('combiner', 'default')}", "",
              "| what | batch | ms per face |", "|---|---|---|"]
     lines += [f"| {r['what']} | {r['batch']} | {r['ms_per_face']:.2f} |" for r in result["rows"]]
     return "\n".join(lines)
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
                    help="wall (default) or cpu: the calling thread's CPU time, for a loaded machine (1 thread only)")
+    p.add_argument("--combiner", default="default",
+                   help="the bundle's combiner (a flip combiner reads each face and its mirror image; rtfer info)")
     p.add_argument("--json", default="", help="also write the figures as JSON here")
     p.add_argument("--record", action="store_true",
                    help="store the per-face figures at batch 1 in the bundle's bundle.json (metrics.cost_ms_per_face)")
@@ -111,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     from rtfer.bundle import PRECISIONS
     from rtfer.errors import RtferError
 
-    bad = [v for v in precisions if v not in PRECISIONS] + [v for v in levels if v not in OPT_LEVELS]
+    bad = [f"unknown --precision/--opt-level value {v!r}" for v in precisions if v not in PRECISIONS] + \
+        [f"unknown --precision/--opt-level value {v!r}" for v in levels if v not in OPT_LEVELS]
+    if a.record and a.combiner != "default":
+        bad.append("--record stores the default combiner's cost: drop --combiner")
     if a.clock == "cpu" and max(threads) > 1:
         bad.append("--clock cpu needs --threads 1")
-    if bad or min(threads) < 1:
-        print(f"classifier_cost: error: unknown --precision/--opt-level value or threads < 1: {bad or threads}",
-              file=sys.stderr)
+    if min(threads) < 1:
+        bad.append("--threads must be >= 1")
+    if bad:
+        print(f"classifier_cost: error: {'; '.join(bad)}", file=sys.stderr)
         return 2
     results = []
     for precision in precisions:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ["RTFER_ORT_THREADS"] = str(n)  # read when the sessions are created
                 os.environ["RTFER_ORT_OPT_LEVEL"] = level
                 try:
-                    result = measure(a.bundle, batches, a.repeats, precision, a.clock)
+                    result = measure(a.bundle, batches, a.repeats, precision, a.clock, a.combiner)
                 except RtferError as exc:
                     print(f"classifier_cost: error: {exc}", file=sys.stderr)
                     return 2

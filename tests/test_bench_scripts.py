@@ -45,3 +45,24 @@ def test_bench_scripts_bad_input_is_exit_2(tmp_path, capsys):
     assert "no such video" in capsys.readouterr().err
     assert _load("first_row").main([str(tmp_path / "missing.mp4")]) == 2
     assert "no such input" in capsys.readouterr().err
+
+
+def test_classifier_cost_of_a_flip_combiner(tiny_bundle, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    cost = _load("classifier_cost")
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["combiners"] = {"flip": {**meta["ensemble"], "temperature": 1.0, "tta_flip": True}}
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(cost, "time_call", lambda fn, repeats, **k: (fn(), 0.008)[1])  # no timing here: the plumbing
+    out = tmp_path / "cost.json"
+    assert cost.main(["--bundle", str(bundle), "--combiner", "flip", "--batches", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["combiner"] == "flip"
+    assert result["rows"][-1]["what"].endswith("each face and its mirror)") and result["rows"][-1]["ms_per_face"] == 4.0
+    assert "combiner flip" in capsys.readouterr().out
+    # the recorded cost is the default combiner's: --record with another combiner is refused before any work
+    assert cost.main(["--bundle", str(bundle), "--combiner", "flip", "--record"]) == 2
+    assert "--record stores the default combiner's cost" in capsys.readouterr().err
