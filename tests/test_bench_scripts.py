@@ -66,3 +66,37 @@ def test_classifier_cost_of_a_flip_combiner(tiny_bundle, tmp_path, capsys, monke
     # the recorded cost is the default combiner's: --record with another combiner is refused before any work
     assert cost.main(["--bundle", str(bundle), "--combiner", "flip", "--record"]) == 2
     assert "--record stores the default combiner's cost" in capsys.readouterr().err
+
+
+def test_crowd_clip_tiles_both_classrooms_and_their_mirror_images(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    crowd = _load("crowd_clip")
+    rng = np.random.default_rng(0)
+    for stem, fps, n in (("unlabeled_george210843_classroom_6faces", 24.0, 30),
+                         ("unlabeled_george210843_classroom_4faces", 30.0, 45)):
+        w = cv2.VideoWriter(str(tmp_path / f"{stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (64, 48))
+        base = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        for i in range(n):
+            w.write(np.ascontiguousarray(np.roll(base, i, axis=1)))
+        w.release()
+    out = tmp_path / "crowd" / "mosaic.mp4"
+    assert crowd.main(["--videos", str(tmp_path), "-o", str(out), "--fps", "10"]) == 0
+    cap = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img.astype(np.int16))
+    assert len(frames) == 12  # 1.25 s (the 6-face stand-in is the shorter: 30 frames at 24 fps) at 10 fps
+    f = frames[5]
+    assert f.shape == (96, 128, 3)
+    # the bottom row is the top row's clips mirrored (lossy codec: compare coarsely)
+    assert np.abs(f[48:, :64] - f[:48, 64:][:, ::-1]).mean() < 12
+    assert np.abs(f[48:, 64:] - f[:48, :64][:, ::-1]).mean() < 12
+    assert np.abs(f[48:, :64] - f[:48, 64:]).mean() > 30  # and really mirrored
+    assert not list(out.parent.glob(".*part*"))
+    assert crowd.main(["--videos", str(tmp_path / "none"), "-o", str(out)]) == 2
+    assert "is missing" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""A crowded test clip made from the two classroom fixtures: a 2 x 2 mosaic at 1280 x 720 with 26 people.
+
+The tracking targets speak of crowded classrooms (10 and 17 faces) that the fixtures do not have. This builds the
+nearest thing from what we have: the 6-face and the 4-face classroom side by side, and below them the same two clips
+mirrored (so every face appears twice, in another place, moving the other way). Each tile keeps its pixels (640 x 360),
+so the faces are as small in the frame as in a wide shot of a full classroom, and four independent camera pans move
+at once. Frames are taken by time from each tile at ``--fps`` for the length of the shorter clip (11.7 s).
+
+People: 8 + 5 in the top row (counted by eye, ``tracker_compare.PERSONS``), the same 13 mirrored below: 26.
+
+    python benchmarks/crowd_clip.py                      # -> ~/.cache/rtfer/crowd/classroom_mosaic_26.mp4
+    python benchmarks/tracker_compare.py ~/.cache/rtfer/crowd/classroom_mosaic_26.mp4
+    python benchmarks/tracking_stability.py ~/.cache/rtfer/crowd/classroom_mosaic_26.mp4
+
+The clip is made from footage without a stated licence: keep it out of the repository (it is written to a cache).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VIDEOS = ROOT.parent / "shared" / "fixtures" / "videos"
+DEFAULT_OUT = Path.home() / ".cache" / "rtfer" / "crowd" / "classroom_mosaic_26.mp4"
+TILES = (("unlabeled_george210843_classroom_6faces", False), ("unlabeled_george210843_classroom_4faces", False),
+         ("unlabeled_george210843_classroom_4faces", True), ("unlabeled_george210843_classroom_6faces", True))
+PERSONS = 26
+
+log = logging.getLogger("crowd_clip")
+
+
+def _frames_by_time(path: Path) -> tuple[list[np.ndarray], float]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0)
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    if not frames:
+        raise ValueError(f"{path}: no frames could be read")
+    return frames, fps
+
+
+def build(videos: Path, out: Path, fps: float = 24.0) -> Path:
+    """Write the mosaic clip to ``out`` (an .mp4, via a temporary name then a rename) and return it."""
+    import cv2
+
+    clips = {}
+    for stem, _ in TILES:
+        if stem not in clips:
+            path = videos / f"{stem}.mp4"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (the classroom fixtures: ../shared/fixtures/videos)")
+            clips[stem] = _frames_by_time(path)
+    length = min(len(f) / r for f, r in clips.values())
+    h, w = next(iter(clips.values()))[0][0].shape[:2]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * w, 2 * h))
+    if not writer.isOpened():
+        raise OSError(f"cannot write {tmp}")
+    n = int(length * fps)
+    try:
+        for i in range(n):
+            t = i / fps
+            tiles = []
+            for stem, mirrored in TILES:
+                frames, rate = clips[stem]
+                img = frames[min(int(t * rate), len(frames) - 1)]
+                img = cv2.resize(img, (w, h)) if img.shape[:2] != (h, w) else img
+                tiles.append(img[:, ::-1] if mirrored else img)
+            writer.write(np.ascontiguousarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])))
+    finally:
+        writer.release()
+    tmp.replace(out)
+    log.warning("wrote %s: %d frames at %.0f fps, %dx%d, %d people", out, n, fps, 2 * w, 2 * h, PERSONS)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder with the classroom fixtures")
+    ap.add_argument("-o", "--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--fps", type=float, default=24.0)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if a.fps <= 0:
+        print("crowd_clip: error: --fps must be > 0", file=sys.stderr)
+        return 2
+    try:
+        build(a.videos, a.out, a.fps)
+    except (OSError, ValueError) as exc:
+        print(f"crowd_clip: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
