@@ -39,6 +39,13 @@ def test_builtin_bundle_loads_verified_and_records_its_figures(name):
     assert alt["recall"]["disgust"] > metrics["ensemble"]["recall"]["disgust"]
     balanced = load_bundle(name, backend="onnxruntime", device="cpu", combiner="balanced").predict(crops)
     assert balanced.shape == p.shape and not np.allclose(balanced, p, atol=1e-4)
+    # flip combiners (each face and its mirror image, twice the cost) are only worth carrying when they gain
+    for cname, c in spec.combiners.items():
+        if c.get("tta_flip"):
+            base = metrics["ensemble"] if cname == "flip" else spec.combiners[cname[len("flip_"):]]["metrics"]
+            assert c["metrics"]["cross_validated"] and c["metrics"]["accuracy"] > base["accuracy"], cname
+            flip = load_bundle(name, backend="onnxruntime", device="cpu", combiner=cname)
+            assert flip.tta_flip and flip.predict(crops).shape == p.shape
 
 
 @pytest.mark.parametrize("name", BUILTIN)

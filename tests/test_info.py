@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rtfer.bundle import BundleSpec, resolve_bundle_path
 from rtfer.cli import main
@@ -17,7 +18,9 @@ def test_info_tables_name_every_section(capsys):
     acc = BundleSpec.read(resolve_bundle_path("default")).raw["metrics"]["ensemble"]["accuracy"]
     assert f"{acc:.1%}" in out  # the ensemble's validation accuracy, read from bundle.json
     balanced = BundleSpec.read(resolve_bundle_path("default")).combiners["balanced"]["metrics"]
-    assert f"balanced  logistic_balanced     {balanced['accuracy']:.1%}" in out  # the --combiner table
+    assert re.search(rf"\n  balanced +logistic_balanced +{balanced['accuracy']:.1%} .* 1x\n", out)  # the --combiner table
+    flip = BundleSpec.read(resolve_bundle_path("default")).combiners["flip"]["metrics"]
+    assert re.search(rf"\n  flip +soft_vote +{flip['accuracy']:.1%} .* 2x \(face \+ mirror\)\n", out)
 
 
 def test_info_names_another_builtin_bundle(capsys):
@@ -31,7 +34,8 @@ def test_info_json_is_complete(capsys):
     assert main(["info", "--json"]) == 0
     text = capsys.readouterr().out
     info = json.loads(text)  # the whole document parses: nothing is cut
-    assert [c["name"] for c in info["combiners"]] == ["default", "balanced"]
+    assert [c["name"] for c in info["combiners"]] == ["default", "balanced", "flip", "flip_balanced"]
+    assert [c["tta_flip"] for c in info["combiners"]] == [False, False, True, True]
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
     assert [m["name"] for m in info["members"]] == ["ddamfn", "faceres29"]
