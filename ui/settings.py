@@ -91,6 +91,18 @@ def _combo(items: tuple[str, ...], current: str, editable: bool = False) -> QCom
     return box
 
 
+def bundle_combiners(bundle: str) -> tuple[str, ...]:
+    """The combiner names a bundle carries ("default" first), read from its bundle.json; ("default",) when the
+    bundle cannot be read (the pipeline reports why when it starts)."""
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+    from rtfer.errors import RtferError
+
+    try:
+        return ("default", *BundleSpec.read(resolve_bundle_path(bundle or "default")).combiners)
+    except (RtferError, OSError):
+        return ("default",)
+
+
 class SettingsDialog(QDialog):
     """Edit :class:`AppSettings`; shows the backend and device that are active now (from ``Pipeline.describe``)."""
 
@@ -109,10 +121,13 @@ class SettingsDialog(QDialog):
         row.addWidget(browse)
         form.addRow("Model bundle", row)
 
-        self.combiner = _combo(("default", "balanced"), settings.combiner, editable=True)
+        self.combiner = _combo(bundle_combiners(settings.bundle), settings.combiner, editable=True)
         self.combiner.setToolTip("default: best overall accuracy. balanced: class-balanced, finds rare emotions "
-                                 "(fear, disgust) more often at some overall accuracy (rtfer info lists a bundle's)")
+                                 "(fear, disgust) more often at some overall accuracy. flip, flip_balanced: each face "
+                                 "and its mirror image, a little more accurate for twice the classifier cost "
+                                 "(the list is the bundle's own; rtfer info shows their figures)")
         form.addRow("Combiner", self.combiner)
+        self.bundle.currentTextChanged.connect(self._refresh_combiners)
 
         self.backend = _combo(BACKENDS, settings.backend)
         form.addRow("Backend", self.backend)
@@ -154,6 +169,13 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    def _refresh_combiners(self, bundle: str) -> None:
+        current = self.combiner.currentText()
+        names = bundle_combiners(bundle)
+        self.combiner.clear()
+        self.combiner.addItems(list(names))
+        self.combiner.setCurrentText(current if current in names else "default")
 
     def _browse_bundle(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a model bundle folder")

@@ -203,3 +203,20 @@ def test_headless_without_source_shows_the_empty_window(qapp, tmp_path):
     assert main(["--screenshot", str(out), "--quit-after", "0.3", "--settings-file", str(tmp_path / "s.ini")]) == 0
     assert time.monotonic() - t0 < 5
     assert QImage(str(out)).width() >= 1000
+
+
+def test_settings_offer_the_chosen_bundles_own_combiners(qtbot, qsettings, fake_factory):
+    win = MainWindow(qsettings, pipeline_factory=fake_factory, cameras=[])
+    qtbot.addWidget(win)
+    dialog = SettingsDialog(win.settings, None, win)
+    names = [dialog.combiner.itemText(i) for i in range(dialog.combiner.count())]
+    assert names == ["default", "balanced", "flip", "flip_balanced"]  # the default bundle's, from its bundle.json
+    dialog.combiner.setCurrentText("flip")
+    dialog.bundle.setCurrentText("fast")  # carries no flip combiner: the choice falls back to default
+    assert [dialog.combiner.itemText(i) for i in range(dialog.combiner.count())] == ["default", "balanced"]
+    assert dialog.combiner.currentText() == "default"
+    dialog.combiner.setCurrentText("balanced")
+    dialog.bundle.setCurrentText("default")  # a combiner both carry stays chosen
+    assert dialog.combiner.currentText() == "balanced"
+    dialog.bundle.setCurrentText("/no/such/bundle")
+    assert [dialog.combiner.itemText(i) for i in range(dialog.combiner.count())] == ["default"]
