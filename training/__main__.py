@@ -127,7 +127,12 @@ def _add_import_backbone(sub) -> None:
 
 def _add_probe(sub) -> None:
     p = sub.add_parser("probe", help="linear probes on frozen backbone features (screen sizes and layers)")
-    p.add_argument("backbone", help="a file from import-backbone")
+    p.add_argument("backbone", help="a file from import-backbone, or a TF.js graph model's model.json (with --nodes)")
+    p.add_argument("--nodes", nargs="+", default=[],
+                   help="TF.js graph model: the nodes whose (spatially pooled) values are probed, each and together")
+    p.add_argument("--input-scales", nargs="+", default=["1/255,0"], metavar="A,B",
+                   help="TF.js graph model: input pixel mappings pixel*A+B to try (a graph model does not record its "
+                        "preprocessing), e.g. 1/255,0 1,0 1/127.5,-1")
     p.add_argument("--train", required=True, help="packed training split (.npz)")
     p.add_argument("--val", required=True, help="packed validation split (.npz)")
     p.add_argument("-o", "--out", required=True, help="output folder (probe.md, probe.json)")
@@ -375,10 +380,25 @@ def cmd_import_backbone(a) -> int:
 
 
 def cmd_probe(a) -> int:
-    from rtfer.training.probe import run_probe
+    from rtfer.training.probe import run_probe, run_tfjs_probe
 
-    rows = run_probe(a.backbone, a.train, a.val, a.out, sizes=a.sizes, crops=a.crops, train_limit=a.train_limit,
-                     threads=a.threads)
+    if a.backbone.endswith(".json"):
+        if not a.nodes:
+            raise RtferError("a TF.js graph model needs --nodes (the node names to probe)")
+        scales = []
+        for text in a.input_scales:
+            try:
+                parts = [p.split("/") for p in text.split(",")]
+                scales.append(tuple(float(p[0]) / float(p[1]) if len(p) == 2 else float(p[0]) for p in parts))
+            except (ValueError, ZeroDivisionError):
+                scales = []
+            if not scales or len(scales[-1]) != 2:
+                raise RtferError(f"--input-scales takes A,B pairs such as 1/255,0; got {text!r}")
+        rows = run_tfjs_probe(a.backbone, a.train, a.val, a.out, a.nodes, sizes=a.sizes, scales=scales,
+                              train_limit=a.train_limit, threads=a.threads)
+    else:
+        rows = run_probe(a.backbone, a.train, a.val, a.out, sizes=a.sizes, crops=a.crops, train_limit=a.train_limit,
+                         threads=a.threads)
     best = max(rows, key=lambda r: r.accuracy)
     log.info("best probe: size %d, crop %.2f, %s: %.2f%% val (table in %s/probe.md)", best.size, best.crop,
              best.features, 100 * best.accuracy, a.out)

@@ -144,10 +144,82 @@ def run_probe(backbone: str | Path, train: str | Path, val: str | Path, out: str
                 log.info("probe %s size %d crop %.2f %s: val %.2f%% (mean-class %.2f%%), %.1f ms/img", row.backbone,
                          size, crop, name, 100 * row.accuracy, 100 * row.mean_class_accuracy, row.ms_per_image)
             (out / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    _write_probe_md(rows, out)
+    return rows
+
+
+def _graph_features(graph, images: np.ndarray, size: int, nodes: list[str], scale: tuple[float, float],
+                    batch: int = 64) -> tuple[dict, float]:
+    """Spatially pooled values of ``nodes`` (4-D maps are averaged over height and width) of a :class:`TfjsGraph`
+    for ``images`` (N, H, W, 1|3 uint8) resized to ``size``; pixels map to ``pixel * scale[0] + scale[1]``."""
+    import torch
+    import torch.nn.functional as F
+
+    feats: dict[str, list[np.ndarray]] = {}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float()
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = (x * scale[0] + scale[1]).permute(0, 2, 3, 1).contiguous()
+            out = graph(x, outputs=nodes)
+            for name in nodes:
+                v = out[name]
+                feats.setdefault(name, []).append((v.mean(dim=(1, 2)) if v.ndim == 4 else v.reshape(len(x), -1)).numpy())
+    dt = (time.perf_counter() - t0) / max(1, len(images))
+    return {k: np.concatenate(v) for k, v in feats.items()}, dt
+
+
+def run_tfjs_probe(model_json: str | Path, train: str | Path, val: str | Path, out: str | Path, nodes: list[str],
+                   sizes=(224, 112), scales=((1 / 255, 0.0),), train_limit: int = 8000, threads: int = 0,
+                   seed: int = 0) -> list[ProbeRow]:
+    """Linear probes on a TF.js graph model's node values (:mod:`rtfer.training.tfjs_graph`), per input size and
+    input scaling (which a graph model's file does not record), and on all ``nodes`` concatenated."""
+    import torch
+
+    from rtfer.training.data import load_packed
+    from rtfer.training.tfjs_graph import build
+
+    if threads:
+        torch.set_num_threads(threads)
+    graph = build(model_json).eval()
+    names = {n["name"] for n in graph.nodes}
+    unknown = [n for n in nodes if n not in names]
+    if unknown:
+        raise InputError(f"{model_json} has no node {unknown[0]!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tr, va = load_packed(train), load_packed(val)
+    sub = stratified_subset(tr.labels, train_limit, seed)
+    stem = Path(model_json).stem
+    rows: list[ProbeRow] = []
+    for size in sizes:
+        for scale in scales:
+            ftr, dt = _graph_features(graph, tr.images[sub], size, nodes, scale)
+            fva, _ = _graph_features(graph, va.images, size, nodes, scale)
+            if len(nodes) > 1:
+                ftr["all"] = np.concatenate([ftr[n] for n in nodes], axis=1)
+                fva["all"] = np.concatenate([fva[n] for n in nodes], axis=1)
+            for name in ftr:
+                c, probs = fit_probe(ftr[name], tr.labels[sub], fva[name], va.labels, seed)
+                pred = probs.argmax(1)
+                row = ProbeRow(f"{stem} (x*{scale[0]:.4g}{scale[1]:+g})", size, 1.0, name, ftr[name].shape[1], c,
+                               float((pred == va.labels).mean()), float(mean_class_accuracy(va.labels, pred)),
+                               dt * 1000)
+                rows.append(row)
+                log.info("probe %s size %d %s: val %.2f%% (mean-class %.2f%%), %.1f ms/img", row.backbone, size,
+                         name, 100 * row.accuracy, 100 * row.mean_class_accuracy, row.ms_per_image)
+            (out / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    _write_probe_md(rows, out)
+    return rows
+
+
+def _write_probe_md(rows: list[ProbeRow], out: Path) -> None:
     lines = ["| backbone | size | crop | features | dims | C | val acc % | mean-class % | ms/img (fwd) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.backbone} | {r.size} | {r.crop:.2f} | {r.features} | {r.dims} | {r.C:g} | "
                      f"{100 * r.accuracy:.2f} | {100 * r.mean_class_accuracy:.2f} | {r.ms_per_image:.1f} |")
     (out / "probe.md").write_text("\n".join(lines) + "\n")
-    return rows
