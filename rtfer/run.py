@@ -150,6 +150,17 @@ class PacedSource:
         self.close()
 
 
+def bundle_combiners(bundle: str) -> tuple[str, ...]:
+    """The combiner names a bundle carries ("default" first, then its bundle.json ``combiners``); ("default",) when
+    the bundle cannot be read (running it reports why)."""
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+
+    try:
+        return ("default", *BundleSpec.read(resolve_bundle_path(bundle or "default")).combiners)
+    except (RtferError, OSError):
+        return ("default",)
+
+
 def list_cameras(max_index: int = 6) -> list[int]:
     """Indices of the cameras OpenCV can open, probing ``0 .. max_index - 1``.
 

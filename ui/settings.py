@@ -12,6 +12,7 @@ from PyQt6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBo
 
 from rtfer.labels import LABEL_SCALES
 from rtfer.run import BACKENDS as BACKEND_NAMES
+from rtfer.run import bundle_combiners
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +90,6 @@ def _combo(items: tuple[str, ...], current: str, editable: bool = False) -> QCom
         box.addItem(current)
     box.setCurrentText(current)
     return box
-
-
-def bundle_combiners(bundle: str) -> tuple[str, ...]:
-    """The combiner names a bundle carries ("default" first), read from its bundle.json; ("default",) when the
-    bundle cannot be read (the pipeline reports why when it starts)."""
-    from rtfer.bundle import BundleSpec, resolve_bundle_path
-    from rtfer.errors import RtferError
-
-    try:
-        return ("default", *BundleSpec.read(resolve_bundle_path(bundle or "default")).combiners)
-    except (RtferError, OSError):
-        return ("default",)
 
 
 class SettingsDialog(QDialog):
