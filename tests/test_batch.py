@@ -292,7 +292,7 @@ def pool_fake(task: VideoTask, options) -> VideoResult:
         os._exit(3)
     if text == "bad":
         raise ValueError("unexpected failure\nin a worker")
-    time.sleep(0.2)  # long enough that a dying sibling is noticed while this one is in flight
+    time.sleep(1.5 if text == "slow" else 0.2)  # long enough that a dying sibling is noticed while this one is in flight
     Path(task.output).parent.mkdir(parents=True, exist_ok=True)
     Path(task.output).write_text(f"{os.getpid()},{os.environ.get('RTFER_ORT_THREADS')}\n")
     return VideoResult(task.input, task.output, "ok", frames=1, faces=1, finished_at="now")
@@ -316,6 +316,22 @@ def test_pool_isolates_failures_and_worker_deaths(tmp_path, monkeypatch):
     pids = {(out / f"{n[0]}.csv").read_text().split(",")[0] for n in rows if rows[n]["status"] == "ok"}
     assert str(os.getpid()) not in pids
     assert all((out / f"{n[0]}.csv").read_text().strip().endswith(",1") for n in rows if rows[n]["status"] == "ok")
+
+
+def test_a_video_in_flight_beside_a_dying_worker_is_retried_not_failed(tmp_path, monkeypatch):
+    """The dying worker breaks the pool for the slow video too; which of the two died cannot be told, so both are
+    retried alone: the slow one then succeeds and only the one that dies again is failed."""
+    root = tmp_path / "v"
+    for name, content in (("1.mp4", "slow"), ("2.mp4", "die"), ("3.mp4", "ok")):
+        _touch(root / name, content)
+    monkeypatch.delenv("RTFER_ORT_THREADS", raising=False)
+    out = tmp_path / "out"
+    s = run_batch([str(root)], out, workers=2, threads=1, progress=False, process=pool_fake)
+    rows = {Path(r["input"]).name: r for r in _read_manifest(out / "manifest.csv")}
+    assert rows["1.mp4"]["status"] == "ok", rows["1.mp4"]
+    assert rows["2.mp4"]["status"] == "failed" and "worker process died" in rows["2.mp4"]["error"]
+    assert rows["3.mp4"]["status"] == "ok"
+    assert (s.videos_ok, s.videos_failed) == (2, 1)
 
 
 def test_batch_modules_import_one_way():

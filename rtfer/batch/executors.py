@@ -37,8 +37,10 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
              threads: int) -> Iterator[VideoResult]:
     """A spawn-context process pool with at most ``workers`` videos in flight.
 
-    A worker that dies (a native crash, the OOM killer) breaks a ProcessPoolExecutor for every video in flight;
-    those videos are recorded as failed with that reason, a fresh pool is started, and the rest go on.
+    A worker that dies (a native crash, the OOM killer) breaks a ProcessPoolExecutor for every video in flight, and
+    which of them killed it cannot be told. A fresh pool is started and those videos are retried, each alone (nothing
+    else runs beside it): one that breaks the pool again while alone, or one that was alone when it broke the pool,
+    is recorded as failed with that reason; the others (bystanders of the crash) run normally. The rest go on.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -46,17 +48,27 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
 
     ctx = multiprocessing.get_context("spawn")
     queue = list(reversed(todo))
+    suspects: list[VideoTask] = []  # in flight when the pool broke: retried one at a time
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
                                    initargs=(threads, os.getpid()))  # workers die with this process, kill -9 too
 
+    def died(task: VideoTask) -> VideoResult:
+        return failed_result(task, "a worker process died while analysing this video (native crash or out of "
+                                   "memory); rerun to retry")
+
     pool = new_pool()
     in_flight: dict = {}
+    alone = False  # the one video in flight is a suspect running by itself
     try:
-        while queue or in_flight:
+        while queue or suspects or in_flight:
             broken = False
-            while queue and len(in_flight) < workers:
+            if suspects and not in_flight:
+                task = suspects.pop(0)
+                in_flight[pool.submit(fn, task, options)] = task
+                alone = True
+            while not alone and not suspects and queue and len(in_flight) < workers:
                 task = queue.pop()
                 try:
                     in_flight[pool.submit(fn, task, options)] = task
@@ -65,25 +77,32 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
                     broken = True
                     break
             done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED) if in_flight else (set(), set())
+            crashed: list[VideoTask] = []
             for fut in done:
                 task = in_flight.pop(fut)
                 try:
                     yield fut.result()
                 except BrokenProcessPool:
                     broken = True
-                    yield failed_result(task, "a worker process died while analysing this video (native crash or out "
-                                        "of memory); rerun to retry")
+                    crashed.append(task)
                 except FATAL_ERRORS:
                     raise
                 except Exception as exc:
                     yield failed_result(task, one_line(exc))
             if broken:
-                for fut, task in list(in_flight.items()):
-                    in_flight.pop(fut)
-                    yield failed_result(task, "a worker process died while this video was in flight; rerun to retry")
+                crashed += list(in_flight.values())
+                in_flight.clear()
+                if alone or len(crashed) == 1:  # it ran by itself: it is the one that died
+                    for task in crashed:
+                        yield died(task)
+                else:
+                    suspects += crashed
+                alone = False
                 pool.shutdown(wait=False, cancel_futures=True)
-                log.warning("a batch worker process died; starting a fresh pool for the remaining %d videos",
-                            len(queue))
+                log.warning("a batch worker process died; starting a fresh pool (%d videos to retry one at a time, "
+                            "%d more to go)", len(suspects), len(queue))
                 pool = new_pool()
+            elif alone and not in_flight:
+                alone = False
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
