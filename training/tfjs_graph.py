@@ -13,6 +13,7 @@ Weights: each manifest entry is read from the concatenated shards in order; ``fl
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import math
@@ -104,6 +105,7 @@ def build(model_json: str | Path):
     return _torch_graph_module()(nodes, weights)
 
 
+@functools.cache
 def _torch_graph_module():
     import torch
     import torch.nn.functional as F

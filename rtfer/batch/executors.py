@@ -66,9 +66,13 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
             broken = False
             if suspects and not in_flight:
                 task = suspects.pop(0)
-                in_flight[pool.submit(fn, task, options)] = task
-                alone = True
-            while not alone and not suspects and queue and len(in_flight) < workers:
+                try:
+                    in_flight[pool.submit(fn, task, options)] = task
+                    alone = True
+                except BrokenProcessPool:  # the pool broke before this retry started: retry it in the next one
+                    suspects.insert(0, task)
+                    broken = True
+            while not broken and not alone and not suspects and queue and len(in_flight) < workers:
                 task = queue.pop()
                 try:
                     in_flight[pool.submit(fn, task, options)] = task
