@@ -129,7 +129,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def fixture_rows(bundle: str = "default", *, smoothing: str = "hmm", strength: float = 0.5,
-                 rate: float | None = None, temperature: float | None = None) -> tuple[list[dict], list[dict]]:
+                 rate: float | None = None, temperature: float | None = None,
+                 combiner: str = "default") -> tuple[list[dict], list[dict]]:
     """(per-face stability rows, calibration rows) on the fixture clips with the pipeline's defaults."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from classify_rate import expected_calibration_error, replay
@@ -140,7 +141,7 @@ def fixture_rows(bundle: str = "default", *, smoothing: str = "hmm", strength: f
 
     rate = DEFAULT_CLASSIFY_RATE if rate is None else rate
     temperature = CONFIDENCE_TEMPERATURE if temperature is None else temperature
-    clips = collect(bundle)
+    clips = collect(bundle, combiner=combiner)
     stab, labelled = [], []
     for c in clips:
         for tid, rows in c.tracks().items():
@@ -237,11 +238,13 @@ def correlated_evidence(bundle: str = "default", half_life_s: float = 0.2, fps: 
             "n_eff_window": float(1 / (w @ r @ w)), "n_if_independent": float(1 / (w @ w))}
 
 
-def before_after(bundle: str = "default", rate: float | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+def before_after(bundle: str = "default", rate: float | None = None,
+                 combiner: str = "default") -> tuple[list[dict], list[dict], list[dict]]:
     """Issue 24's table on the fixture clips: per clip switches per second, mean confidence and accuracy before
     (hmm 0.5, no hysteresis, temperature 3) and after (the current defaults); pooled confidence figures by split;
-    valence of calm faces (raw label neutral on >= 90% of a track's rows) with both combiners. Returns
-    (per-clip rows, pooled rows, valence rows)."""
+    valence of calm faces (raw label neutral on >= 90% of a track's rows) with ``combiner`` and its class-balanced
+    counterpart (``balanced`` for the default, ``flip_balanced`` for ``flip``). Returns (per-clip rows, pooled rows,
+    valence rows)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from classify_rate import expected_calibration_error, replay
     from fixture_tracks import collect
@@ -253,7 +256,7 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
     rate = DEFAULT_CLASSIFY_RATE if rate is None else rate
     configs = {"before": lambda: HMMSmoother(0.5, margin=0.0, confidence_temperature=3.0),
                "after": lambda: make_smoother("hmm", 0.5)}
-    clips = collect(bundle)
+    clips = collect(bundle, combiner=combiner)
     per_clip, pooled_in, val_rows = [], defaultdict(lambda: defaultdict(list)), []
     for c in clips:
         split = "tuned-on" if Path(c.clip).stem in TUNED_ON else "held-out"
@@ -284,7 +287,7 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
         pooled.append({"labelled clips": group, "smoothing": name, "frames": len(conf), "mean_conf": float(conf.mean()),
                        "accuracy": float(right.mean()), "gap": float(abs(conf.mean() - right.mean())),
                        "auroc": _auroc(conf, right), "ece": expected_calibration_error(conf, right)})
-    # valence of calm faces: which faces are calm is decided on the default combiner's raw labels
+    # valence of calm faces: which faces are calm is decided on the chosen combiner's raw labels
     calm, strict = {}, set()
     neutral = CLASSES.index("neutral")
     for c in clips:
@@ -294,16 +297,17 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
                 calm.setdefault(c.clip, []).append(tid)
                 if c.raw[rows, neutral].mean() >= 0.85:  # the model itself sure of neutral (the issue's 0.94 face)
                     strict.add((c.clip, tid))
-    for combiner in ("default", "balanced"):
+    balanced = "balanced" if combiner == "default" else f"{combiner}_balanced"
+    for cname, chosen in ((combiner, True), (balanced, False)):
         try:
-            cl = collect(bundle, combiner=combiner) if combiner != "default" else clips
+            cl = clips if chosen else collect(bundle, combiner=cname)
         except Exception as exc:  # noqa: BLE001 - a bundle without that combiner: say so and go on
-            log_row = {"combiner": combiner, "clip": f"unavailable: {exc}"}
+            log_row = {"combiner": cname, "clip": f"unavailable: {exc}"}
             val_rows.append(log_row)
             continue
         from rtfer.bundle import BundleSpec, resolve_bundle_path
 
-        shift = BundleSpec.read(resolve_bundle_path(bundle)).posterior_shift(combiner)  # valence as rtfer computes it
+        shift = BundleSpec.read(resolve_bundle_path(bundle)).posterior_shift(cname)  # valence as rtfer computes it
         for c in cl:
             if c.clip not in calm:
                 continue
@@ -321,7 +325,7 @@ def before_after(bundle: str = "default", rate: float | None = None) -> tuple[li
                         sure.append(means[-1])
                     # an image of the same frame: rtfer classifies images without smoothing or temperature
                     image_gap.append(float(np.abs(valence(out, sh) - valence(c.raw[rows], sh)).mean()))
-                val_rows.append({"combiner": combiner, "clip": Path(c.clip).stem.replace("unlabeled_", "")[:30],
+                val_rows.append({"combiner": cname, "clip": Path(c.clip).stem.replace("unlabeled_", "")[:30],
                                  "smoothing": name, "calm_faces": len(means), "valence_mean": float(np.mean(means)),
                                  "valence_min": min(means), "valence_max": max(means),
                                  "sure_faces": len(sure), "sure_min": min(sure) if sure else None,
@@ -374,12 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fixtures", action="store_true",
                     help="replay the fixture clips (cached classifications) with the default rate and smoothing")
     ap.add_argument("--bundle", default="default", help="with --fixtures: the bundle whose cache to use")
+    ap.add_argument("--combiner", default="default",
+                    help="with --fixtures: the bundle's combiner for the steadiness, confidence and calm-valence tables "
+                         "(e.g. flip; its class-balanced counterpart joins the valence table)")
     ap.add_argument("csv", nargs="*", type=Path, help="timelines written by `rtfer analyze --raw`")
     ap.add_argument("--resmooth", action="store_true", help="also re-smooth raw columns with every method/strength")
     ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the synthetic step (default 30)")
     args = ap.parse_args(argv)
     if args.fixtures:
-        stab, cal = fixture_rows(args.bundle)
+        stab, cal = fixture_rows(args.bundle, combiner=args.combiner)
         print("# fixture clips: label switches per second raw vs smoothed (default rate and smoothing)")
         print(format_table(stab))
         print()
@@ -393,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"independent observations in the 0.2 s EMA window: {ev['n_eff_window']:.2f} "
               f"(independent frames would give {ev['n_if_independent']:.1f})")
         print()
-        per_clip, pooled, val_rows = before_after(args.bundle)
+        per_clip, pooled, val_rows = before_after(args.bundle, combiner=args.combiner)
         print("# before (hmm 0.5, no hysteresis, --confidence-temperature 3) vs after (defaults); split: whether the")
         print(f"# defaults were tuned on the clip ({', '.join(TUNED_ON)}); the confidence scale saw no clip")
         print(format_table(per_clip))
