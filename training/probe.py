@@ -48,11 +48,27 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarr
     return np.sort(np.concatenate(out))
 
 
-def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: int = 64) -> tuple[dict, float]:
+def _resized_batches(images: np.ndarray, size: int, crop: float = 1.0, batch: int = 64):
+    """``images`` (N, H, W, 1|3 uint8) as float NCHW batches in [0, 1], three channels (grey repeated), centrally
+    cropped to ``crop`` of their side and resized to ``size`` (bilinear): what every probe feeds its backbone."""
+    import torch
+    import torch.nn.functional as F
+
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if crop < 1.0:
+            h = x.shape[-1]
+            m = int(round(h * (1 - crop) / 2))
+            x = x[..., m:h - m, m:h - m]
+        yield F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _stage_features(model, images: np.ndarray, size: int, crop: float) -> tuple[dict, float]:
     """Pooled features of every trunk stage that runs at ``size`` (and the 128-D embedding when they all do);
     seconds per image."""
     import torch
-    import torch.nn.functional as F
 
     from rtfer.models.faceres import DLIB_MEAN, DLIB_STD, stage_sizes
 
@@ -62,15 +78,7 @@ def _stage_features(model, images: np.ndarray, size: int, crop: float, batch: in
     runnable = sum(1 for h in stage_sizes(size) if h > 0)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div_(255.0)
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            if crop < 1.0:
-                h = x.shape[-1]
-                m = int(round(h * (1 - crop) / 2))
-                x = x[..., m:h - m, m:h - m]
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        for x in _resized_batches(images, size, crop):
             x = (x - mean) / std
             maps = model.trunk.forward_stages(x, upto=runnable)  # small inputs end before the last down block
             for k, fm in enumerate(maps[1:], start=1):
@@ -134,42 +142,46 @@ def run_probe(backbone: str | Path, train: str | Path, val: str | Path, out: str
         for crop in crops:
             ftr, dt = _stage_features(model, tr.images[sub], size, crop)
             fva, _ = _stage_features(model, va.images, size, crop)
-            for name in ftr:
-                c, probs = fit_probe(ftr[name], tr.labels[sub], fva[name], va.labels, seed)
-                pred = probs.argmax(1)
-                row = ProbeRow(backbone.stem, size, crop, name, ftr[name].shape[1], c,
-                               float((pred == va.labels).mean()), float(mean_class_accuracy(va.labels, pred)),
-                               dt * 1000)
-                rows.append(row)
-                log.info("probe %s size %d crop %.2f %s: val %.2f%% (mean-class %.2f%%), %.1f ms/img", row.backbone,
-                         size, crop, name, 100 * row.accuracy, 100 * row.mean_class_accuracy, row.ms_per_image)
+            rows += _score(backbone.stem, size, crop, ftr, fva, tr.labels[sub], va.labels, dt, seed)
             (out / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
     _write_probe_md(rows, out)
     return rows
 
 
-def _graph_features(graph, images: np.ndarray, size: int, nodes: list[str], scale: tuple[float, float],
-                    batch: int = 64) -> tuple[dict, float]:
-    """Spatially pooled values of ``nodes`` (4-D maps are averaged over height and width) of a :class:`TfjsGraph`
-    for ``images`` (N, H, W, 1|3 uint8) resized to ``size``; pixels map to ``pixel * scale[0] + scale[1]``."""
+def _graph_features(graph, images: np.ndarray, size: int, nodes: list[str],
+                    scale: tuple[float, float]) -> tuple[dict, float]:
+    """Spatially pooled values of ``nodes`` (4-D maps are averaged over height and width) of a TF.js graph module
+    (:mod:`rtfer.training.tfjs_graph`) for ``images`` resized to ``size``; pixels map to ``pixel * scale[0] +
+    scale[1]`` (pixel in 0-255)."""
     import torch
-    import torch.nn.functional as F
 
     feats: dict[str, list[np.ndarray]] = {}
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float()
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            x = (x * scale[0] + scale[1]).permute(0, 2, 3, 1).contiguous()
+        for x in _resized_batches(images, size):
+            x = (x * (255.0 * scale[0]) + scale[1]).permute(0, 2, 3, 1).contiguous()  # the graph is NHWC
             out = graph(x, outputs=nodes)
             for name in nodes:
                 v = out[name]
-                feats.setdefault(name, []).append((v.mean(dim=(1, 2)) if v.ndim == 4 else v.reshape(len(x), -1)).numpy())
+                pooled = v.mean(dim=(1, 2)) if v.ndim == 4 else v.reshape(len(x), -1)
+                feats.setdefault(name, []).append(pooled.numpy())
     dt = (time.perf_counter() - t0) / max(1, len(images))
     return {k: np.concatenate(v) for k, v in feats.items()}, dt
+
+
+def _score(backbone: str, size: int, crop: float, ftr: dict, fva: dict, ytr: np.ndarray, yva: np.ndarray,
+           seconds_per_image: float, seed: int) -> list[ProbeRow]:
+    """One probe row per feature set: fitted on ``ftr``, scored on ``fva``; each logged."""
+    rows = []
+    for name in ftr:
+        c, probs = fit_probe(ftr[name], ytr, fva[name], yva, seed)
+        pred = probs.argmax(1)
+        row = ProbeRow(backbone, size, crop, name, ftr[name].shape[1], c, float((pred == yva).mean()),
+                       float(mean_class_accuracy(yva, pred)), seconds_per_image * 1000)
+        rows.append(row)
+        log.info("probe %s size %d crop %.2f %s: val %.2f%% (mean-class %.2f%%), %.1f ms/img", backbone, size, crop,
+                 name, 100 * row.accuracy, 100 * row.mean_class_accuracy, row.ms_per_image)
+    return rows
 
 
 def run_tfjs_probe(model_json: str | Path, train: str | Path, val: str | Path, out: str | Path, nodes: list[str],
@@ -202,15 +214,8 @@ def run_tfjs_probe(model_json: str | Path, train: str | Path, val: str | Path, o
             if len(nodes) > 1:
                 ftr["all"] = np.concatenate([ftr[n] for n in nodes], axis=1)
                 fva["all"] = np.concatenate([fva[n] for n in nodes], axis=1)
-            for name in ftr:
-                c, probs = fit_probe(ftr[name], tr.labels[sub], fva[name], va.labels, seed)
-                pred = probs.argmax(1)
-                row = ProbeRow(f"{stem} (x*{scale[0]:.4g}{scale[1]:+g})", size, 1.0, name, ftr[name].shape[1], c,
-                               float((pred == va.labels).mean()), float(mean_class_accuracy(va.labels, pred)),
-                               dt * 1000)
-                rows.append(row)
-                log.info("probe %s size %d %s: val %.2f%% (mean-class %.2f%%), %.1f ms/img", row.backbone, size,
-                         name, 100 * row.accuracy, 100 * row.mean_class_accuracy, row.ms_per_image)
+            rows += _score(f"{stem} (x*{scale[0]:.4g}{scale[1]:+g})", size, 1.0, ftr, fva, tr.labels[sub], va.labels,
+                           dt, seed)
             (out / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
     _write_probe_md(rows, out)
     return rows

@@ -213,3 +213,24 @@ def test_align_size_feeds_a_member_the_softness_it_was_trained_on(tiny_bundle, t
     probs = b.member_probs({48: small, m.input_size: sharp, b.spec.members[0].input_size: small})
     want = b.member_probs(small)  # the 48 px crops, resized per member
     np.testing.assert_allclose(probs[1], want[1], atol=1e-6)
+
+
+def test_probe_of_a_backbone_file_writes_its_table(tmp_path, tiny_packed):
+    """`probe BACKBONE.pt`: one row per stage feature set (and their concatenation) per size, accuracies in range."""
+    import json
+
+    from rtfer.training.__main__ import main
+
+    torch.manual_seed(0)
+    src = create_model("faceres29_embed", num_classes=128).eval()
+    blob = tmp_path / "bb.pt"
+    torch.save({"trunk": src.trunk.state_dict(), "embed": src.fc.state_dict(), "provenance": {}}, blob)
+    train, val = tiny_packed
+    out = tmp_path / "probe"
+    assert main(["probe", str(blob), "--sizes", "64", "--crops", "1.0", "0.8", "--train", str(train), "--val",
+                 str(val), "-o", str(out), "--threads", "1"]) == 0
+    rows = json.loads((out / "probe.json").read_text())
+    assert {(r["features"], r["crop"]) for r in rows} == {
+        (f, c) for f in ("stage1", "stage2", "stage3", "stage2+3") for c in (1.0, 0.8)}
+    assert all(0 <= r["accuracy"] <= 1 for r in rows) and (out / "probe.md").is_file()
+    assert main(["probe", str(tmp_path / "missing.pt"), "--train", str(train), "--val", str(val), "-o", str(out)]) == 2
