@@ -33,54 +33,67 @@ PERSONS = 26
 log = logging.getLogger("crowd_clip")
 
 
-def _frames_by_time(path: Path) -> tuple[list[np.ndarray], float]:
-    import cv2
+class _Tile:
+    """One tile's clip, read forward as the mosaic's clock advances (one frame held in memory)."""
 
-    cap = cv2.VideoCapture(str(path))
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 30.0)
-    frames = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        frames.append(img)
-    cap.release()
-    if not frames:
-        raise ValueError(f"{path}: no frames could be read")
-    return frames, fps
+    def __init__(self, path: Path, mirrored: bool) -> None:
+        import cv2
+
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (the classroom fixtures: ../shared/fixtures/videos)")
+        self.cap = cv2.VideoCapture(str(path))
+        self.rate = float(self.cap.get(cv2.CAP_PROP_FPS) or 30.0)
+        self.count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.mirrored = mirrored
+        self.pos, self.frame = -1, None
+        self.at(0.0)
+        if self.frame is None:
+            raise ValueError(f"{path}: no frames could be read")
+
+    @property
+    def seconds(self) -> float:
+        return self.count / self.rate
+
+    def at(self, t: float) -> np.ndarray:
+        """The frame shown at ``t`` seconds (the last one read, if the clip ends sooner)."""
+        target = int(t * self.rate)
+        while self.pos < target:
+            ok, img = self.cap.read()
+            if not ok:
+                break
+            self.pos, self.frame = self.pos + 1, img
+        return self.frame[:, ::-1] if self.mirrored else self.frame
+
+    def close(self) -> None:
+        self.cap.release()
 
 
 def build(videos: Path, out: Path, fps: float = 24.0) -> Path:
-    """Write the mosaic clip to ``out`` (an .mp4, via a temporary name then a rename) and return it."""
+    """Write the mosaic clip to ``out`` (an .mp4, via a temporary name then a rename) and return it. The clips are
+    streamed: memory holds one frame per tile."""
     import cv2
 
-    clips = {}
-    for stem, _ in TILES:
-        if stem not in clips:
-            path = videos / f"{stem}.mp4"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing (the classroom fixtures: ../shared/fixtures/videos)")
-            clips[stem] = _frames_by_time(path)
-    length = min(len(f) / r for f, r in clips.values())
-    h, w = next(iter(clips.values()))[0][0].shape[:2]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.part{out.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * w, 2 * h))
-    if not writer.isOpened():
-        raise OSError(f"cannot write {tmp}")
-    n = int(length * fps)
+    tiles: list[_Tile] = []
     try:
-        for i in range(n):
-            t = i / fps
-            tiles = []
-            for stem, mirrored in TILES:
-                frames, rate = clips[stem]
-                img = frames[min(int(t * rate), len(frames) - 1)]
-                img = cv2.resize(img, (w, h)) if img.shape[:2] != (h, w) else img
-                tiles.append(img[:, ::-1] if mirrored else img)
-            writer.write(np.ascontiguousarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])))
+        for stem, mirrored in TILES:
+            tiles.append(_Tile(videos / f"{stem}.mp4", mirrored))
+        h, w = tiles[0].frame.shape[:2]
+        n = int(min(t.seconds for t in tiles) * fps)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.stem}.part{out.suffix}")
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * w, 2 * h))
+        if not writer.isOpened():
+            raise OSError(f"cannot write {tmp}")
+        try:
+            for i in range(n):
+                imgs = [t.at(i / fps) for t in tiles]
+                imgs = [cv2.resize(img, (w, h)) if img.shape[:2] != (h, w) else img for img in imgs]
+                writer.write(np.ascontiguousarray(np.vstack([np.hstack(imgs[:2]), np.hstack(imgs[2:])])))
+        finally:
+            writer.release()
     finally:
-        writer.release()
+        for t in tiles:
+            t.close()
     tmp.replace(out)
     log.warning("wrote %s: %d frames at %.0f fps, %dx%d, %d people", out, n, fps, 2 * w, 2 * h, PERSONS)
     return out
