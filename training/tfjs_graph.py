@@ -282,8 +282,3 @@ def _torch_graph_module():
 
     return TfjsGraph
 
-
-def __getattr__(name: str):
-    if name == "TfjsGraph":  # torch is imported on first use only
-        return _torch_graph_module()
-    raise AttributeError(name)

@@ -64,6 +64,7 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
     try:
         while queue or suspects or in_flight:
             broken = False
+            alone = alone and bool(in_flight)
             if suspects and not in_flight:
                 task = suspects.pop(0)
                 try:
@@ -101,12 +102,9 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
                         yield died(task)
                 else:
                     suspects += crashed
-                alone = False
                 pool.shutdown(wait=False, cancel_futures=True)
                 log.warning("a batch worker process died; starting a fresh pool (%d videos to retry one at a time, "
                             "%d more to go)", len(suspects), len(queue))
                 pool = new_pool()
-            elif alone and not in_flight:
-                alone = False
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
