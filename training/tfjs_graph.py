@@ -29,7 +29,7 @@ ELEMENTWISE = {"Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", "Minimum", "M
 UNARY = {"Relu", "Relu6", "Abs", "Sigmoid", "Softmax", "Square", "Rsqrt", "Sqrt", "Identity", "Neg", "Tanh"}
 CONVS = {"Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative"}
 OTHER = {"Const", "Placeholder", "Mean", "Sum", "Max", "Reshape", "Pad", "Squeeze", "MatMul", "_FusedMatMul",
-         "Prelu", "LeakyRelu", "ConcatV2"}
+         "Prelu", "LeakyRelu", "ConcatV2", "MaxPool"}
 SUPPORTED = ELEMENTWISE | UNARY | CONVS | OTHER
 _DTYPES = {"float32": np.float32, "int32": np.int32, "float16": np.float16, "uint8": np.uint8, "uint16": np.uint16,
            "bool": np.bool_}
@@ -186,6 +186,19 @@ def _torch_graph_module():
             y = F.conv2d(y, w, None, (strides[1], strides[2]), 0, (dil[1], dil[2]), groups)
             return y.permute(0, 2, 3, 1)
 
+        def _max_pool(self, n, x):
+            if _attr(n, "data_format", "NHWC") != "NHWC":
+                raise InputError(f"node {n['name']}: only NHWC graphs are supported")
+            k = _attr(n, "ksize", [1, 1, 1, 1])
+            s = _attr(n, "strides", [1, 1, 1, 1])
+            y = x.permute(0, 3, 1, 2)
+            if _attr(n, "padding", "VALID") == "SAME":  # TensorFlow never takes the padding as a maximum
+                t, b = same_pad(y, k[1], s[1], 1, y.shape[2])
+                lft, r = same_pad(y, k[2], s[2], 1, y.shape[3])
+                y = F.pad(y, (lft, r, t, b), value=float("-inf"))
+            y = F.max_pool2d(y, (k[1], k[2]), (s[1], s[2]))
+            return y.permute(0, 2, 3, 1)
+
         def _fused(self, n, y, extra):
             ops = _attr(n, "fused_ops", [])
             k = 0
@@ -278,6 +291,8 @@ def _torch_graph_module():
                 return F.pad(t[0], [int(v) for pair in p[::-1] for v in pair])
             if op == "ConcatV2":
                 return torch.cat(t[:-1], dim=int(np.asarray(ins[-1])))
+            if op == "MaxPool":
+                return self._max_pool(n, t[0])
             raise InputError(f"node {n['name']}: unsupported operation {op}")
 
     return TfjsGraph

@@ -125,6 +125,25 @@ def test_a_small_graph_matches_tensorflows_definitions(tmp_path):
     assert all(p.grad is not None for p in graph.parameters())
 
 
+def test_max_pool_never_takes_its_padding_as_the_maximum(tmp_path):
+    """MaxPool (MediaPipe's face mesh) with SAME padding on an odd width of all-negative values: TensorFlow pads with
+    nothing that can win, so the last column's maximum is its own value, not 0; then PReLU."""
+    rng = np.random.default_rng(1)
+    alpha = rng.uniform(0.1, 0.3, (3,)).astype(np.float32)
+    pool = {"ksize": {"list": {"i": ["1", "2", "2", "1"]}}, "strides": {"list": {"i": ["1", "2", "2", "1"]}},
+            "padding": _s("SAME"), "data_format": _s("NHWC")}
+    nodes = [_node("in", "Placeholder"), _node("mp", "MaxPool", ["in"], **pool), _node("act", "Prelu", ["mp", "alpha"])]
+    model = _write_model(tmp_path, nodes, {"alpha": alpha})
+    x = -rng.uniform(0.5, 2, (2, 5, 7, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = build(model).eval()(torch.from_numpy(x), outputs=["mp", "act"])
+    padded = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-np.inf)  # SAME: the extra row/col at the end
+    mp = padded.reshape(2, 3, 2, 4, 2, 3).max(axis=(2, 4))
+    assert got["mp"].shape == (2, 3, 4, 3) and (mp < 0).all()
+    np.testing.assert_allclose(got["mp"].numpy(), mp, atol=0)
+    np.testing.assert_allclose(got["act"].numpy(), mp * alpha, rtol=1e-6)
+
+
 def test_unsupported_or_damaged_models_are_refused(tmp_path):
     model = _write_model(tmp_path, [_node("in", "Placeholder"), _node("f", "FFT", ["in"])], {})
     with pytest.raises(InputError, match="unsupported operations FFT"):
