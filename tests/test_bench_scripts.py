@@ -100,3 +100,29 @@ def test_crowd_clip_tiles_both_classrooms_and_their_mirror_images(tmp_path, caps
     assert not list(out.parent.glob(".*part*"))
     assert crowd.main(["--videos", str(tmp_path / "none"), "-o", str(out)]) == 2
     assert "is missing" in capsys.readouterr().err
+
+
+def test_tta_views_are_the_runtimes_views(tiny_bundle):
+    """Each view is what it says (a 2 px shift moves the content, ``~`` mirrors), and averaging a face and its
+    mirror image gives exactly the runtime's flip-TTA answer."""
+    import numpy as np
+
+    from rtfer.bundle import load_bundle
+
+    tta = _load("tta_views")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 48, 48, 3), dtype=np.uint8)
+    assert np.array_equal(tta.view(images, "id~"), images[:, :, ::-1])
+    right = tta.view(images, "right")
+    assert np.array_equal(right[:, 5:40, 10:40], images[:, 5:40, 8:38])
+    assert tta.view(images, "zoom_in").shape == images.shape and not np.array_equal(tta.view(images, "zoom_in"), images)
+    b = load_bundle(tiny_bundle, backend="onnxruntime", device="cpu")
+    b.tta_flip = False
+    per_view = {v: tta.member_logits(b, tta.view(images, v), batch=4) for v in ("id", "id~")}
+    b.tta_flip = True
+    want = b.combine(b.member_probs(images)).argmax(1)
+    labels = want.copy()
+    labels[0] = (labels[0] + 1) % 7  # one wrong answer: accuracy 5/6 if the views are combined as the runtime does
+    b.tta_flip = False
+    acc, _ = tta.score(b, per_view, ["id", "id~"], labels)
+    assert acc == 5 / 6

@@ -162,10 +162,36 @@ def init_weights(model: torch.nn.Module, source: str | Path) -> None:
     log.info("initialised from %s (epoch %s)", source, init.get("epoch"))
 
 
+class ResizedInput(torch.nn.Module):
+    """``model`` applied to its input bilinearly resized to ``size`` and renormalised from ``(mean, std)`` to
+    ``(to_mean, to_std)``: a distillation teacher of another input size or normalisation than its student."""
+
+    def __init__(self, model: torch.nn.Module, size: int, mean=None, std=None, to_mean=None, to_std=None) -> None:
+        super().__init__()
+        self.model, self.size = model, int(size)
+        same = mean is None or (tuple(mean) == tuple(to_mean) and tuple(std) == tuple(to_std))
+        if not same:  # x_teacher = (x * std + mean - to_mean) / to_std, per channel
+            scale = torch.tensor(std, dtype=torch.float32) / torch.tensor(to_std, dtype=torch.float32)
+            shift = (torch.tensor(mean, dtype=torch.float32) - torch.tensor(to_mean, dtype=torch.float32)) / \
+                torch.tensor(to_std, dtype=torch.float32)
+            self.register_buffer("scale", scale.view(1, -1, 1, 1))
+            self.register_buffer("shift", shift.view(1, -1, 1, 1))
+        else:
+            self.scale = self.shift = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                                antialias=x.shape[-1] > self.size)
+        if self.scale is not None:
+            x = x * self.scale + self.shift
+        return self.model(x)
+
+
 def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device,
                  channels_last: bool) -> torch.nn.Module | None:
-    """The frozen distillation teacher of ``loss.distill_from``; it must take the student's input (size, colour,
-    normalisation), since both see the same augmented batch."""
+    """The frozen distillation teacher of ``loss.distill_from``; it must take the student's colour and normalisation,
+    since both see the same augmented batch, which is resized for a teacher of another input size."""
     src = cfg.loss.distill_from
     if not src:
         return None
@@ -185,13 +211,19 @@ def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.devic
     else:
         teacher, _ = load_checkpoint(path)
     mine, theirs = preprocessing(student), preprocessing(teacher)
-    if mine != theirs:
-        raise InputError(f"distillation teacher {path} takes (size, mean, std, gray) {theirs}, the student {mine}")
+    if mine[3] != theirs[3]:
+        raise InputError(f"distillation teacher {path} takes (size, mean, std, gray) {theirs}, the student {mine}: "
+                         "both must read grey faces, or both colour ones")
     teacher = teacher.to(device).eval()
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if mine[:3] != theirs[:3]:
+        # the student's batch resized to the teacher's input the way training resizes it (bilinear) and renormalised,
+        # so that a member trained on 48 px faces upsampled to 144 px teaches a 48 px student
+        log.info("the teacher sees the student's %d px batch resized to its %d px and renormalised", mine[0], theirs[0])
+        teacher = ResizedInput(teacher, theirs[0], mine[1], mine[2], theirs[1], theirs[2]).to(device)
     log.info("distilling from %s (weight %.2f, temperature %.1f)", path, cfg.loss.distill_weight,
              cfg.loss.distill_temperature)
     return teacher

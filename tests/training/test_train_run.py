@@ -124,9 +124,41 @@ def test_distillation_from_a_checkpoint_and_mismatched_teacher(tiny_packed, tmp_
     assert result.best_epoch == 1
     cfg = json.loads(json.dumps(load_config(tmp_path / "student" / "config.yaml").to_dict()))
     assert cfg["loss"]["distill_from"] == str(teacher) and cfg["loss"]["distill_weight"] == 0.7
-    with pytest.raises(InputError, match="distillation teacher"):
-        fit(_cfg(train, val, tmp_path / "bad", "model.name=ddamfn_tiny", "model.input_size=48", "optim.sam=false",
-                 "run.epochs=1", "model.color=gray", f"loss.distill_from={teacher}"))
+    with pytest.raises(InputError, match="distillation teacher"):  # colour differs: the batch cannot be shared
+        fit(_cfg(train, val, tmp_path / "bad", "model.name=ddamfn_tiny", "model.input_size=32", "optim.sam=false",
+                 "run.epochs=1", "model.color=rgb", f"loss.distill_from={teacher}"))
+
+
+def test_a_teacher_of_another_input_size_sees_the_batch_resized(tiny_packed, tmp_path):
+    """A member trained on 48 px faces upsampled to 144 px teaches a 48 px student: the student's batch is resized
+    for it the way training resizes (bilinear), and the run trains."""
+    from rtfer.models import create_model
+    from rtfer.training.train import ResizedInput, load_teacher
+
+    train, val = tiny_packed
+    common = ("optim.sam=false", "run.epochs=1", "model.color=gray")
+    fit(_cfg(train, val, tmp_path / "teacher", "model.name=convnextv2_test", "model.input_size=64", *common))
+    teacher_ckpt = tmp_path / "teacher" / "best.pt"
+    result = fit(_cfg(train, val, tmp_path / "student", "model.name=ddamfn_tiny", "model.input_size=32", *common,
+                      f"loss.distill_from={teacher_ckpt}"))
+    assert result.best_epoch == 1
+    cfg = load_config(tmp_path / "student" / "config.yaml")
+    student = create_model("ddamfn_tiny")
+    student.default_cfg = {**student.default_cfg, "input_size": 32, "color": "gray"}
+    teacher = load_teacher(cfg, student, torch.device("cpu"), channels_last=False)
+    assert isinstance(teacher, ResizedInput) and teacher.size == 64
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = teacher.model(torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
+        assert torch.allclose(teacher(x), want)
+    # another normalisation too (dlib's members): the pixels the teacher sees are the ones the student saw
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std, to_mean, to_std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), (0.48, 0.46, 0.41), (1.0, 1.0, 1.0)
+    seen = []
+    probe = ResizedInput(lambda t: seen.append(t) or t, 64, mean, std, to_mean, to_std)
+    probe((pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    want = (pixels - torch.tensor(to_mean).view(1, 3, 1, 1)) / torch.tensor(to_std).view(1, 3, 1, 1)
+    assert torch.allclose(seen[0], want, atol=1e-6)
 
 
 def test_curves_command_plots_several_runs(tmp_path, capsys):
