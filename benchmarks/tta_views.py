@@ -33,7 +33,7 @@ def view(images: np.ndarray, name: str) -> np.ndarray:
     import cv2
 
     scale, dx, dy = VIEWS[name.rstrip("~")]
-    n, h, w, _ = images.shape
+    h, w = images.shape[1:3]
     out = images
     if (scale, dx, dy) != (1.0, 0, 0):
         m = np.float32([[scale, 0, (1 - scale) * w / 2 + dx], [0, scale, (1 - scale) * h / 2 + dy]])
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "rtfer" / "tta_views")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from rtfer.training.data import load_split
+
     from rtfer.bundle import load_bundle
     from rtfer.errors import RtferError
-    from rtfer.training.data import load_split
 
     try:
         split = load_split(args.data)

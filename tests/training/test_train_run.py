@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import torch
-
 from rtfer.training.__main__ import main
 from rtfer.training.config import load_config
 from rtfer.training.train import fit, load_checkpoint
@@ -132,8 +131,9 @@ def test_distillation_from_a_checkpoint_and_mismatched_teacher(tiny_packed, tmp_
 def test_a_teacher_of_another_input_size_sees_the_batch_resized(tiny_packed, tmp_path):
     """A member trained on 48 px faces upsampled to 144 px teaches a 48 px student: the student's batch is resized
     for it the way training resizes (bilinear), and the run trains."""
-    from rtfer.models import create_model
     from rtfer.training.train import ResizedInput, load_teacher
+
+    from rtfer.models import create_model
 
     train, val = tiny_packed
     common = ("optim.sam=false", "run.epochs=1", "model.color=gray")
