@@ -190,8 +190,9 @@ class ResizedInput(torch.nn.Module):
 
 def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device,
                  channels_last: bool) -> torch.nn.Module | None:
-    """The frozen distillation teacher of ``loss.distill_from``; it must take the student's colour and normalisation,
-    since both see the same augmented batch, which is resized for a teacher of another input size."""
+    """The frozen distillation teacher of ``loss.distill_from``. Both see the same augmented batch, so it must read
+    the student's colour mode; a teacher of another input size or normalisation gets the batch resized and
+    renormalised (:class:`ResizedInput`)."""
     src = cfg.loss.distill_from
     if not src:
         return None
