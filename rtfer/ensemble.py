@@ -15,29 +15,50 @@ def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
+def _class_bias(bias) -> np.ndarray | None:
+    """``class_bias`` (7 finite log-probability offsets added to a combiner's logits before its temperature) or None."""
+    if bias is None:
+        return None
+    try:
+        b = np.asarray(bias, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        b = np.zeros(0)
+    if b.shape != (NUM_CLASSES,) or not np.all(np.isfinite(b)):
+        raise ValueError(f"class_bias must be {NUM_CLASSES} finite numbers, got {bias!r}")
+    return b
+
+
 @dataclass
 class SoftVote:
-    """Weighted mean of member probabilities; ``temperature`` rescales the log of the result."""
+    """Weighted mean of member probabilities; ``temperature`` rescales the log of the result, after ``class_bias``
+    (optional log-probability offsets per class, e.g. a tilt towards rare classes) is added to it."""
 
     weights: np.ndarray
     temperature: float = 1.0
+    class_bias: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
         if np.any(self.weights < 0) or self.weights.sum() <= 0:
             raise ValueError(f"soft-vote weights must be non-negative and not all zero, got {self.weights.tolist()}")
         self.weights = self.weights / self.weights.sum()
+        self.class_bias = _class_bias(self.class_bias)
 
     def __call__(self, member_probs: list[np.ndarray]) -> np.ndarray:
         if len(member_probs) != len(self.weights):
             raise ValueError(f"soft vote has {len(self.weights)} weights but got {len(member_probs)} members")
         p = sum(w * np.asarray(m, dtype=np.float64) for w, m in zip(self.weights, member_probs))
+        if self.class_bias is not None:
+            return softmax(np.log(np.clip(p, 1e-12, None)) + self.class_bias, self.temperature)
         if self.temperature != 1.0:
             return softmax(np.log(np.clip(p, 1e-12, None)), self.temperature)
         return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"method": "soft_vote", "weights": self.weights.tolist()}
+        d = {"method": "soft_vote", "weights": self.weights.tolist()}
+        if self.class_bias is not None:
+            d["class_bias"] = self.class_bias.tolist()
+        return d
 
 
 @dataclass
@@ -47,6 +68,7 @@ class LogisticStacker:
     coef: np.ndarray  # (7, 7*M)
     intercept: np.ndarray  # (7,)
     temperature: float = 1.0
+    class_bias: np.ndarray | None = None  # added to the logits, like the intercept (kept apart: it is a choice)
 
     def __post_init__(self) -> None:
         self.coef = np.asarray(self.coef, dtype=np.float64)
@@ -55,6 +77,7 @@ class LogisticStacker:
             raise ValueError(f"stacker coef must be ({NUM_CLASSES}, {NUM_CLASSES}*members), got {self.coef.shape}")
         if self.intercept.shape != (NUM_CLASSES,):
             raise ValueError(f"stacker intercept must be ({NUM_CLASSES},), got {self.intercept.shape}")
+        self.class_bias = _class_bias(self.class_bias)
 
     @property
     def num_members(self) -> int:
@@ -67,10 +90,14 @@ class LogisticStacker:
 
     def __call__(self, member_probs: list[np.ndarray]) -> np.ndarray:
         x = self.features(member_probs)
-        return softmax(x @ self.coef.T + self.intercept, self.temperature)
+        z = x @ self.coef.T + self.intercept
+        return softmax(z if self.class_bias is None else z + self.class_bias, self.temperature)
 
     def to_dict(self) -> dict:
-        return {"method": "logistic", "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+        d = {"method": "logistic", "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+        if self.class_bias is not None:
+            d["class_bias"] = self.class_bias.tolist()
+        return d
 
 
 Ensemble = SoftVote | LogisticStacker
@@ -81,12 +108,13 @@ def make_ensemble(spec: dict, num_members: int, temperature: float = 1.0) -> Ens
     method = spec.get("method", "soft_vote")
     if method == "soft_vote":
         weights = spec.get("weights") or [1.0] * num_members
-        ens: Ensemble = SoftVote(np.asarray(weights), temperature)
+        ens: Ensemble = SoftVote(np.asarray(weights), temperature, spec.get("class_bias"))
         if len(ens.weights) != num_members:
             raise ValueError(f"ensemble has {len(ens.weights)} weights for {num_members} members")
         return ens
     if method == "logistic":
-        ens = LogisticStacker(np.asarray(spec["coef"]), np.asarray(spec["intercept"]), temperature)
+        ens = LogisticStacker(np.asarray(spec["coef"]), np.asarray(spec["intercept"]), temperature,
+                              spec.get("class_bias"))
         if ens.num_members != num_members:
             raise ValueError(f"stacker was fitted on {ens.num_members} members, bundle has {num_members}")
         return ens

@@ -197,14 +197,31 @@ def _add_set_combiners(sub) -> None:
     g.add_argument("--flip", metavar="ENSEMBLE_JSON",
                    help="add flip combiners (flip, flip_balanced, ...: each face and its mirror image, twice the "
                         "classifier cost) from fit-stacker's fit on member-logits BUNDLE --tta-flip outputs")
+    g.add_argument("--tilt", metavar="BASE",
+                   help="add combiner BASE (default, flip, ...) tilted towards the rare classes as far as it keeps its "
+                        "accuracy on val (named tilted or BASE_tilted); needs --runs and --train")
+    p.add_argument("--runs", nargs="+", metavar="RUN",
+                   help="--tilt: the members' validation outputs, one folder per member in order (member-logits; "
+                        "with --tta-flip for a flip BASE)")
+    p.add_argument("--train", help="--tilt: the packed training split, whose class frequencies the tilt divides out")
 
 
 def cmd_set_combiners(a) -> int:
-    from rtfer.training.bundling import set_combiners, set_flip_combiners, set_posterior_shifts
+    from rtfer.training.bundling import set_combiners, set_flip_combiners, set_posterior_shifts, set_tilted_combiner
 
     if a.flip:
         names = set_flip_combiners(a.bundle, a.flip)
         print(f"{a.bundle}: combiners default" + "".join(f", {n}" for n in names))
+        return 0
+    if a.tilt:
+        if not a.runs or not a.train:
+            print("error: set-combiners --tilt needs --runs (member-logits folders) and --train (packed split)",
+                  file=sys.stderr)
+            return 2
+        name, m = set_tilted_combiner(a.bundle, a.tilt, a.runs, a.train)
+        print(f"{a.bundle}: combiner {name} (alpha {m['fold_alphas']} per fold): accuracy {100 * m['accuracy']:.2f}%, "
+              f"mean-class {100 * m['mean_class_accuracy']:.2f}% (cross-validated; untilted "
+              f"{100 * m['untilted']['accuracy']:.2f}% / {100 * m['untilted']['mean_class_accuracy']:.2f}%)")
         return 0
     if a.shift_from:
         for name, shift in set_posterior_shifts(a.bundle, a.shift_from).items():

@@ -204,6 +204,57 @@ def set_flip_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[st
     return _write_combiners(spec, {**kept, **flip})
 
 
+def set_tilted_combiner(bundle: str | Path, base: str, runs: list[str | Path], train: str | Path) -> tuple[str, dict]:
+    """Give an existing bundle a combiner that is ``base`` (``default``, ``flip``, ...) tilted towards the rare
+    classes: ``class_bias = -alpha * log(prior)``, the training split's class frequencies ``prior``, alpha from
+    :func:`rtfer.training.stacker.fit_prior_tilt` on ``base``'s output for the members' validation outputs in ``runs``
+    (one folder per member, in order, from ``member-logits``; flip ones for a flip base). Its ``posterior_shift`` takes
+    its output back to real class frequencies for valence, as for ``balanced``. Named ``tilted`` (base ``default``)
+    or ``BASE_tilted``; replaces an earlier one. Returns (name, its validation metrics)."""
+    from rtfer.bundle import DEFAULT_COMBINER, BundleSpec, resolve_bundle_path
+    from rtfer.ensemble import make_ensemble
+    from rtfer.errors import BundleError
+    from rtfer.labels import NUM_CLASSES
+    from rtfer.training.data import load_split
+    from rtfer.training.stacker import fit_posterior_shift, fit_prior_tilt, load_runs
+
+    spec = BundleSpec.read(resolve_bundle_path(bundle))
+    c_base, temperature = spec.combiner(base)
+    if c_base.get("class_bias") is not None:
+        raise BundleError(f"combiner {base!r} of bundle {spec.name} is tilted already")
+    flip = bool((spec.combiners.get(base) or {}).get("tta_flip", False))
+    outputs, labels = load_runs(runs)
+    names = [o[3] for o in outputs]
+    if names != [m.name for m in spec.members]:
+        raise InputError(f"runs {names} are not bundle {spec.name}'s members {[m.name for m in spec.members]} "
+                         "(one run folder per member, in order: member-logits writes them)")
+    for run in runs:
+        report = Path(run) / "val.json"
+        said = bool(json.loads(report.read_text(encoding="utf-8")).get("tta_flip")) if report.is_file() else False
+        if said != flip:
+            raise BundleError(f"combiner {base!r} {'reads' if flip else 'does not read'} the mirror image, but {run} "
+                              f"holds {'flip-TTA' if said else 'plain'} outputs (member-logits BUNDLE"
+                              f"{' --tta-flip' if flip else ''})")
+    counts = np.bincount(load_split(train).labels, minlength=NUM_CLASSES).astype(np.float64)
+    if np.any(counts == 0):
+        raise InputError(f"{train}: every class must occur in the training split, counts {counts.astype(int).tolist()}")
+    prior = counts / counts.sum()
+    members = [o[0] for o in outputs]
+    probs = make_ensemble(c_base, len(spec.members), temperature)(members)
+    alpha, metrics = fit_prior_tilt(probs, labels, prior)
+    bias = -alpha * np.log(prior)
+    keep = {k: v for k, v in c_base.items() if k not in ("metrics", "posterior_shift", "fitted_as", "class_bias")}
+    tilted = {**keep, "class_bias": (bias - bias.mean()).tolist(), "temperature": temperature,
+              "fitted_as": f"{c_base.get('method', 'soft_vote')}, tilted (alpha {alpha:.2f})",
+              "tilt": {"alpha": alpha, "prior": prior.tolist(), "prior_from": str(train)}, "tta_flip": flip}
+    out = make_ensemble(tilted, len(spec.members), temperature)(members)
+    tilted["posterior_shift"] = fit_posterior_shift(out, labels).tolist()
+    tilted["metrics"] = {**metrics, "note": "the tilt chosen out of fold; the base combiner as shipped"}
+    name = "tilted" if not base or base == DEFAULT_COMBINER else f"{base}_tilted"
+    _write_combiners(spec, {**spec.combiners, name: tilted})
+    return name, tilted["metrics"]
+
+
 def _read_fit(ensemble_json: str | Path) -> tuple[Path, dict]:
     ens_path = Path(ensemble_json)
     if not ens_path.is_file():

@@ -148,3 +148,24 @@ def test_posterior_shift_recovers_a_prior_shift():
     # a class absent from the labels keeps no shift of its own
     few = labels != 2
     assert fit_posterior_shift(balanced[few], labels[few])[2] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_class_bias_is_added_to_either_combiners_logits_and_round_trips():
+    from rtfer.ensemble import LogisticStacker, SoftVote, make_ensemble
+
+    rng = np.random.default_rng(3)
+    members = [rng.dirichlet(np.ones(7), size=4) for _ in range(2)]
+    bias = rng.normal(0, 0.5, 7)
+    sv, plain = SoftVote([0.4, 0.6], 0.8, bias), SoftVote([0.4, 0.6], 0.8)
+    want = np.log(plain(members).astype(np.float64)) * 0.8 + bias
+    want = np.exp(want / 0.8 - (want / 0.8).max(1, keepdims=True))
+    assert np.allclose(sv(members), want / want.sum(1, keepdims=True), atol=1e-6)
+    coef, icpt = rng.normal(0, 1, (7, 14)), rng.normal(0, 1, 7)
+    lg = LogisticStacker(coef, icpt, 1.3, bias)
+    assert np.allclose(lg(members), LogisticStacker(coef, icpt + bias, 1.3)(members), atol=1e-6)
+    for ens in (sv, lg):
+        again = make_ensemble(ens.to_dict(), 2, ens.temperature)
+        assert np.allclose(again(members), ens(members)) and np.allclose(again.class_bias, bias)
+    assert "class_bias" not in plain.to_dict()
+    with pytest.raises(ValueError, match="class_bias must be 7 finite numbers"):
+        SoftVote([1.0], 1.0, [0.0, float("nan"), 0, 0, 0, 0, 0])
