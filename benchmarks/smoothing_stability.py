@@ -111,17 +111,18 @@ def step_lag_rows(fps: float = 30.0, confidence: float = 0.8) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain fixed-width table (floats to 3 decimals, None as '-')."""
+    """Plain fixed-width table (floats to 3 decimals, None or a missing cell as '-'); the columns of all rows, in
+    order of first appearance (a row saying a combiner is unavailable has fewer)."""
     if not rows:
         return "(no rows)"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))
 
     def cell(v: object) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "-"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    cells = [[cell(r[c]) for c in cols] for r in rows]
+    cells = [[cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]

@@ -126,3 +126,13 @@ def test_tta_views_are_the_runtimes_views(tiny_bundle):
     b.tta_flip = False
     acc, _ = tta.score(b, per_view, ["id", "id~"], labels)
     assert acc == 5 / 6
+
+
+def test_smoothing_table_keeps_a_row_that_says_a_combiner_is_unavailable():
+    """smoothing_stability --combiner tilted: there is no tilted_balanced, and its one-cell row must not end the run."""
+    table = _load("smoothing_stability").format_table(
+        [{"combiner": "tilted", "clip": "classroom", "valence_mean": -0.05},
+         {"combiner": "tilted_balanced", "clip": "unavailable: no such combiner"}])
+    lines = table.splitlines()
+    assert lines[0].split() == ["combiner", "clip", "valence_mean"] and len(lines) == 3
+    assert lines[1].split()[-1] == "-0.050" and lines[2].split()[-1] == "-"
