@@ -46,6 +46,17 @@ def test_builtin_bundle_loads_verified_and_records_its_figures(name):
             assert c["metrics"]["cross_validated"] and c["metrics"]["accuracy"] > base["accuracy"], cname
             flip = load_bundle(name, backend="onnxruntime", device="cpu", combiner=cname)
             assert flip.tta_flip and flip.predict(crops).shape == p.shape
+    # tilted combiners: more mean-class accuracy (fear and disgust no worse) for at most half a point of accuracy
+    for cname, c in spec.combiners.items():
+        if c.get("class_bias") is not None:
+            base = metrics["ensemble"] if cname == "tilted" else spec.combiners[cname[:-len("_tilted")]]["metrics"]
+            m = c["metrics"]
+            assert m["cross_validated"] and m["mean_class_accuracy"] > base["mean_class_accuracy"] + 0.01, cname
+            assert m["accuracy"] > base["accuracy"] - 0.005, cname
+            assert m["recall"]["fear"] >= base["recall"]["fear"] and m["recall"]["disgust"] >= base["recall"]["disgust"]
+            assert len(c["posterior_shift"]) == len(CLASSES)
+            tilted = load_bundle(name, backend="onnxruntime", device="cpu", combiner=cname)
+            assert tilted.predict(crops).shape == p.shape and tilted.posterior_shift is not None
 
 
 @pytest.mark.parametrize("name", BUILTIN)

@@ -34,8 +34,9 @@ def test_info_json_is_complete(capsys):
     assert main(["info", "--json"]) == 0
     text = capsys.readouterr().out
     info = json.loads(text)  # the whole document parses: nothing is cut
-    assert [c["name"] for c in info["combiners"]] == ["default", "balanced", "flip", "flip_balanced"]
-    assert [c["tta_flip"] for c in info["combiners"]] == [False, False, True, True]
+    names = ["default", "balanced", "flip", "flip_balanced", "tilted", "flip_tilted"]
+    assert [c["name"] for c in info["combiners"]] == names
+    assert [c["tta_flip"] for c in info["combiners"]] == [False, False, True, True, False, True]
     assert {"bundle", "members", "ensemble", "validation", "ablation", "detector", "sdks", "onnxruntime_providers",
             "devices", "auto_choice"} <= info.keys()
     assert [m["name"] for m in info["members"]] == ["ddamfn", "faceres29"]

@@ -210,7 +210,8 @@ def test_settings_offer_the_chosen_bundles_own_combiners(qtbot, qsettings, fake_
     qtbot.addWidget(win)
     dialog = SettingsDialog(win.settings, None, win)
     names = [dialog.combiner.itemText(i) for i in range(dialog.combiner.count())]
-    assert names == ["default", "balanced", "flip", "flip_balanced"]  # the default bundle's, from its bundle.json
+    # the default bundle's, from its bundle.json
+    assert names == ["default", "balanced", "flip", "flip_balanced", "tilted", "flip_tilted"]
     dialog.combiner.setCurrentText("flip")
     dialog.bundle.setCurrentText("fast")  # carries no flip combiner: the choice falls back to default
     assert [dialog.combiner.itemText(i) for i in range(dialog.combiner.count())] == ["default", "balanced"]
