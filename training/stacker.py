@@ -216,21 +216,16 @@ def fit_posterior_shift(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(present, b - b[present].mean(), 0.0)
 
 
-def _acc_mean_class(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    present = [c for c in range(NUM_CLASSES) if (labels == c).any()]
-    return float((pred == labels).mean()), float(np.mean([(pred[labels == c] == c).mean() for c in present]))
-
-
 def _choose_tilt(logp: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, grid: np.ndarray,
                  max_drop: float) -> float:
     """The tilt with the best mean-class accuracy among those that lose at most ``max_drop`` of the untilted
     accuracy (ties: the smaller tilt)."""
-    base = _acc_mean_class(logp.argmax(1), labels)[0]
+    base = score(logp, labels)["accuracy"]
     best, best_mc = 0.0, -1.0
     for a in grid:
-        acc, mc = _acc_mean_class((logp - a * log_prior).argmax(1), labels)
-        if acc >= base - max_drop - 1e-12 and mc > best_mc + 1e-12:
-            best, best_mc = float(a), mc
+        s = score(logp - a * log_prior, labels)
+        if s["accuracy"] >= base - max_drop - 1e-12 and s["mean_class_accuracy"] > best_mc + 1e-12:
+            best, best_mc = float(a), s["mean_class_accuracy"]
     return best
 
 
@@ -251,19 +246,16 @@ def fit_prior_tilt(probs: np.ndarray, labels: np.ndarray, prior: np.ndarray, *, 
     grid = np.round(np.arange(0.0, 1.0001, 0.05), 2) if grid is None else np.asarray(grid, np.float64)
     alpha = _choose_tilt(logp, labels, log_prior, grid, max_drop)
     fold = np.random.default_rng(seed).permutation(len(labels)) % folds
-    pred = np.zeros(len(labels), np.int64)
+    oof = np.empty_like(logp)  # each fold tilted by the alpha the other folds chose
     chosen = []
     for f in range(folds):
         fit, held = fold != f, fold == f
         a = _choose_tilt(logp[fit], labels[fit], log_prior, grid, max_drop)
         chosen.append(a)
-        pred[held] = (logp[held] - a * log_prior).argmax(1)
-    acc, mc = _acc_mean_class(pred, labels)
-    acc0, mc0 = _acc_mean_class(logp.argmax(1), labels)
-    recall = {CLASSES[c]: float((pred[labels == c] == c).mean()) for c in range(NUM_CLASSES) if (labels == c).any()}
-    return alpha, {"cross_validated": True, "folds": folds, "accuracy": acc, "mean_class_accuracy": mc,
-                   "recall": recall, "fold_alphas": chosen, "max_drop": max_drop,
-                   "untilted": {"accuracy": acc0, "mean_class_accuracy": mc0}}
+        oof[held] = logp[held] - a * log_prior
+    return alpha, {"cross_validated": True, "folds": folds, **score(oof, labels),
+                   "recall": recall_by_class(oof, labels), "fold_alphas": chosen, "max_drop": max_drop,
+                   "untilted": score(logp, labels)}
 
 
 def _tempered(oof: np.ndarray, labels: np.ndarray) -> tuple[float, dict]:
