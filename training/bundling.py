@@ -191,8 +191,7 @@ def set_flip_combiners(bundle: str | Path, ensemble_json: str | Path) -> list[st
         raise BundleError(f"{ens_path} was not fitted on bundle {spec.name}'s members {names} at their temperatures "
                           "(fit-stacker on the folders of member-logits BUNDLE --tta-flip)")
     for run in fit.get("runs") or []:
-        report = Path(run) / "val.json"
-        if not report.is_file() or not json.loads(report.read_text(encoding="utf-8")).get("tta_flip"):
+        if not _is_flip_run(run):
             raise BundleError(f"{ens_path} was fitted on {run}, whose outputs are not flip-TTA ones "
                               "(member-logits BUNDLE --tta-flip writes them)")
     flip = {"flip": {**fit["ensemble"], "temperature": float(fit["temperature"]), "fitted_as": fit.get("chosen", ""),
@@ -216,30 +215,22 @@ def set_tilted_combiner(bundle: str | Path, base: str, runs: list[str | Path], t
     from rtfer.errors import BundleError
     from rtfer.labels import NUM_CLASSES
     from rtfer.training.data import load_split
-    from rtfer.training.stacker import fit_posterior_shift, fit_prior_tilt, load_runs
+    from rtfer.training.stacker import fit_posterior_shift, fit_prior_tilt
 
     spec = BundleSpec.read(resolve_bundle_path(bundle))
     c_base, temperature = spec.combiner(base)
     if c_base.get("class_bias") is not None:
         raise BundleError(f"combiner {base!r} of bundle {spec.name} is tilted already")
-    flip = bool((spec.combiners.get(base) or {}).get("tta_flip", False))
-    outputs, labels = load_runs(runs)
-    names = [o[3] for o in outputs]
-    if names != [m.name for m in spec.members]:
-        raise InputError(f"runs {names} are not bundle {spec.name}'s members {[m.name for m in spec.members]} "
-                         "(one run folder per member, in order: member-logits writes them)")
-    for run in runs:
-        report = Path(run) / "val.json"
-        said = bool(json.loads(report.read_text(encoding="utf-8")).get("tta_flip")) if report.is_file() else False
-        if said != flip:
-            raise BundleError(f"combiner {base!r} {'reads' if flip else 'does not read'} the mirror image, but {run} "
-                              f"holds {'flip-TTA' if said else 'plain'} outputs (member-logits BUNDLE"
-                              f"{' --tta-flip' if flip else ''})")
+    flip = bool(c_base.get("tta_flip", False))
+    members, labels, said = _member_outputs(spec, runs)
+    if said != flip:
+        raise BundleError(f"combiner {base!r} {'reads' if flip else 'does not read'} the mirror image, but each run "
+                          f"holds {'flip-TTA' if said else 'plain'} outputs (member-logits BUNDLE"
+                          f"{' --tta-flip' if flip else ''})")
     counts = np.bincount(load_split(train).labels, minlength=NUM_CLASSES).astype(np.float64)
     if np.any(counts == 0):
         raise InputError(f"{train}: every class must occur in the training split, counts {counts.astype(int).tolist()}")
     prior = counts / counts.sum()
-    members = [o[0] for o in outputs]
     probs = make_ensemble(c_base, len(spec.members), temperature)(members)
     alpha, metrics = fit_prior_tilt(probs, labels, prior)
     bias = -alpha * np.log(prior)
@@ -253,6 +244,29 @@ def set_tilted_combiner(bundle: str | Path, base: str, runs: list[str | Path], t
     name = "tilted" if not base or base == DEFAULT_COMBINER else f"{base}_tilted"
     _write_combiners(spec, {**spec.combiners, name: tilted})
     return name, tilted["metrics"]
+
+
+def _is_flip_run(run: str | Path) -> bool:
+    """Whether a member run folder holds flip-TTA outputs (its val.json says so: ``member-logits --tta-flip``)."""
+    report = Path(run) / "val.json"
+    return report.is_file() and bool(json.loads(report.read_text(encoding="utf-8")).get("tta_flip"))
+
+
+def _member_outputs(spec, runs: list[str | Path]) -> tuple[list[np.ndarray], np.ndarray, bool]:
+    """The validation probabilities of ``spec``'s members in ``runs`` (one folder per member, in order), their
+    labels, and whether they are flip-TTA outputs (all alike, or refused)."""
+    from rtfer.errors import BundleError
+    from rtfer.training.stacker import load_runs
+
+    outputs, labels = load_runs(runs)
+    names = [o[3] for o in outputs]
+    if names != [m.name for m in spec.members]:
+        raise InputError(f"runs {names} are not bundle {spec.name}'s members {[m.name for m in spec.members]} "
+                         "(one run folder per member, in order: member-logits writes them)")
+    flips = {_is_flip_run(r) for r in runs}
+    if len(flips) > 1:
+        raise BundleError(f"runs {[str(r) for r in runs]} mix flip-TTA and plain outputs")
+    return [o[0] for o in outputs], labels, flips.pop()
 
 
 def _read_fit(ensemble_json: str | Path) -> tuple[Path, dict]:
@@ -278,25 +292,26 @@ def set_posterior_shifts(bundle: str | Path, runs: list[str | Path]) -> dict[str
     """Give each alternative combiner of an existing bundle its ``posterior_shift``
     (:func:`rtfer.training.stacker.fit_posterior_shift`), fitted on the combiner's own output for the members'
     validation outputs in ``runs`` (one run folder per member, in the bundle's member order, named as the members:
-    ``python -m rtfer.training member-logits`` writes them for a shipped bundle). ``fit-stacker`` fits the shift
-    itself (on out-of-fold outputs); this is for bundles fitted before it did. Returns {combiner: shift}."""
+    ``python -m rtfer.training member-logits`` writes them for a shipped bundle). Only the combiners that combine
+    outputs like those are shifted: the flip ones with flip-TTA runs, the others with plain runs. ``fit-stacker``
+    fits the shift itself (on out-of-fold outputs); this is for bundles fitted before it did. Returns
+    {combiner: shift}."""
     from rtfer.bundle import BundleSpec, resolve_bundle_path, write_bundle_json
     from rtfer.ensemble import make_ensemble
     from rtfer.errors import BundleError
-    from rtfer.training.stacker import fit_posterior_shift, load_runs
+    from rtfer.training.stacker import fit_posterior_shift
 
     spec = BundleSpec.read(resolve_bundle_path(bundle))
-    if not spec.combiners:
-        raise BundleError(f"bundle {spec.name} has no alternative combiner to shift")
-    outputs, labels = load_runs(runs)
-    names = [o[3] for o in outputs]
-    if names != [m.name for m in spec.members]:
-        raise InputError(f"runs {names} are not bundle {spec.name}'s members {[m.name for m in spec.members]} "
-                         "(one run folder per member, in order)")
+    members, labels, flip = _member_outputs(spec, runs)
+    # a combiner is shifted on outputs like the ones it combines: flip combiners on flip-TTA runs, the others on plain
+    mine = {n: c for n, c in spec.combiners.items() if bool(c.get("tta_flip", False)) == flip}
+    if not mine:
+        raise BundleError(f"bundle {spec.name} has no {'flip' if flip else 'plain'} alternative combiner to shift "
+                          "with these runs")
     meta = spec.raw
     shifts = {}
-    for cname, c in spec.combiners.items():
-        probs = make_ensemble(c, len(spec.members), float(c.get("temperature", 1.0)))([o[0] for o in outputs])
+    for cname, c in mine.items():
+        probs = make_ensemble(c, len(spec.members), float(c.get("temperature", 1.0)))(members)
         shifts[cname] = fit_posterior_shift(probs, labels).tolist()
         meta["combiners"][cname]["posterior_shift"] = shifts[cname]
     write_bundle_json(spec.path, meta)

@@ -227,7 +227,7 @@ def test_a_tilted_combiner_leans_to_rare_classes_and_keeps_valence(tiny_bundle, 
 
     from rtfer.bundle import BundleSpec
     from rtfer.errors import BundleError
-    from rtfer.training.bundling import set_tilted_combiner
+    from rtfer.training.bundling import set_posterior_shifts, set_tilted_combiner
     from rtfer.training.data import load_split
 
     train, val = tiny_packed
@@ -260,6 +260,9 @@ def test_a_tilted_combiner_leans_to_rare_classes_and_keeps_valence(tiny_bundle, 
         set_tilted_combiner(bundle, "flip", runs, train)
     with pytest.raises(BundleError, match="tilted already"):
         set_tilted_combiner(bundle, "tilted", runs, train)
+    shifted = set_posterior_shifts(bundle, runs)  # plain outputs shift the plain combiners only, never a flip one
+    assert "tilted" in shifted and "flip" not in shifted
+    assert "posterior_shift" not in BundleSpec.read(bundle).combiners["flip"]
     meta["combiners"]["tilted"]["class_bias"] = [0.0] * 6
     (bundle / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="class_bias must be 7 finite numbers"):
