@@ -166,26 +166,19 @@ class ResizedInput(torch.nn.Module):
     """``model`` applied to its input bilinearly resized to ``size`` and renormalised from ``(mean, std)`` to
     ``(to_mean, to_std)``: a distillation teacher of another input size or normalisation than its student."""
 
-    def __init__(self, model: torch.nn.Module, size: int, mean=None, std=None, to_mean=None, to_std=None) -> None:
+    def __init__(self, model: torch.nn.Module, size: int, mean, std, to_mean, to_std) -> None:
         super().__init__()
         self.model, self.size = model, int(size)
-        same = mean is None or (tuple(mean) == tuple(to_mean) and tuple(std) == tuple(to_std))
-        if not same:  # x_teacher = (x * std + mean - to_mean) / to_std, per channel
-            scale = torch.tensor(std, dtype=torch.float32) / torch.tensor(to_std, dtype=torch.float32)
-            shift = (torch.tensor(mean, dtype=torch.float32) - torch.tensor(to_mean, dtype=torch.float32)) / \
-                torch.tensor(to_std, dtype=torch.float32)
-            self.register_buffer("scale", scale.view(1, -1, 1, 1))
-            self.register_buffer("shift", shift.view(1, -1, 1, 1))
-        else:
-            self.scale = self.shift = None
+        mean, std, to_mean, to_std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
+                                      for v in (mean, std, to_mean, to_std))
+        self.register_buffer("scale", std / to_std)  # x_teacher = (x * std + mean - to_mean) / to_std
+        self.register_buffer("shift", (mean - to_mean) / to_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                                                 antialias=x.shape[-1] > self.size)
-        if self.scale is not None:
-            x = x * self.scale + self.shift
-        return self.model(x)
+        return self.model(x * self.scale + self.shift)
 
 
 def load_teacher(cfg: TrainConfig, student: torch.nn.Module, device: torch.device,
