@@ -112,9 +112,10 @@ class SettingsDialog(QDialog):
 
         self.combiner = _combo(bundle_combiners(settings.bundle), settings.combiner, editable=True)
         self.combiner.setToolTip("default: best overall accuracy. balanced: class-balanced, finds rare emotions "
-                                 "(fear, disgust) more often at some overall accuracy. flip, flip_balanced: each face "
-                                 "and its mirror image, a little more accurate for twice the classifier cost "
-                                 "(the list is the bundle's own; rtfer info shows their figures)")
+                                 "(fear, disgust) more often at some overall accuracy. tilted: in between, rare emotions "
+                                 "more often for a few tenths of a point. flip_*: each face and its mirror image, a "
+                                 "little more accurate for twice the classifier cost (the list is the bundle's own; "
+                                 "rtfer info shows their figures)")
         form.addRow("Combiner", self.combiner)
         self.bundle.currentTextChanged.connect(self._refresh_combiners)
 
