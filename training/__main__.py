@@ -396,21 +396,26 @@ def cmd_import_backbone(a) -> int:
     return 0
 
 
+def _input_scale(text: str) -> tuple[float, float]:
+    """``A,B`` (each a number or a quotient such as 1/255 or 1/127.5) -> (A, B)."""
+    def number(v: str) -> float:
+        num, slash, den = v.partition("/")
+        return float(num) / float(den) if slash else float(num)
+
+    try:
+        a, b = (number(v) for v in text.split(","))
+    except (ValueError, ZeroDivisionError):  # not two numbers
+        raise RtferError(f"--input-scales takes A,B pairs such as 1/255,0; got {text!r}") from None
+    return a, b
+
+
 def cmd_probe(a) -> int:
     from rtfer.training.probe import run_probe, run_tfjs_probe
 
     if a.backbone.endswith(".json"):
         if not a.nodes:
             raise RtferError("a TF.js graph model needs --nodes (the node names to probe)")
-        scales = []
-        for text in a.input_scales:
-            try:
-                parts = [p.split("/") for p in text.split(",")]
-                scales.append(tuple(float(p[0]) / float(p[1]) if len(p) == 2 else float(p[0]) for p in parts))
-            except (ValueError, ZeroDivisionError):
-                scales = []
-            if not scales or len(scales[-1]) != 2:
-                raise RtferError(f"--input-scales takes A,B pairs such as 1/255,0; got {text!r}")
+        scales = [_input_scale(text) for text in a.input_scales]
         rows = run_tfjs_probe(a.backbone, a.train, a.val, a.out, a.nodes, sizes=a.sizes, scales=scales,
                               train_limit=a.train_limit, threads=a.threads)
     else:
