@@ -53,11 +53,11 @@ def member_logits(bundle, images: np.ndarray, batch: int = 256) -> list[np.ndarr
 
 def score(bundle, per_view: dict[str, list[np.ndarray]], names: list[str], labels: np.ndarray) -> tuple[float, float]:
     from rtfer.ensemble import softmax
+    from rtfer.training.stacker import score as accuracies
 
     probs = [softmax(np.mean([per_view[v][k] for v in names], axis=0)) for k in range(len(bundle.spec.members))]
-    pred = bundle.combine(probs).argmax(1)
-    per_class = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
-    return float((pred == labels).mean()), float(np.mean(per_class))
+    s = accuracies(bundle.combine(probs), labels)
+    return s["accuracy"], s["mean_class_accuracy"]
 
 
 def main(argv: list[str] | None = None) -> int:
