@@ -244,7 +244,7 @@ def before_after(bundle: str = "default", rate: float | None = None,
     """Issue 24's table on the fixture clips: per clip switches per second, mean confidence and accuracy before
     (hmm 0.5, no hysteresis, temperature 3) and after (the current defaults); pooled confidence figures by split;
     valence of calm faces (raw label neutral on >= 90% of a track's rows) with ``combiner`` and its class-balanced
-    counterpart (``balanced`` for the default, ``flip_balanced`` for ``flip``). Returns (per-clip rows, pooled rows,
+    counterpart where the bundle has one (``balanced`` for the default, ``flip_balanced`` for ``flip``). Returns (per-clip rows, pooled rows,
     valence rows)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from classify_rate import expected_calibration_error, replay
@@ -298,8 +298,11 @@ def before_after(bundle: str = "default", rate: float | None = None,
                 calm.setdefault(c.clip, []).append(tid)
                 if c.raw[rows, neutral].mean() >= 0.85:  # the model itself sure of neutral (the issue's 0.94 face)
                     strict.add((c.clip, tid))
+    from rtfer.run import bundle_combiners
+
     balanced = "balanced" if combiner == "default" else f"{combiner}_balanced"
-    for cname, chosen in ((combiner, True), (balanced, False)):
+    companion = [(balanced, False)] if balanced in bundle_combiners(bundle) else []  # tilted has none
+    for cname, chosen in ((combiner, True), *companion):
         try:
             cl = clips if chosen else collect(bundle, combiner=cname)
         except Exception as exc:  # noqa: BLE001 - a bundle without that combiner: say so and go on
