@@ -65,6 +65,12 @@ class LossConfig:
     distill_from: str = ""  # teacher: a training checkpoint (best.pt) or a bundle member's .onnx file
     distill_weight: float = 0.5  # loss = (1 - w) * target loss + w * T^2 * KL(teacher || student) at temperature T
     distill_temperature: float = 2.0
+    # feature distillation (training/feature_distill.py): regress a face-recognition trunk's stage features
+    feature_from: str = ""  # an import-backbone file (identity-pretrained trunk) or a faceres training checkpoint
+    feature_arch: str = "faceres29"  # the architecture an import-backbone file is built as
+    feature_size: int = 112  # the teacher's input size (the student's batch is resized to it)
+    feature_weight: float = 1.0
+    target_weight: float = 1.0  # weight of the label loss; 0 with feature_from = pretraining on the features alone
 
 
 @dataclass
@@ -241,6 +247,17 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError(f"run.epochs must be at least 1, got {cfg.run.epochs}")
     if cfg.data.batch_size < 1:
         raise InputError(f"data.batch_size must be at least 1, got {cfg.data.batch_size}")
+    loss = cfg.loss
+    if loss.target_weight < 0 or loss.feature_weight < 0:
+        raise InputError(f"loss.target_weight and loss.feature_weight must be >= 0, got {loss.target_weight} and "
+                         f"{loss.feature_weight}")
+    if loss.target_weight == 0 and not (loss.feature_from and loss.feature_weight):
+        raise InputError("loss.target_weight=0 leaves nothing to learn without loss.feature_from (and a "
+                         "loss.feature_weight above 0)")
+    if loss.feature_from and cfg.optim.sam:
+        raise InputError("loss.feature_from does not combine with optim.sam (set optim.sam=false)")
+    if loss.feature_from and loss.feature_size < 32:
+        raise InputError(f"loss.feature_size must be at least 32, got {loss.feature_size}")
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:

@@ -17,6 +17,7 @@ import torch
 
 from rtfer.training.augment import BatchAugment, to_float
 from rtfer.training.data import BatchLoader, Packed
+from rtfer.training.feature_distill import student_features
 from rtfer.training.losses import attention_diversity_loss, classification_loss, distillation_loss
 from rtfer.training.sam import SAM, bn_update
 
@@ -39,6 +40,9 @@ class StepOptions:
     teacher: torch.nn.Module | None = None  # knowledge distillation (frozen, eval mode, same input tensor)
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    features: torch.nn.Module | None = None  # feature distillation (training.feature_distill.FeatureDistiller)
+    feature_weight: float = 1.0
+    target_weight: float = 1.0  # weight of the label loss (0: learn the teacher's features only)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -55,25 +59,20 @@ def _num_classes(model: torch.nn.Module) -> int:
     return int(n)
 
 
-def forward_train(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits plus attention maps for models that expose ``forward_train`` (DDAMFN), else just logits."""
-    fn = getattr(model, "forward_train", None)
-    if fn is None:
-        return model(x), []
-    out = fn(x)
-    return out["logits"], list(out.get("attention") or [])
-
-
 def compute_loss(model, x, y, soft, opt: StepOptions, *, mixed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``soft`` is the target distribution when ``opt.soft_targets`` or when the batch was mixed (mixup/cutmix)."""
-    logits, maps = forward_train(model, x)
+    logits, maps, feats = student_features(model, x)
     loss = classification_loss(logits, y, soft if (opt.soft_targets or mixed) else None,
                                label_smoothing=opt.label_smoothing, weights=opt.class_weights)
+    if opt.target_weight != 1.0:
+        loss = opt.target_weight * loss
     if opt.teacher is not None and opt.distill_weight:
         with torch.no_grad():
             teacher_logits = opt.teacher(x)
         loss = (1.0 - opt.distill_weight) * loss + opt.distill_weight * distillation_loss(
             logits, teacher_logits, opt.distill_temperature)
+    if opt.features is not None and opt.feature_weight:
+        loss = loss + opt.feature_weight * opt.features.loss(x, feats)
     if opt.attention_weight and len(maps) > 1:
         loss = loss + opt.attention_weight * attention_diversity_loss(maps)
     return loss, logits

@@ -22,6 +22,7 @@ from rtfer.training.config import TrainConfig, save_config
 from rtfer.training.data import BatchLoader, Packed, class_balanced_weights, load_split, mix_folder_labels
 from rtfer.training.engine import ModelEma, StepOptions, lr_lambda, predict_logits, train_one_epoch
 from rtfer.training.evaluate import ClassificationMetrics, evaluate_logits, nll, write_report
+from rtfer.training.feature_distill import build_distiller
 from rtfer.training.losses import class_weights
 from rtfer.training.runlog import RunLog
 from rtfer.training.sam import SAM
@@ -238,6 +239,12 @@ def _save(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
+def _sample(data: Packed, n: int, seed: int) -> torch.Tensor:
+    """Up to ``n`` training images (uint8 NCHW), drawn without replacement with the run's seed."""
+    idx = np.sort(np.random.default_rng([seed, 1]).permutation(len(data))[:n])
+    return torch.from_numpy(np.ascontiguousarray(data.images[idx])).permute(0, 3, 1, 2)
+
+
 def _class_weight_tensor(cfg: TrainConfig, train: Packed, device) -> torch.Tensor | None:
     if cfg.loss.class_weights == "none":
         return None
@@ -275,6 +282,11 @@ def fit(cfg: TrainConfig) -> RunResult:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
+    distiller = build_distiller(cfg, model, _sample(train, 1024, cfg.run.seed), device)
+    if distiller is not None:  # the projector learns with the head's learning rate
+        if channels_last:
+            distiller.to(memory_format=torch.channels_last)
+        optimizer.add_param_group({"params": list(distiller.projector.parameters())})
     weights = class_balanced_weights(train.labels) if cfg.data.weighted_sampling else None
     loader = BatchLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
                          sample_weights=weights, seed=cfg.run.seed, device=str(device))
@@ -290,6 +302,8 @@ def fit(cfg: TrainConfig) -> RunResult:
     step_opts = StepOptions(label_smoothing=cfg.loss.label_smoothing, teacher=teacher,
                             distill_weight=cfg.loss.distill_weight, distill_temperature=cfg.loss.distill_temperature,
                             class_weights=_class_weight_tensor(cfg, train, device),
+                            features=distiller, feature_weight=cfg.loss.feature_weight,
+                            target_weight=cfg.loss.target_weight,
                             attention_weight=cfg.loss.attention_weight, soft_targets=cfg.data.soft_targets,
                             grad_clip=o.grad_clip, amp=amp, channels_last=channels_last, max_steps=cfg.run.max_steps,
                             progress=cfg.run.progress)
@@ -309,6 +323,8 @@ def fit(cfg: TrainConfig) -> RunResult:
         elif ema is not None:  # a checkpoint from before the EMA warm-up (or without EMA): average afresh from here
             ema.restart(model)
             log.info("weight EMA restarted from the resumed weights")
+        if distiller is not None and state.get("feature_head") is not None:
+            distiller.load_head_state(state["feature_head"])
         augment.generator.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
@@ -343,6 +359,7 @@ def fit(cfg: TrainConfig) -> RunResult:
                           "scheduler": scheduler.state_dict(), "ema": ema.module.state_dict() if ema else None,
                           "ema_updates": ema.updates if ema else 0,
                           "augment_rng": augment.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                          "feature_head": distiller.head_state() if distiller is not None else None,
                           "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
         log.info("epoch %d/%d: loss %.4f, val acc %.4f, mean-class %.4f%s (%.0f s)", epoch, cfg.run.epochs,
                  stats["train_loss"], res.accuracy, res.mean_class_accuracy, " *" if improved else "",
