@@ -287,6 +287,9 @@ def fit(cfg: TrainConfig) -> RunResult:
         if channels_last:
             distiller.to(memory_format=torch.channels_last)
         optimizer.add_param_group({"params": list(distiller.projector.parameters())})
+        if cfg.loss.target_weight == 0:
+            log.info("feature pretraining: the label head does not train, so validation accuracy says nothing here; "
+                     "start the fine-tune from %s", out / "last.pt")
     weights = class_balanced_weights(train.labels) if cfg.data.weighted_sampling else None
     loader = BatchLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
                          sample_weights=weights, seed=cfg.run.seed, device=str(device))
