@@ -71,6 +71,11 @@ class LossConfig:
     feature_size: int = 112  # the teacher's input size (the student's batch is resized to it)
     feature_weight: float = 1.0
     target_weight: float = 1.0  # weight of the label loss; 0 with feature_from = pretraining on the features alone
+    # FCMAE masked-image modelling (training/fcmae.py), ConvNeXt students: hide this share of the image's cells and
+    # predict their pixels; 0 = off. With target_weight=0 it is ConvNeXt-V2's own pretraining, without labels
+    mask_ratio: float = 0.0
+    mask_patch: int = 8  # cell size in pixels (must divide the input size)
+    mask_weight: float = 1.0
 
 
 @dataclass
@@ -248,14 +253,20 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.data.batch_size < 1:
         raise InputError(f"data.batch_size must be at least 1, got {cfg.data.batch_size}")
     loss = cfg.loss
-    if loss.target_weight < 0 or loss.feature_weight < 0:
-        raise InputError(f"loss.target_weight and loss.feature_weight must be >= 0, got {loss.target_weight} and "
-                         f"{loss.feature_weight}")
-    if loss.target_weight == 0 and not (loss.feature_from and loss.feature_weight):
-        raise InputError("loss.target_weight=0 leaves nothing to learn without loss.feature_from (and a "
-                         "loss.feature_weight above 0)")
-    if loss.feature_from and cfg.optim.sam:
-        raise InputError("loss.feature_from does not combine with optim.sam (set optim.sam=false)")
+    if loss.target_weight < 0 or loss.feature_weight < 0 or loss.mask_weight < 0:
+        raise InputError(f"loss.target_weight, loss.feature_weight and loss.mask_weight must be >= 0, got "
+                         f"{loss.target_weight}, {loss.feature_weight} and {loss.mask_weight}")
+    if not 0 <= loss.mask_ratio < 1:
+        raise InputError(f"loss.mask_ratio must be in [0, 1) (0 = no FCMAE), got {loss.mask_ratio}")
+    if loss.mask_patch < 1:
+        raise InputError(f"loss.mask_patch must be at least 1 pixel, got {loss.mask_patch}")
+    if loss.target_weight == 0 and not (loss.feature_from and loss.feature_weight) and \
+            not (loss.mask_ratio and loss.mask_weight):
+        raise InputError("loss.target_weight=0 leaves nothing to learn without loss.feature_from or loss.mask_ratio "
+                         "(and its weight above 0)")
+    for key, on in (("loss.feature_from", bool(loss.feature_from)), ("loss.mask_ratio", bool(loss.mask_ratio))):
+        if on and cfg.optim.sam:
+            raise InputError(f"{key} does not combine with optim.sam (set optim.sam=false)")
     if loss.feature_from and loss.feature_size < 32:
         raise InputError(f"loss.feature_size must be at least 32, got {loss.feature_size}")
 

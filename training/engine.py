@@ -42,7 +42,9 @@ class StepOptions:
     distill_temperature: float = 2.0
     features: torch.nn.Module | None = None  # feature distillation (training.feature_distill.FeatureDistiller)
     feature_weight: float = 1.0
-    target_weight: float = 1.0  # weight of the label loss (0: learn the teacher's features only)
+    target_weight: float = 1.0  # weight of the label loss (0: pretraining, from features or masked images only)
+    masked: torch.nn.Module | None = None  # FCMAE masked-image modelling (training.fcmae.FCMAEHead)
+    mask_weight: float = 1.0
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -59,13 +61,21 @@ def _num_classes(model: torch.nn.Module) -> int:
     return int(n)
 
 
-def compute_loss(model, x, y, soft, opt: StepOptions, *, mixed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``soft`` is the target distribution when ``opt.soft_targets`` or when the batch was mixed (mixup/cutmix)."""
+def compute_loss(model, x, y, soft, opt: StepOptions, *,
+                 mixed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``soft`` is the target distribution when ``opt.soft_targets`` or when the batch was mixed (mixup/cutmix).
+
+    The logits are None when only the masked-image loss trains (FCMAE pretraining needs no unmasked pass)."""
+    if opt.masked is not None and not opt.target_weight and opt.teacher is None and opt.features is None:
+        loss = opt.mask_weight * opt.masked.loss(model, x)
+        return loss, None
     logits, maps, feats = student_features(model, x)
     loss = classification_loss(logits, y, soft if (opt.soft_targets or mixed) else None,
                                label_smoothing=opt.label_smoothing, weights=opt.class_weights)
     if opt.target_weight != 1.0:
         loss = opt.target_weight * loss
+    if opt.masked is not None and opt.mask_weight:
+        loss = loss + opt.mask_weight * opt.masked.loss(model, x)
     if opt.teacher is not None and opt.distill_weight:
         with torch.no_grad():
             teacher_logits = opt.teacher(x)
@@ -121,7 +131,7 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, augment: BatchA
     model.train()
     device = next(model.parameters()).device
     sam = isinstance(optimizer, SAM)
-    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    total_loss, correct, seen, judged, steps = 0.0, 0, 0, 0, 0
     n_steps = len(loader) if not opt.max_steps else min(opt.max_steps, len(loader))
     t0 = time.perf_counter()
     bar = tqdm(total=n_steps, desc=f"epoch {epoch}", unit="batch", disable=not opt.progress, leave=False,
@@ -165,12 +175,16 @@ def train_one_epoch(model: torch.nn.Module, loader: BatchLoader, augment: BatchA
         steps += 1
         n = yb.shape[0]
         total_loss += float(loss.detach()) * n
-        correct += int((logits.detach().argmax(-1) == yb).sum())
+        if logits is not None:
+            correct += int((logits.detach().argmax(-1) == yb).sum())
+            judged += n
         seen += n
         bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / judged:.3f}" if judged else "-")
     bar.close()
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "steps": steps,
+    # train_accuracy is None in a pretraining without labels (no logits were computed)
+    return {"train_loss": total_loss / max(seen, 1),
+            "train_accuracy": correct / judged if judged else None, "steps": steps,
             "train_seconds": time.perf_counter() - t0, "lr": optimizer.param_groups[0]["lr"]}
 
 

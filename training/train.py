@@ -22,6 +22,7 @@ from rtfer.training.config import TrainConfig, save_config
 from rtfer.training.data import BatchLoader, Packed, class_balanced_weights, load_split, mix_folder_labels
 from rtfer.training.engine import ModelEma, StepOptions, lr_lambda, predict_logits, train_one_epoch
 from rtfer.training.evaluate import ClassificationMetrics, evaluate_logits, nll, write_report
+from rtfer.training.fcmae import build_fcmae
 from rtfer.training.feature_distill import build_distiller
 from rtfer.training.losses import class_weights
 from rtfer.training.runlog import RunLog
@@ -287,9 +288,12 @@ def fit(cfg: TrainConfig) -> RunResult:
         if channels_last:
             distiller.to(memory_format=torch.channels_last)
         optimizer.add_param_group({"params": list(distiller.projector.parameters())})
-        if cfg.loss.target_weight == 0:
-            log.info("feature pretraining: the label head does not train, so validation accuracy says nothing here; "
-                     "start the fine-tune from %s", out / "last.pt")
+    masked = build_fcmae(cfg, model, device)
+    if masked is not None:  # the decoder learns with the head's learning rate
+        optimizer.add_param_group({"params": list(masked.parameters())})
+    if cfg.loss.target_weight == 0:
+        log.info("%s pretraining: the label head does not train, so validation accuracy says nothing here; "
+                 "start the fine-tune from %s", "feature" if distiller is not None else "FCMAE", out / "last.pt")
     weights = class_balanced_weights(train.labels) if cfg.data.weighted_sampling else None
     loader = BatchLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
                          sample_weights=weights, seed=cfg.run.seed, device=str(device))
@@ -306,7 +310,7 @@ def fit(cfg: TrainConfig) -> RunResult:
                             distill_weight=cfg.loss.distill_weight, distill_temperature=cfg.loss.distill_temperature,
                             class_weights=_class_weight_tensor(cfg, train, device),
                             features=distiller, feature_weight=cfg.loss.feature_weight,
-                            target_weight=cfg.loss.target_weight,
+                            target_weight=cfg.loss.target_weight, masked=masked, mask_weight=cfg.loss.mask_weight,
                             attention_weight=cfg.loss.attention_weight, soft_targets=cfg.data.soft_targets,
                             grad_clip=o.grad_clip, amp=amp, channels_last=channels_last, max_steps=cfg.run.max_steps,
                             progress=cfg.run.progress)
@@ -328,6 +332,8 @@ def fit(cfg: TrainConfig) -> RunResult:
             log.info("weight EMA restarted from the resumed weights")
         if distiller is not None and state.get("feature_head") is not None:
             distiller.load_head_state(state["feature_head"])
+        if masked is not None and state.get("mask_head") is not None:
+            masked.load_head_state(state["mask_head"])
         augment.generator.set_state(state["augment_rng"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
@@ -363,6 +369,7 @@ def fit(cfg: TrainConfig) -> RunResult:
                           "ema_updates": ema.updates if ema else 0,
                           "augment_rng": augment.generator.get_state(), "torch_rng": torch.get_rng_state(),
                           "feature_head": distiller.head_state() if distiller is not None else None,
+                          "mask_head": masked.head_state() if masked is not None else None,
                           "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
         log.info("epoch %d/%d: loss %.4f, val acc %.4f, mean-class %.4f%s (%.0f s)", epoch, cfg.run.epochs,
                  stats["train_loss"], res.accuracy, res.mean_class_accuracy, " *" if improved else "",
