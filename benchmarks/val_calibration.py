@@ -5,7 +5,9 @@ Runs the bundle (as the runtime runs it: onnxruntime on CPU, the shipped precisi
 (``../shared/data/fer2013/val`` with the FER+ majority labels from ``../shared/data/ferplus``), for each combiner,
 caches the probabilities (``~/.cache/rtfer/val_probs/``) and prints per combiner: accuracy, mean confidence, ECE
 (10 bins), AUROC of confidence for right vs wrong, NLL, the temperature that would minimise the NLL on top of the
-bundle's own (5-fold cross-fitted: the ECE at the fold temperatures), and a reliability table.
+bundle's own (5-fold cross-fitted: the ECE at the fold temperatures), and a reliability table. Then the valence of
+the crops whose FER+ majority is neutral, per combiner (as rtfer computes it, through the combiner's posterior
+shift) beside the annotators' own: the same formula applied to each crop's FER+ vote distribution.
 
     python benchmarks/val_calibration.py [--bundle default] [--combiners default,balanced]
 """
@@ -108,6 +110,22 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[d
             for b in range(bins) if (idx == b).any()]
 
 
+def neutral_valence(values: np.ndarray, labels: np.ndarray) -> dict:
+    """Mean, median and spread of ``values`` over the crops whose majority label is neutral."""
+    from rtfer.labels import CLASSES
+
+    v = np.asarray(values, np.float64)[np.asarray(labels) == CLASSES.index("neutral")]
+    return {"neutral_crops": len(v), "valence_mean": float(v.mean()), "valence_median": float(np.median(v)),
+            "below_-0.1": float((v < -0.1).mean()), "above_+0.1": float((v > 0.1).mean())}
+
+
+def vote_distributions(data: Path = SHARED) -> np.ndarray:
+    """The FER+ vote distributions of the val crops, in the order :func:`val_probs` reads them."""
+    from rtfer.training.data import read_ferplus
+
+    return read_ferplus(data / "ferplus" / "fer2013_ferplus_votes.csv", data / "fer2013", "val").soft
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default="default")
@@ -118,15 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from smoothing_stability import format_table
 
-    rows = []
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+    from rtfer.labels import valence
+
+    spec = BundleSpec.read(resolve_bundle_path(a.bundle))
+    rows, calm = [], []
     for name in [c.strip() for c in a.combiners.split(",") if c.strip()]:
         probs, labels = val_probs(a.bundle, name, data=a.data)
         rows.append({"combiner": name, **figures(probs, labels)})
+        calm.append({"source": f"combiner {name}", **neutral_valence(valence(probs, spec.posterior_shift(name)),
+                                                                     labels)})
         print(f"# reliability, combiner {name}")
         print(format_table(reliability(probs, labels)))
         print()
+    calm.append({"source": "FER+ annotators (votes, single-vote outliers dropped)",
+                 **neutral_valence(valence(vote_distributions(a.data)), labels)})
     print(f"# FER+ val, bundle {a.bundle}: per-frame calibration")
     print(format_table(rows))
+    print()
+    print("# valence of the crops whose FER+ majority is neutral: the bundle (through each combiner's posterior shift)")
+    print("# and the annotators' own vote distributions")
+    print(format_table(calm))
     return 0
 
 

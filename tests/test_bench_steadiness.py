@@ -38,6 +38,16 @@ def test_val_figures_find_the_temperature_of_an_overconfident_model():
     assert sum(r["share"] for r in rel) == pytest.approx(1.0)
 
 
+def test_neutral_valence_counts_only_the_neutral_majority_crops():
+    vc = _load("val_calibration")
+    from rtfer.labels import CLASSES
+
+    neutral, sad = CLASSES.index("neutral"), CLASSES.index("sadness")
+    f = vc.neutral_valence([-0.3, 0.0, 0.2, 0.1, -0.9], [neutral, neutral, neutral, neutral, sad])
+    assert f["neutral_crops"] == 4 and f["valence_mean"] == pytest.approx(0.0) and f["valence_median"] == 0.05
+    assert f["below_-0.1"] == 0.25 and f["above_+0.1"] == 0.25
+
+
 def test_id_stats_counts_jumps_between_detection_frames():
     ts = _load("tracking_stability")
     box = np.array([[100, 100, 140, 140]], float)
