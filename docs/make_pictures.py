@@ -13,7 +13,8 @@ What it makes (each from the installed rtfer and its built-in ``default`` bundle
 - ``confusion-default-bundle.png``: the default bundle's own confusion matrix (``metrics.confusion_png``).
 
 Not made here: ``training-curves-*.png`` and ``recipe-ablation.png`` come from training runs
-(``python -m rtfer.training curves``, commands in training/README.md); ``live-page.png`` from the live server
+(``python -m rtfer.training curves``, commands in training/README.md); ``fcmae-reconstructions.png`` from an FCMAE
+pretraining run and stills of the four labelled clips (``python -m rtfer.training fcmae-show``, training/README.md); ``live-page.png`` from the live server
 (``--serve``). Needs (Debian): ``apt-get install -y xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0
 libxkbcommon-x11-0 libxcb-cursor0 chromium``.
 """

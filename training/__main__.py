@@ -1,5 +1,5 @@
 """``python -m rtfer.training {pack,train,evaluate,gradcam,fit-stacker,export,import-reference,curves,quantize,
-rewrite-graphs,set-combiners,import-backbone,probe,member-logits}``."""
+rewrite-graphs,set-combiners,import-backbone,probe,member-logits,fcmae-show}``."""
 from __future__ import annotations
 
 import argparse
@@ -153,6 +153,16 @@ def _add_member_logits(sub) -> None:
                    help="each image and its mirror image, logits averaged (for a flip combiner: set-combiners --flip)")
 
 
+def _add_fcmae_show(sub) -> None:
+    p = sub.add_parser("fcmae-show", help="picture of an FCMAE pretraining run's reconstructions of hidden face cells")
+    p.add_argument("checkpoint", help="the pretraining run's last.pt (trained with loss.mask_ratio)")
+    p.add_argument("faces", nargs="+", help="photos (the largest face of each is detected and aligned as rtfer "
+                                            "analyze does) or one packed .npz of face crops")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p.add_argument("--count", type=int, default=8, help="crops taken from a packed .npz (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+
+
 def _add_curves(sub) -> None:
     p = sub.add_parser("curves", help="plot the validation curves of several runs on one chart (PNG)")
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
@@ -252,6 +262,44 @@ def cmd_quantize(a) -> int:
     return 0
 
 
+def cmd_fcmae_show(a) -> int:
+    from rtfer.training.fcmae import show
+
+    if len(a.faces) == 1 and a.faces[0].endswith(".npz"):
+        from rtfer.training.bundling import parity_crops
+
+        faces = parity_crops(a.faces[0], count=a.count)
+    else:
+        faces = _aligned_faces(a.faces)
+    log.info("wrote %s", show(a.checkpoint, faces, a.out, seed=a.seed))
+    return 0
+
+
+def _aligned_faces(paths: list[str], size: int = 112):
+    """The largest face of each photo, aligned with the default bundle's template (uint8 RGB, size x size)."""
+    import cv2
+    import numpy as np
+
+    from rtfer.bundle import BundleSpec, resolve_bundle_path
+    from rtfer.detection import create_detector
+    from rtfer.detection.align import align_faces
+
+    spec = BundleSpec.read(resolve_bundle_path("default"))
+    detector = create_detector(spec.detector or "auto", device="cpu", allow_fallback=True)
+    out = []
+    for path in paths:
+        image = cv2.imread(str(path))
+        if image is None:
+            raise RtferError(f"cannot read {path} as an image")
+        faces = detector.detect(image)
+        if len(faces) == 0:
+            raise RtferError(f"no face found in {path}")
+        area = (faces.xyxy[:, 2] - faces.xyxy[:, 0]) * (faces.xyxy[:, 3] - faces.xyxy[:, 1])
+        crop = align_faces(image, faces.landmarks[[int(np.argmax(area))]], size, spec.alignment_template)[0][0]
+        out.append(crop)
+    return np.stack(out)
+
+
 def cmd_curves(a) -> int:
     from rtfer.training.runlog import plot_runs
 
@@ -265,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pack, _add_train, _add_evaluate, _add_gradcam, _add_stacker, _add_export, _add_import,
-                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners, _add_import_backbone, _add_probe, _add_member_logits):
+                _add_curves, _add_quantize, _add_rewrite, _add_set_combiners, _add_import_backbone, _add_probe, _add_member_logits,
+                _add_fcmae_show):
         add(sub)
     return parser
 
@@ -438,7 +487,7 @@ COMMANDS = {"pack": cmd_pack, "train": cmd_train, "evaluate": cmd_evaluate, "gra
             "fit-stacker": cmd_fit_stacker, "export": cmd_export, "import-reference": cmd_import_reference,
             "curves": cmd_curves, "quantize": cmd_quantize, "rewrite-graphs": cmd_rewrite_graphs,
             "set-combiners": cmd_set_combiners, "import-backbone": cmd_import_backbone, "probe": cmd_probe,
-            "member-logits": cmd_member_logits}
+            "member-logits": cmd_member_logits, "fcmae-show": cmd_fcmae_show}
 
 
 def main(argv: list[str] | None = None) -> int:

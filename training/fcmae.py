@@ -147,6 +147,24 @@ class FCMAEHead(nn.Module):
         hidden = 1.0 - visible
         return (err * hidden).sum() / hidden.sum()
 
+    @torch.no_grad()
+    def reconstruct(self, model: nn.Module, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``x`` with its hidden cells replaced by the prediction (n, pixel_channels, H, W), for a look at what the
+        encoder learnt. The loss scores each cell's pixels after normalising them by their own mean and deviation,
+        so a picture needs those back: as in the MAE papers' figures, they are taken from the true cell."""
+        if self.encoder is None:
+            self.encoder = MaskedEncoder(model)
+        x = x.float()
+        n, _, h, w = x.shape
+        p, c, grid = self.patch, self.pixel_channels, h // self.patch
+        z = self.proj(F.interpolate(self.encoder(model, x, visible).float(), size=(grid, grid), mode="nearest"))
+        z = z * visible + self.mask_token * (1.0 - visible)
+        pred = self.pred(self.block(z)).float()  # (n, p*p*c, g, g), normalised per cell
+        cells = x[:, :c].reshape(n, c, grid, p, grid, p).permute(0, 3, 5, 1, 2, 4).reshape(n, p * p * c, grid, grid)
+        mean, sd = cells.mean(dim=1, keepdim=True), (cells.var(dim=1, keepdim=True) + 1e-6).sqrt()
+        filled = torch.where(visible.bool(), cells, pred * sd + mean)
+        return filled.reshape(n, p, p, c, grid, grid).permute(0, 3, 4, 1, 5, 2).reshape(n, c, h, w)
+
     def head_state(self) -> dict:
         return {"decoder": self.state_dict(), "generator": self.generator.get_state()}
 
@@ -179,6 +197,69 @@ def build_fcmae(cfg, student: nn.Module, device: torch.device) -> FCMAEHead | No
              size // patch, size // patch, patch, 100 * cfg.loss.mask_ratio, DECODER_DIM, cfg.loss.mask_weight,
              cfg.loss.target_weight)
     return head
+
+
+def load_fcmae(checkpoint) -> tuple[nn.Module, FCMAEHead]:
+    """The encoder and decoder of an FCMAE pretraining run's ``last.pt`` (what the fine-tune starts from)."""
+    from rtfer.training.train import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    state, loss_cfg = ckpt.get("mask_head"), (ckpt.get("config") or {}).get("loss", {})
+    if not state or not loss_cfg.get("mask_ratio"):
+        raise InputError(f"{checkpoint} is not from an FCMAE run (no mask_head; train with loss.mask_ratio and use "
+                         "its last.pt)")
+    decoder = state["decoder"]
+    head = FCMAEHead(int(decoder["proj.weight"].shape[1]), int(loss_cfg.get("mask_patch", 8)),
+                     float(loss_cfg["mask_ratio"]), int(decoder["pred.weight"].shape[0]) // int(
+                         loss_cfg.get("mask_patch", 8)) ** 2)
+    head.load_state_dict(decoder)
+    return model, head.eval()
+
+
+def show(checkpoint, faces, out, seed: int = 0):
+    """A PNG of faces (uint8 (n, S, S, 3) RGB crops), each as the encoder saw it (hidden cells grey) and with the
+    hidden cells predicted, with a fresh mask per face from ``seed``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from rtfer.training.augment import to_float
+    from rtfer.training.train import preprocessing
+
+    model, head = load_fcmae(checkpoint)
+    size, mean, std, gray = preprocessing(model)
+    x = to_float(torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2), size, mean, std, gray)
+    head.generator.manual_seed(int(seed))
+    visible = head.random_visible(len(x), size // head.patch, "cpu")
+    filled = head.reconstruct(model, x, visible)
+
+    c = head.pixel_channels
+    m, sd = (torch.tensor(v[:c]).view(1, c, 1, 1) for v in (mean, std))
+
+    def pixels(t):  # normalised -> [0, 1], (n, H, W) grey or (n, H, W, 3) colour
+        img = (t[:, :c] * sd + m).clamp(0, 1)
+        return img[:, 0].numpy() if c == 1 else img.permute(0, 2, 3, 1).numpy()
+
+    shown = _mask_at(visible, (size, size))
+    grey = (0.5 - m) / sd  # hidden cells shown mid-grey
+    cols = [("face", pixels(x)), ("what the\nencoder sees", pixels(x[:, :c] * shown + grey * (1 - shown))),
+            ("hidden cells\npredicted", pixels(filled))]
+    n = len(x)
+    fig, axes = plt.subplots(len(cols), n, figsize=(1.3 * n, 1.45 * len(cols)), dpi=110, squeeze=False)
+    for r, (title, imgs) in enumerate(cols):
+        for i in range(n):
+            ax = axes[r][i]
+            ax.imshow(imgs[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r][0].set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(f"FCMAE: {100 * head.ratio:.0f}% of {size // head.patch} x {size // head.patch} cells hidden",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def _in_channels(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ from timm.layers.grn import GlobalResponseNorm
 from rtfer.errors import InputError
 from rtfer.models import create_model
 from rtfer.training.config import load_config
-from rtfer.training.fcmae import FCMAEHead, MaskedEncoder, _mask_at, _spatial_layers
+from rtfer.training.fcmae import FCMAEHead, MaskedEncoder, _mask_at, _spatial_layers, load_fcmae, show
 from rtfer.training.train import fit, load_checkpoint
 
 
@@ -17,6 +17,10 @@ def _small_fer():
     """convnextv2_fer's layout (overlapping stem, dilated last stage) at test widths."""
     torch.manual_seed(0)
     return create_model("convnextv2_fer", input_size=48, dims=(8, 16, 24, 32), depths=(1, 1, 2, 1))
+
+
+def tiny_images(n):
+    return torch.randint(0, 256, (n, 48, 48, 3), dtype=torch.uint8).numpy()
 
 
 def _cfg(train, val, out, *overrides):
@@ -87,6 +91,28 @@ def test_targets_are_each_cells_pixels_normalised():
     assert torch.allclose(t[1, :, 1, 2], (cell - cell.mean()) / (cell.var() + 1e-6).sqrt(), atol=1e-5)
 
 
+def test_reconstruction_keeps_visible_cells_and_shows_what_the_loss_scores():
+    model = _small_fer().eval()
+    head = FCMAEHead(32, patch=8, ratio=0.5, pixel_channels=1, seed=1).eval()
+    x = torch.randn(2, 3, 48, 48)
+    state = head.generator.get_state()
+    visible = head.random_visible(2, 6, "cpu")
+    filled = head.reconstruct(model, x, visible)
+    shown = _mask_at(visible, (48, 48)).bool()
+    assert filled.shape == (2, 1, 48, 48)
+    assert torch.equal(filled[shown], x[:, :1][shown])
+    # the hidden cells, normalised by the true cells' statistics, are the predictions the loss scored
+    def cells(t):
+        return t[:, :1].reshape(2, 1, 6, 8, 6, 8).permute(0, 2, 4, 1, 3, 5).reshape(2, 6, 6, 64)
+    true, got = cells(x), cells(filled)
+    mu, sd = true.mean(-1, keepdim=True), (true.var(-1, keepdim=True) + 1e-6).sqrt()
+    err = (((got - mu) / sd - (true - mu) / sd) ** 2).mean(-1)
+    hidden = 1 - visible[:, 0]
+    head.generator.set_state(state)
+    with torch.no_grad():
+        assert torch.allclose((err * hidden).sum() / hidden.sum(), head.loss(model, x), rtol=1e-4)
+
+
 def test_fcmae_teaches_the_encoder_to_fill_in_faces():
     """On a fixed set of images the reconstruction of hidden cells improves with training."""
     model = _small_fer()
@@ -122,11 +148,15 @@ def test_pretraining_then_fine_tuning_runs_and_resumes(tiny_packed, tmp_path):
     resumed = torch.load(pre / "last.pt", weights_only=False)
     assert resumed["epoch"] == 2 and not torch.equal(resumed["mask_head"]["generator"], head["generator"])
     assert not torch.equal(resumed["mask_head"]["decoder"]["pred.weight"], head["decoder"]["pred.weight"])
+    picture = show(pre / "last.pt", tiny_images(6), tmp_path / "show.png")
+    assert picture.stat().st_size > 1000
     # the pretrained encoder starts a fine-tune with labels; no decoder in its checkpoint
     result = fit(_cfg(train, val, tmp_path / "ft", "model.name=convnextv2_test", "model.input_size=32",
                       f"run.init_from={pre / 'last.pt'}", "run.epochs=1"))
     _, ckpt = load_checkpoint(result.out / "best.pt")
     assert ckpt["architecture"] == "convnextv2_test" and not any("mask_token" in k for k in ckpt["model"])
+    with pytest.raises(InputError, match="not from an FCMAE run"):
+        load_fcmae(result.out / "best.pt")
     # the masked loss beside the label loss
     both = fit(_cfg(train, val, tmp_path / "both", *common, "loss.mask_weight=0.5", "run.epochs=1"))
     assert both.best_epoch == 1
