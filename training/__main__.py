@@ -275,28 +275,25 @@ def cmd_fcmae_show(a) -> int:
     return 0
 
 
-def _aligned_faces(paths: list[str], size: int = 112):
-    """The largest face of each photo, aligned with the default bundle's template (uint8 RGB, size x size)."""
+def _aligned_faces(paths: list[str]):
+    """The largest face of each photo, aligned as ``rtfer analyze`` and ``rtfer adapt`` align it with the default
+    bundle (uint8 RGB, at the bundle's largest member input size)."""
     import cv2
     import numpy as np
 
+    from rtfer.adapt.examples import _FaceReader
     from rtfer.bundle import BundleSpec, resolve_bundle_path
-    from rtfer.detection import create_detector
-    from rtfer.detection.align import align_faces
 
-    spec = BundleSpec.read(resolve_bundle_path("default"))
-    detector = create_detector(spec.detector or "auto", device="cpu", allow_fallback=True)
+    reader = _FaceReader(BundleSpec.read(resolve_bundle_path("default")), "auto", "no", 0)
     out = []
     for path in paths:
         image = cv2.imread(str(path))
         if image is None:
             raise RtferError(f"cannot read {path} as an image")
-        faces = detector.detect(image)
-        if len(faces) == 0:
+        faces = reader.largest_face(image)
+        if faces is None:
             raise RtferError(f"no face found in {path}")
-        area = (faces.xyxy[:, 2] - faces.xyxy[:, 0]) * (faces.xyxy[:, 3] - faces.xyxy[:, 1])
-        crop = align_faces(image, faces.landmarks[[int(np.argmax(area))]], size, spec.alignment_template)[0][0]
-        out.append(crop)
+        out.append(faces[max(faces)])
     return np.stack(out)
 
 

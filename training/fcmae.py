@@ -67,13 +67,18 @@ def _mask_at(visible: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(visible, size)
 
 
+def _require_spatial_layers(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    layers = _spatial_layers(model)
+    if not layers:
+        raise InputError(f"loss.mask_ratio (FCMAE) needs a ConvNeXt student; {type(model).__name__} is not one")
+    return layers
+
+
 class MaskedEncoder:
     """Forward pre-hooks that mask a ConvNeXt's spatial layers while :attr:`visible` is set (None: no effect)."""
 
     def __init__(self, model: nn.Module) -> None:
-        layers = _spatial_layers(model)
-        if not layers:
-            raise InputError(f"loss.mask_ratio (FCMAE) needs a ConvNeXt student; {type(model).__name__} is not one")
+        layers = _require_spatial_layers(model)
         self.visible: torch.Tensor | None = None
         self._cache: dict = {}
         self.handles = [layer.register_forward_pre_hook(self._hook(nhwc)) for layer, nhwc in layers]
@@ -126,24 +131,36 @@ class FCMAEHead(nn.Module):
         visible = (perm >= hidden).float()  # the cells holding 0 .. hidden-1 are hidden
         return visible.view(n, 1, grid, grid).to(device)
 
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, C, H, W) -> (n, p*p*C, H/p, W/p), each cell's pixels normalised by their own mean and deviation."""
+    def cells(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, C, H, W) -> (n, p*p*C, H/p, W/p): each cell's pixels along the channel axis (C = pixel_channels)."""
         x = x[:, :self.pixel_channels].float()
         n, c, h, w = x.shape
         p = self.patch
-        t = x.reshape(n, c, h // p, p, w // p, p).permute(0, 3, 5, 1, 2, 4).reshape(n, p * p * c, h // p, w // p)
-        return (t - t.mean(dim=1, keepdim=True)) / (t.var(dim=1, keepdim=True) + 1e-6).sqrt()
+        return x.reshape(n, c, h // p, p, w // p, p).permute(0, 3, 5, 1, 2, 4).reshape(n, p * p * c, h // p, w // p)
 
-    def loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def cell_stats(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's pixel mean and deviation (of :meth:`cells` output)."""
+        return t.mean(dim=1, keepdim=True), (t.var(dim=1, keepdim=True) + 1e-6).sqrt()
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`cells`, each cell's pixels normalised by their own mean and deviation: the targets."""
+        t = self.cells(x)
+        mean, sd = self.cell_stats(t)
+        return (t - mean) / sd
+
+    def predict(self, model: nn.Module, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """The masked encoder and the decoder: (n, p*p*C, g, g) normalised pixels predicted for every cell."""
         if self.encoder is None:
             self.encoder = MaskedEncoder(model)
-        grid = x.shape[-1] // self.patch
-        visible = self.random_visible(x.shape[0], grid, x.device)
-        feats = self.encoder(model, x, visible)
-        z = self.proj(F.interpolate(feats.float(), size=(grid, grid), mode="nearest"))
-        z = z * visible + self.mask_token.to(z.dtype) * (1.0 - visible)
-        pred = self.pred(self.block(z)).float()
-        err = (pred - self.patchify(x)).pow(2).mean(dim=1, keepdim=True)
+        grid = visible.shape[-1]
+        z = self.proj(F.interpolate(self.encoder(model, x, visible).float(), size=(grid, grid), mode="nearest"))
+        z = z * visible + self.mask_token * (1.0 - visible)
+        return self.pred(self.block(z)).float()
+
+    def loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        visible = self.random_visible(x.shape[0], x.shape[-1] // self.patch, x.device)
+        err = (self.predict(model, x, visible) - self.patchify(x)).pow(2).mean(dim=1, keepdim=True)
         hidden = 1.0 - visible
         return (err * hidden).sum() / hidden.sum()
 
@@ -152,17 +169,11 @@ class FCMAEHead(nn.Module):
         """``x`` with its hidden cells replaced by the prediction (n, pixel_channels, H, W), for a look at what the
         encoder learnt. The loss scores each cell's pixels after normalising them by their own mean and deviation,
         so a picture needs those back: as in the MAE papers' figures, they are taken from the true cell."""
-        if self.encoder is None:
-            self.encoder = MaskedEncoder(model)
-        x = x.float()
         n, _, h, w = x.shape
-        p, c, grid = self.patch, self.pixel_channels, h // self.patch
-        z = self.proj(F.interpolate(self.encoder(model, x, visible).float(), size=(grid, grid), mode="nearest"))
-        z = z * visible + self.mask_token * (1.0 - visible)
-        pred = self.pred(self.block(z)).float()  # (n, p*p*c, g, g), normalised per cell
-        cells = x[:, :c].reshape(n, c, grid, p, grid, p).permute(0, 3, 5, 1, 2, 4).reshape(n, p * p * c, grid, grid)
-        mean, sd = cells.mean(dim=1, keepdim=True), (cells.var(dim=1, keepdim=True) + 1e-6).sqrt()
-        filled = torch.where(visible.bool(), cells, pred * sd + mean)
+        p, c, grid = self.patch, self.pixel_channels, visible.shape[-1]
+        cells = self.cells(x)
+        mean, sd = self.cell_stats(cells)
+        filled = torch.where(visible.bool(), cells, self.predict(model, x, visible) * sd + mean)
         return filled.reshape(n, p, p, c, grid, grid).permute(0, 3, 4, 1, 5, 2).reshape(n, c, h, w)
 
     def head_state(self) -> dict:
@@ -185,7 +196,7 @@ def build_fcmae(cfg, student: nn.Module, device: torch.device) -> FCMAEHead | No
         raise InputError(f"loss.mask_patch {patch} must divide the input size {size}")
     if size // patch < 2:
         raise InputError(f"loss.mask_patch {patch} leaves fewer than 2 x 2 cells of a {size} px input")
-    MaskedEncoder(student).remove()  # refuses a student that is not a ConvNeXt, before any work
+    _require_spatial_layers(student)  # refuses a student that is not a ConvNeXt, before any work
     with torch.no_grad():
         was = student.training
         student.eval()
@@ -208,10 +219,9 @@ def load_fcmae(checkpoint) -> tuple[nn.Module, FCMAEHead]:
     if not state or not loss_cfg.get("mask_ratio"):
         raise InputError(f"{checkpoint} is not from an FCMAE run (no mask_head; train with loss.mask_ratio and use "
                          "its last.pt)")
-    decoder = state["decoder"]
-    head = FCMAEHead(int(decoder["proj.weight"].shape[1]), int(loss_cfg.get("mask_patch", 8)),
-                     float(loss_cfg["mask_ratio"]), int(decoder["pred.weight"].shape[0]) // int(
-                         loss_cfg.get("mask_patch", 8)) ** 2)
+    decoder, patch = state["decoder"], int(loss_cfg.get("mask_patch", 8))
+    pixel_channels = int(decoder["pred.weight"].shape[0]) // patch ** 2
+    head = FCMAEHead(int(decoder["proj.weight"].shape[1]), patch, float(loss_cfg["mask_ratio"]), pixel_channels)
     head.load_state_dict(decoder)
     return model, head.eval()
 
