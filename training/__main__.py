@@ -281,10 +281,10 @@ def _aligned_faces(paths: list[str]):
     import cv2
     import numpy as np
 
-    from rtfer.adapt.examples import _FaceReader
+    from rtfer.adapt.examples import FaceReader
     from rtfer.bundle import BundleSpec, resolve_bundle_path
 
-    reader = _FaceReader(BundleSpec.read(resolve_bundle_path("default")), "auto", "no", 0)
+    reader = FaceReader(BundleSpec.read(resolve_bundle_path("default")), "auto", "no", 0)
     out = []
     for path in paths:
         image = cv2.imread(str(path))

@@ -94,7 +94,7 @@ def looks_like_crop(image: np.ndarray) -> bool:
     return max(h, w) <= CROP_MAX_SIDE and max(h, w) / max(1, min(h, w)) <= CROP_MAX_ASPECT
 
 
-class _FaceReader:
+class FaceReader:
     """Turns example files into aligned crops: photos and frames through the analyze detector (largest face), crops
     as they are."""
 
@@ -192,7 +192,7 @@ def collect_examples(folder: str | Path, spec: BundleSpec, *, detector: str = "a
                          f"{', '.join(accepted_names())}")
     if loose:
         log.warning("ignored %d files directly in %s (examples go in a sub-folder per emotion)", len(loose), folder)
-    reader = _FaceReader(spec, detector, crops, clip_frames)
+    reader = FaceReader(spec, detector, crops, clip_frames)
     crops_out: dict[int, list] = {s: [] for s in reader.sizes}
     labels: list[int] = []
     groups: list[int] = []
