@@ -71,3 +71,48 @@ def test_tracker_compare_hides_one_face_and_knows_its_trackers():
     with pytest.raises(ValueError, match="unknown tracker"):
         tc.make_tracker("nope", 30.0, 3)
     assert tc.available("rtfer") is None
+
+
+def test_member_agreement_tells_a_unanimous_misread_from_a_split_one():
+    ma = _load("member_agreement")
+    from rtfer.labels import CLASSES
+
+    def one_hot(labels, p=0.8):
+        out = np.full((len(labels), 7), (1 - p) / 6)
+        out[np.arange(len(labels)), labels] = p
+        return out
+
+    # 4 frames of a clip labelled 0: frames 0-1 right; frame 2 wrong with both members and mirrors agreeing;
+    # frame 3 wrong with the second member disagreeing
+    members = np.stack([one_hot([0, 0, 3, 3]), one_hot([0, 0, 3, 5])])
+    mirrored = np.stack([one_hot([0, 1, 3, 3]), one_hot([0, 0, 3, 5])])
+    ensemble = (members[0] + members[1]) / 2
+    row = ma.clip_figures(members, mirrored, ensemble, 0, CLASSES)
+    assert row["frames"] == 4 and row["m0_acc"] == 0.5 and row["m1_acc"] == 0.5
+    assert row["m0_top"] in (CLASSES[0], CLASSES[3]) and row["m0_conf"] == pytest.approx(0.8)
+    assert row["members_agree"] == 0.75 and row["mirror_agree"] == 0.75  # frame 1: member 0's mirror differs
+    right = ensemble.argmax(-1) == 0
+    sep = {r["score"]: r for r in ma.separation(np.array([0.8, 0.8, 0.8, 0.6]), right,
+                                                ma.agreement(members), ma.mirror_agreement(members, mirrored))}
+    assert sep["confidence"]["auroc"] == pytest.approx(0.75)  # the unanimous misread ties the right frames
+    assert sep["confidence x members_agree"]["auroc"] == pytest.approx(0.75)
+    assert sep["confidence"]["wrong_frames"] == 2 and sep["confidence"]["wrong_where_all_agree"] == 0.5
+
+
+def test_member_recorder_keeps_faces_and_mirrors_in_order():
+    ma = _load("member_agreement")
+
+    class Bundle:
+        def member_probs(self, crops):
+            x = crops[8].reshape(len(crops[8]), -1)[:, :7].astype(float)  # the first 7 pixels of each crop
+            return [x, x + 1]
+
+    crops = np.arange(2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
+    rec = ma.MemberRecorder(Bundle())
+    out = rec({8: crops})
+    assert np.array_equal(out[0], crops.reshape(2, -1)[:, :7])  # the pipeline gets the members' answer unchanged
+    rec({8: crops[:1]})
+    faces, mirrored = rec.take()
+    assert faces.shape == (2, 3, 7) and mirrored.shape == (2, 3, 7)
+    assert np.array_equal(mirrored[0, 0], crops[0, :, ::-1].reshape(-1)[:7])  # the mirror flips left and right
+    assert rec.take()[0].shape[0] == 0  # taken once
