@@ -123,6 +123,8 @@ def run(clips: list[Path], bundle: str = "default", every: int | None = None) ->
         if len(ensemble) == 0:
             log.warning("%s: no face found", path.name)
             continue
+        if members.shape[1] != len(ensemble):  # the recorder saw other calls than the clip's classifications
+            raise RuntimeError(f"{path.name}: {members.shape[1]} recorded member rows for {len(ensemble)} face rows")
         rows.append({"clip": path.stem, "label": CLASSES[label],
                      **clip_figures(members, mirrored, ensemble, label, CLASSES)})
         pooled["conf"].append(ensemble.max(-1))
