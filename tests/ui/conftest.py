@@ -21,6 +21,35 @@ from rtfer.types import EmotionScores, Faces, FrameResult
 pytest.importorskip("PyQt6")
 
 
+@pytest.fixture
+def qtbot(qtbot, qapp):
+    """pytest-qt's ``qtbot``, except that a widget given to ``addWidget`` lives exactly until the end of its test.
+
+    pytest-qt keeps only a weak reference to such a widget and, after the test, closes it and calls ``deleteLater``.
+    A parentless window is owned by its Python wrapper: once the test function has returned, a cyclic garbage
+    collection can destroy the window from inside the collection, with pyqtgraph's Python slots still attached, and
+    the process segfaults ("wrapped C/C++ object of type QGraphicsTextItem has been deleted" in pyqtgraph first).
+    Seen in about one full run in twelve, where the collector runs late; in ``tests/ui/test_ui_app.py`` with the
+    collector off for two tests and then collecting at every allocation: 5 crashes in 28 runs, none with this
+    fixture. A deferred delete also waits for the next event loop, which can be tests later. So the widgets are held
+    here and deleted here, right after pytest-qt closed them (its teardown hook closes widgets before fixture
+    finalizers run).
+    """
+    from PyQt6.QtCore import QEvent
+
+    kept = []
+    register = qtbot.addWidget
+
+    def add_widget(widget, *, before_close_func=None):
+        register(widget, before_close_func=before_close_func)
+        kept.append(widget)
+
+    qtbot.addWidget = qtbot.add_widget = add_widget
+    yield qtbot
+    qapp.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+    kept.clear()
+
+
 @pytest.fixture(scope="session")
 def group_video(tmp_path_factory, group_photo) -> Path:
     """12 frames (10 fps, 640x442) of the six-face group photo panning slightly."""
