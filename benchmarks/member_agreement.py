@@ -25,9 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_VIDEOS = ROOT.parent / "shared" / "fixtures" / "videos"
+from fixture_tracks import DEFAULT_VIDEOS, clip_label
 
 log = logging.getLogger("member_agreement")
 
@@ -41,14 +39,11 @@ class MemberRecorder:
         self.faces: list[list[np.ndarray]] = []
         self.mirrored: list[list[np.ndarray]] = []
 
-    def __call__(self, crops):
+    def __call__(self, crops: dict[int, np.ndarray]) -> list[np.ndarray]:
+        """``crops``: {input size: (n, S, S, 3) crops}, as the pipeline passes them."""
         out = self._member_probs(crops)
-        if isinstance(crops, dict):
-            flipped = {s: np.ascontiguousarray(c[:, :, ::-1]) for s, c in crops.items()}
-        else:
-            flipped = np.ascontiguousarray(np.asarray(crops)[:, :, ::-1])
         self.faces.append(out)
-        self.mirrored.append(self._member_probs(flipped))
+        self.mirrored.append(self._member_probs({s: np.ascontiguousarray(c[:, :, ::-1]) for s, c in crops.items()}))
         return out
 
     def take(self) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +58,10 @@ class MemberRecorder:
         return faces, mirrored
 
 
-def clip_figures(members: np.ndarray, mirrored: np.ndarray, ensemble: np.ndarray, label: int,
-                 names: tuple[str, ...]) -> dict:
-    """Figures of one clip: ``members``/``mirrored`` (M, n, 7), ``ensemble`` (n, 7), ``label`` the clip's class."""
+def clip_figures(members: np.ndarray, ensemble: np.ndarray, label: int, names: tuple[str, ...],
+                 members_agree: np.ndarray, mirror_agree: np.ndarray) -> dict:
+    """Figures of one clip: ``members`` (M, n, 7), ``ensemble`` (n, 7), ``label`` the clip's class, and the (n,)
+    agreements (:func:`agreement`, :func:`mirror_agreement`)."""
     top = members.argmax(-1)  # (M, n)
     row: dict = {"frames": int(ensemble.shape[0])}
     for m in range(members.shape[0]):
@@ -75,8 +71,8 @@ def clip_figures(members: np.ndarray, mirrored: np.ndarray, ensemble: np.ndarray
         row[f"m{m}_top"] = names[int(counts.argmax())]
     row["ens_acc"] = float(np.mean(ensemble.argmax(-1) == label))
     row["ens_conf"] = float(ensemble.max(-1).mean())
-    row["members_agree"] = float(np.mean(agreement(members)))
-    row["mirror_agree"] = float(np.mean(mirror_agreement(members, mirrored)))
+    row["members_agree"] = float(np.mean(members_agree))
+    row["mirror_agree"] = float(np.mean(mirror_agree))
     return row
 
 
@@ -116,7 +112,7 @@ def run(clips: list[Path], bundle: str = "default", every: int | None = None) ->
     pipeline.bundle.member_probs = recorder
     rows, pooled = [], {"conf": [], "right": [], "members": [], "mirror": []}
     for path in clips:
-        label = CLASSES.index(path.stem.split("_")[0].lower())
+        label = CLASSES.index(clip_label(path))
         ensemble = [r.raw.probs for r in pipeline.run(str(path))]
         ensemble = np.concatenate(ensemble) if ensemble else np.zeros((0, 7))
         members, mirrored = recorder.take()
@@ -125,12 +121,13 @@ def run(clips: list[Path], bundle: str = "default", every: int | None = None) ->
             continue
         if members.shape[1] != len(ensemble):  # the recorder saw other calls than the clip's classifications
             raise RuntimeError(f"{path.name}: {members.shape[1]} recorded member rows for {len(ensemble)} face rows")
+        agree, mirror = agreement(members), mirror_agreement(members, mirrored)
         rows.append({"clip": path.stem, "label": CLASSES[label],
-                     **clip_figures(members, mirrored, ensemble, label, CLASSES)})
+                     **clip_figures(members, ensemble, label, CLASSES, agree, mirror)})
         pooled["conf"].append(ensemble.max(-1))
         pooled["right"].append(ensemble.argmax(-1) == label)
-        pooled["members"].append(agreement(members))
-        pooled["mirror"].append(mirror_agreement(members, mirrored))
+        pooled["members"].append(agree)
+        pooled["mirror"].append(mirror)
     if not rows:
         return rows, []
     cat = {k: np.concatenate(v) for k, v in pooled.items()}
@@ -148,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=None, help="detect every N frames (default: as rtfer analyze)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    clips = a.clips or sorted(c for c in DEFAULT_VIDEOS.glob("*.mp4") if c.stem.split("_")[0] in CLASSES)
+    clips = a.clips or sorted(c for c in DEFAULT_VIDEOS.glob("*.mp4") if clip_label(c))
     if not clips:
         print(f"error: no labelled clips given and none in {DEFAULT_VIDEOS}", file=sys.stderr)
         return 2
@@ -156,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if not c.is_file():
             print(f"error: no such clip: {c}", file=sys.stderr)
             return 2
-        if c.stem.split("_")[0].lower() not in CLASSES:
+        if clip_label(c) is None:
             print(f"error: {c.name}: the name must start with the clip's emotion ({', '.join(CLASSES)})",
                   file=sys.stderr)
             return 2

@@ -87,7 +87,7 @@ def test_member_agreement_tells_a_unanimous_misread_from_a_split_one():
     members = np.stack([one_hot([0, 0, 3, 3]), one_hot([0, 0, 3, 5])])
     mirrored = np.stack([one_hot([0, 1, 3, 3]), one_hot([0, 0, 3, 5])])
     ensemble = (members[0] + members[1]) / 2
-    row = ma.clip_figures(members, mirrored, ensemble, 0, CLASSES)
+    row = ma.clip_figures(members, ensemble, 0, CLASSES, ma.agreement(members), ma.mirror_agreement(members, mirrored))
     assert row["frames"] == 4 and row["m0_acc"] == 0.5 and row["m1_acc"] == 0.5
     assert row["m0_top"] in (CLASSES[0], CLASSES[3]) and row["m0_conf"] == pytest.approx(0.8)
     assert row["members_agree"] == 0.75 and row["mirror_agree"] == 0.75  # frame 1: member 0's mirror differs
