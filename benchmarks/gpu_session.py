@@ -63,6 +63,7 @@ SLACK = 1 << 20  # kept free under the limit: the npz's own overhead, and files 
 DEFAULT_CLIPS = ("happiness_diverhansun_01.mp4", "unlabeled_george210843_classroom_6faces.mp4")
 PACK_MARK = "PACK.json"
 CONFIG = "training/configs/ddamfn_ferplus_gpu.yaml"
+STEPS = ("parity", "throughput", "e2e", "recipe")
 RESULT_FILES = ("session.md", "session.json", "recipe_curves.png", "recipe_metrics.csv", "ddamfn112_best_fp16.pt")
 
 
@@ -548,13 +549,19 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_session_"))
     s.step("environment", lambda: environment(device))
     s.step("data", lambda: unpack(pack_dir, work, args.smoke))
-    par = s.step("parity", lambda: parity(work, device, args.smoke)) or {}
-    s.step("throughput", lambda: throughput(device, args.smoke, s.left()))
-    clips = sorted((pack_dir / "videos").glob("*.mp4"))
-    s.step("end to end", lambda: end_to_end(clips, device, args.smoke))
+    par = {}
+    if "parity" in args.steps:
+        par = s.step("parity", lambda: parity(work, device, args.smoke)) or {}
+    if "throughput" in args.steps:
+        s.step("throughput", lambda: throughput(device, args.smoke, s.left()))
+    if "e2e" in args.steps:
+        clips = sorted((pack_dir / "videos").glob("*.mp4"))
+        s.step("end to end", lambda: end_to_end(clips, device, args.smoke))
     default_acc = {k: r["accuracy_onnxruntime_fp32"] for k, r in par.get("rows", {}).items()}
     minutes = (s.left() - args.finish_s) / 60
-    if minutes < 0.5 and not args.smoke:
+    if "recipe" not in args.steps:
+        pass
+    elif minutes < 0.5 and not args.smoke:
         s.step("recipe", lambda: ({"skipped": f"{minutes * 60:.0f} s left"}, "skipped: no time left\n"))
     else:
         s.step("recipe", lambda: recipe(work, args.out, device, args.smoke, max(minutes, 0.5), s.left() - 15,
@@ -583,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--device", default="cuda")
     r.add_argument("--deadline", type=float, default=510, help="seconds from start by which everything has ended")
     r.add_argument("--finish-s", type=float, default=45, help="seconds kept after training (reports, copies)")
+    r.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                   help="the steps to run (default all; a rerun can redo only those that failed)")
     r.add_argument("--smoke", action="store_true", help="tiny settings: the CPU test of the whole call")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -134,6 +134,10 @@ def test_pack_fits_the_limit_then_the_whole_call_runs_on_the_cpu(tmp_path, clip,
     for heading in ("## environment", "## parity", "## throughput", "## end to end", "## recipe"):
         assert heading in md
     assert {p.name for p in res.iterdir()} <= set(gs.RESULT_FILES)
+    # a rerun can redo some steps only
+    assert gs.main(["run", "--pack", str(out), "--out", str(tmp_path / "rerun"), "--device", "cpu", "--smoke",
+                    "--steps", "parity"]) == 0
+    assert list(json.loads((tmp_path / "rerun" / "session.json").read_text())) == ["environment", "data", "parity"]
 
 
 def test_run_without_a_pack_is_a_one_line_error(tmp_path):
