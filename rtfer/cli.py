@@ -62,7 +62,7 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--smoothing-strength", type=float, default=0.5, metavar="S",
                    help="0 (none) .. 1 (very sticky); default 0.5")
     g.add_argument("--batch-frames", type=int, default=8, metavar="N",
-                   help="frames whose faces share one inference call on files (default 8)")
+                   help="frames whose faces share one inference call on files (default 8, at most 64)")
     from rtfer.smoothing import CONFIDENCE_TEMPERATURE
 
     g.add_argument("--classify-rate", type=_classify_rate, default=DEFAULT_CLASSIFY_RATE, metavar="K",

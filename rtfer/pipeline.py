@@ -31,6 +31,9 @@ DEFAULT_CLASSIFY_RATE = 10.0
 #: With only large faces in view, the detector runs on a frame downscaled until the smallest face is about this wide
 #: (CenterFace finds faces from ~12 px; 96 px keeps its landmarks as steady as at full size on the fixture clips).
 DEFAULT_DET_FACE_PX = 96
+#: The most frames whose faces share one inference call. The members take 64 faces per call (larger batches are
+#: split), so more frames gain nothing, and up to twice as many frames wait in the queue.
+MAX_BATCH_FRAMES = 64
 STAGES = ("decode", "detect", "track", "align", "infer", "stack", "smooth")
 
 
@@ -74,6 +77,9 @@ class AnalyzeOptions:
             raise ValueError(f"confidence temperature must be >= 1, got {self.confidence_temperature}")
         if self.batch_frames < 1:
             raise ValueError(f"--batch-frames must be >= 1, got {self.batch_frames}")
+        if self.batch_frames > MAX_BATCH_FRAMES:
+            raise ValueError(f"--batch-frames must be at most {MAX_BATCH_FRAMES}, got {self.batch_frames}: a "
+                             "classifier call takes 64 faces, and more frames would only wait in memory")
         if not 0.0 <= self.smoothing_strength <= 1.0:
             raise ValueError(f"smoothing strength must be between 0 and 1, got {self.smoothing_strength}")
         if self.reconnect_s is not None and not 0.0 <= self.reconnect_s < float("inf"):
@@ -106,13 +112,27 @@ def resolve_detector(requested: str, spec) -> str:
 
 @dataclass
 class _Prepared:
-    """A frame after the front stages: its faces and aligned crops per member input size."""
+    """A frame after the front stages: its faces and aligned crops per member input size. It holds the frame's
+    pixels only when the results keep them (``keep_images``): a queued frame otherwise costs its crops, not a
+    whole (4K: 25 MB) image."""
 
-    frame: Frame
+    index: int
+    time_s: float
+    source: str
+    captured: float
+    width: int
+    height: int
+    image: np.ndarray | None
     faces: Faces
     crops: dict[int, np.ndarray]
     timings: dict[str, float]
     independent: bool  # image / folder inputs: no tracking or smoothing across frames
+
+    @classmethod
+    def of(cls, frame: Frame, keep_image: bool, faces: Faces, crops: dict[int, np.ndarray],
+           timings: dict[str, float], independent: bool) -> _Prepared:
+        return cls(frame.index, frame.time_s, frame.source, frame.captured, frame.width, frame.height,
+                   frame.image if keep_image else None, faces, crops, timings, independent)
 
 
 class Pipeline:
@@ -159,13 +179,13 @@ class Pipeline:
         live = getattr(src, "live", src.kind in ("camera", "stream"))  # duck-typed sources may lack .live
         batch_frames = 1 if live else o.batch_frames
         q = StopQueue(max(2, 2 * batch_frames), cancel)
-        front = threading.Thread(target=self._front, args=(src, q), name="rtfer-front", daemon=True)
+        keep = o.keep_images if keep_images is None else keep_images
+        front = threading.Thread(target=self._front, args=(src, q, keep), name="rtfer-front", daemon=True)
         front.start()
         from rtfer.smoothing import make_smoother
 
         smoother = make_smoother(o.smoothing, o.smoothing_strength, confidence_temperature=o.confidence_temperature)
         schedule = ClassifySchedule(o.classify_rate, adaptive=live)
-        keep = o.keep_images if keep_images is None else keep_images
         dropped = getattr(src, "dropped", 0)
         try:
             done = False
@@ -185,10 +205,10 @@ class Pipeline:
                         done = True
                         break
                     if isinstance(nxt, BaseException):
-                        yield from self._finish(batch, smoother, keep, schedule)
+                        yield from self._finish(batch, smoother, schedule)
                         raise nxt
                     batch.append(nxt)
-                yield from self._finish(batch, smoother, keep, schedule)
+                yield from self._finish(batch, smoother, schedule)
                 if live:  # classify less often before the source has to drop frames
                     now_dropped = getattr(src, "dropped", 0)
                     schedule.observe_load(schedule.busy_s / max(len(batch), 1), dropped=now_dropped > dropped)
@@ -200,7 +220,7 @@ class Pipeline:
             src.close()
 
     # ----------------------------------------------------------------------------------------------------------
-    def _front(self, src, q: StopQueue) -> None:
+    def _front(self, src, q: StopQueue, keep_images: bool) -> None:
         """Detect, track and align on a thread of its own."""
         from rtfer.detection.align import align_faces
         from rtfer.tracking import Tracker
@@ -241,20 +261,20 @@ class Pipeline:
                 t4 = time.perf_counter()
                 timings.update(detect=(t2 - t1) * 1e3, track=(t3 - t2) * 1e3, align=(t4 - t3) * 1e3)
                 n += 1
-                if not q.put(_Prepared(frame, faces, crops, timings, independent)):
+                if not q.put(_Prepared.of(frame, keep_images, faces, crops, timings, independent)):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it in order
             q.put(exc)
             return
         q.put(END)
 
-    def _finish(self, batch: list[_Prepared], smoother, keep_images: bool,
-                schedule: ClassifySchedule | None = None) -> Iterator[FrameResult]:
+    def _finish(self, batch: list[_Prepared], smoother, schedule: ClassifySchedule | None = None
+                ) -> Iterator[FrameResult]:
         """One inference call per member for the faces of ``batch`` that are due (``--classify-rate``), then stack
         and smooth per frame; faces not due hold their track's last raw and smoothed probabilities."""
         t_start = time.perf_counter()
         schedule = schedule if schedule is not None else ClassifySchedule(0.0)
-        due = [schedule.due(p.faces.track_ids, p.frame.time_s, smoother, independent=p.independent) for p in batch]
+        due = [schedule.due(p.faces.track_ids, p.time_s, smoother, independent=p.independent) for p in batch]
         counts = [int(d.sum()) for d in due]
         total = sum(counts)
         t0 = time.perf_counter()
@@ -280,20 +300,18 @@ class Pipeline:
             else:
                 smoothed = np.zeros_like(raw)
                 if n:
-                    smoothed[d] = smoother.update(ids[d], fresh, p.frame.time_s)
+                    smoothed[d] = smoother.update(ids[d], fresh, p.time_s)
                     schedule.remember(ids[d], fresh)
                 if n < len(ids):
                     raw[~d] = schedule.held_raw(ids[~d])
-                    smoothed[~d] = smoother.hold(ids[~d], p.frame.time_s)
+                    smoothed[~d] = smoother.hold(ids[~d], p.time_s)
             t4 = time.perf_counter()
             busy += t4 - t3
             timings = dict(p.timings, infer=infer_ms, stack=stack_ms, smooth=(t4 - t3) * 1e3)
-            f = p.frame
-            yield FrameResult(index=f.index, time_s=f.time_s, source=f.source, faces=p.faces,
+            yield FrameResult(index=p.index, time_s=p.time_s, source=p.source, faces=p.faces,
                               raw=EmotionScores(raw, self.bundle.posterior_shift),
                               smoothed=EmotionScores(smoothed, self.bundle.posterior_shift), timings_ms=timings,
-                              image=f.image if keep_images else None, width=f.width, height=f.height,
-                              captured=f.captured)
+                              image=p.image, width=p.width, height=p.height, captured=p.captured)
         schedule.busy_s = busy
 
 

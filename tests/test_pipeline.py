@@ -286,3 +286,38 @@ def test_pipeline_detects_a_close_up_face_on_a_smaller_frame(tiny_bundle, group_
             assert any(w is not None and w < 640 for w in spy.widths), spy.widths
     same = np.mean(np.asarray(counts[0]) == np.asarray(counts[48]))
     assert same >= 0.9 and sum(counts[48]) >= 0.95 * sum(counts[0]), counts
+
+
+def test_queued_frames_hold_their_pixels_only_when_results_keep_them(pipeline, group_video, monkeypatch):
+    """A frame waiting between the front thread and the classifier holds its crops, not its image, unless the
+    results keep images (a 4K frame is 25 MB, and up to twice --batch-frames frames wait)."""
+    import rtfer.pipeline as pipeline_module
+
+    queued = []
+    real_put = pipeline_module.StopQueue.put
+
+    def recording_put(self, item, *args, **kwargs):
+        if isinstance(item, pipeline_module._Prepared):
+            queued.append(item.image is not None)
+        return real_put(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module.StopQueue, "put", recording_put)
+    plain = list(pipeline.run(str(group_video)))
+    assert len(queued) == 24 and not any(queued)
+    assert all(r.image is None for r in plain)
+    queued.clear()
+    kept = list(pipeline.run(str(group_video), keep_images=True))
+    assert len(queued) == 24 and all(queued)
+    assert all(r.image is not None and r.image.shape[:2] == (r.height, r.width) for r in kept)
+    for a, b in zip(plain, kept):  # the same rows either way
+        assert (a.index, a.time_s, a.source, len(a.faces)) == (b.index, b.time_s, b.source, len(b.faces))
+        assert (a.width, a.height) == (b.image.shape[1], b.image.shape[0])
+        np.testing.assert_allclose(a.smoothed.probs, b.smoothed.probs, atol=1e-6)
+
+
+def test_batch_frames_has_a_ceiling():
+    from rtfer.pipeline import MAX_BATCH_FRAMES
+
+    AnalyzeOptions(batch_frames=MAX_BATCH_FRAMES)
+    with pytest.raises(ValueError, match=f"^--batch-frames must be at most {MAX_BATCH_FRAMES}, got 65: "):
+        AnalyzeOptions(batch_frames=MAX_BATCH_FRAMES + 1)
