@@ -308,8 +308,21 @@ def _interrupted_message(exc: BaseException) -> str:
     return redact_url("; ".join(parts))
 
 
+def _check_batch_numbers(args) -> None:
+    """--workers, --ray-cpus and --ray-gpus: a one-line error before anything starts."""
+    import math
+
+    if args.workers < 1:
+        raise RtferError(f"--workers must be >= 1, got {args.workers}")
+    if not (args.ray_cpus > 0 and math.isfinite(args.ray_cpus)):
+        raise RtferError(f"--ray-cpus must be a number > 0 (CPUs per video task), got {args.ray_cpus}")
+    if not (args.ray_gpus >= 0 and math.isfinite(args.ray_gpus)):
+        raise RtferError(f"--ray-gpus must be a number >= 0 (GPUs per video task), got {args.ray_gpus}")
+
+
 def _cmd_analyze(args) -> int:
     options = _options(args)
+    _check_batch_numbers(args)
     if args.out_dir or args.ray or args.workers > 1:
         if args.lsl is not None or args.serve is not None:
             raise RtferError("--lsl and --serve run in one process: not with --out-dir, --workers or --ray")

@@ -489,3 +489,23 @@ def test_ray_auto_without_a_cluster_says_how_to_start_one():
         connect(fake, "auto")
     with pytest.raises(BackendError, match="cannot connect to the Ray cluster at 'head:6379'"):
         connect(fake, "head:6379")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--workers", "0", "--workers must be >= 1, got 0"),
+    ("--workers", "-2", "--workers must be >= 1, got -2"),
+    ("--ray-cpus", "0", "--ray-cpus must be a number > 0"),
+    ("--ray-cpus", "nan", "--ray-cpus must be a number > 0"),
+    ("--ray-gpus", "-1", "--ray-gpus must be a number >= 0"),
+    ("--ray-gpus", "inf", "--ray-gpus must be a number >= 0"),
+])
+def test_batch_numbers_are_checked_before_anything_starts(tmp_path, capsys, flag, value, message):
+    from cli_helpers import run_cli
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"not opened: the flags fail first")
+    code, _, err = run_cli(["analyze", str(videos), "--out-dir", str(tmp_path / "out"), flag, value], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("rtfer: error: ") and message in err
+    assert not (tmp_path / "out").exists()
