@@ -39,8 +39,11 @@ class BenchResult:
         return self.e2e_fps / self.video_fps if self.video_fps else None
 
     def to_dict(self) -> dict:
+        from rtfer.sinks.atomic import MARK
+
         d = asdict(self)
         d["realtime_factor"] = self.realtime_factor
+        d["generator"] = MARK  # a later run may replace this file (rtfer.sinks.atomic.written_by_rtfer)
         return d
 
     def table(self) -> str:

@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("input", metavar="VIDEO")
     be.add_argument("--frames", type=int, default=300, help="analyse at most this many frames (default 300)")
     be.add_argument("--json", metavar="OUT.json", help="write the measurements as JSON")
+    be.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --json file that rtfer did not write")
     _add_runtime_options(be)
 
     i = sub.add_parser("info", parents=[common], help="show the bundle, backends and devices",
@@ -412,10 +414,27 @@ def _cmd_batch(args, options) -> int:
 def _cmd_bench(args) -> int:
     from rtfer.bench import run_bench
 
-    result = run_bench(args.input, _options(args), max_frames=args.frames)
+    options = _options(args)
+    if args.frames < 1:
+        raise RtferError(f"--frames must be >= 1, got {args.frames}")
+    if args.json:  # checked before the run, which takes a while
+        from rtfer.errors import OutputError
+        from rtfer.sinks.atomic import check_replace
+
+        folder = Path(args.json).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise OutputError(f"cannot write bench JSON {args.json}: folder {folder} does not exist")
+        if Path(args.json).expanduser().is_dir():
+            raise OutputError(f"cannot write bench JSON {args.json}: it is a folder")
+        if Path(args.json).expanduser().resolve() == Path(args.input).expanduser().resolve():
+            raise OutputError(f"the bench JSON {args.json} is the input: writing it would destroy the input")
+        check_replace(args.json, "bench JSON", overwrite=args.overwrite)
+    result = run_bench(args.input, options, max_frames=args.frames)
     print(result.table())
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        from rtfer.sinks.atomic import write_bytes_atomic
+
+        write_bytes_atomic(args.json, (json.dumps(result.to_dict(), indent=2) + "\n").encode(), "bench JSON")
         print(f"wrote {args.json}")
     return 0
 

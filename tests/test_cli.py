@@ -556,3 +556,35 @@ def test_main_in_process_leaves_the_sigterm_handler_as_it_was(capsys):
     before = signal.getsignal(signal.SIGTERM)
     assert main(["analyze", "/nonexistent/clip.mp4"]) == 2
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_bench_writes_its_json_and_checks_outputs_before_the_run(tmp_path, capsys, tiny_bundle, group_video):
+    import json
+
+    out = tmp_path / "bench.json"
+    bench_args = _common(tiny_bundle)[:-1]  # bench shows no progress bar: no --no-progress
+    code, stdout, err = run_cli(["bench", str(group_video), "--frames", "5", "--json", str(out),
+                                 *bench_args], capsys)
+    assert code == 0, err
+    assert "end to end:" in stdout and f"wrote {out}" in stdout
+    first = json.loads(out.read_text())
+    assert first["frames"] == 5 and first["e2e_fps"] > 0 and {"detect", "infer"} <= set(first["stage_ms"])
+    assert run_cli(["bench", str(group_video), "--frames", "3", "--json", str(out), *bench_args],
+                   capsys)[0] == 0  # an earlier bench JSON is replaced
+    assert json.loads(out.read_text())["frames"] == 3
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"mine": 1}\n')
+    for args, needle in [(["--frames", "0"], "--frames must be >= 1, got 0"),
+                         (["--frames", "-5"], "--frames must be >= 1, got -5"),
+                         (["--json", str(tmp_path / "no" / "x.json")], "does not exist"),
+                         (["--json", str(mine)], "was not written by rtfer: pass --overwrite"),
+                         (["--json", str(tmp_path)], "it is a folder"),
+                         (["--json", str(group_video), "--overwrite"], "is the input")]:
+        t = time.perf_counter()
+        code, _, err = run_cli(["bench", str(group_video), *args, *bench_args], capsys)
+        assert_one_line_error(code, err, needle)
+        assert time.perf_counter() - t < 10  # refused before the run
+    assert mine.read_text() == '{"mine": 1}\n' and group_video.stat().st_size > 1000
+    code, _, err = run_cli(["bench", str(group_video), "--frames", "2", "--json", str(mine), "--overwrite",
+                            *bench_args], capsys)
+    assert code == 0 and json.loads(mine.read_text())["frames"] == 2
