@@ -358,6 +358,9 @@ def preprocess(crops: np.ndarray, member: MemberSpec) -> np.ndarray:
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
         raise ValueError(f"faces must be (n, S, S, 3) uint8 RGB crops, got shape {crops.shape}")
+    if crops.dtype != np.uint8:  # floats in 0..1 (or NaN) would be read as near-black faces, with a confident answer
+        raise ValueError(f"faces must be uint8 RGB crops (values 0-255), got {crops.dtype}; convert with "
+                         "(x * 255).round().astype(np.uint8) from floats in 0..1")
     size = member.input_size
     if crops.shape[1] != size:
         interp = cv2.INTER_AREA if crops.shape[1] > size else cv2.INTER_LINEAR

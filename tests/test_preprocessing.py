@@ -105,3 +105,12 @@ def test_members_that_preprocess_alike_share_one_batch(aligned, monkeypatch, tmp
     for k, m in enumerate(bundle.members):
         expected = bundle_module.softmax(bundle.backends[k].infer(real(crops[48], m)), m.temperature)
         np.testing.assert_allclose(shared[k], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("crops", [np.full((1, 48, 48, 3), 0.5, np.float32), np.full((1, 48, 48, 3), np.nan),
+                                   np.zeros((1, 48, 48, 3), np.int64)])
+def test_crops_that_are_not_uint8_are_refused(crops):
+    """Floats in 0..1 would be read as near-black faces (and NaN quantised to 0 by INT8 members), each with a
+    confident answer: the runtime takes uint8 crops only."""
+    with pytest.raises(ValueError, match=r"^faces must be uint8 RGB crops \(values 0-255\), got "):
+        preprocess(crops, _member(48, "gray"))
