@@ -297,6 +297,10 @@ def _raise_interrupt(signum, frame):
 def _interrupted_message(exc: BaseException) -> str:
     """After Ctrl-C: the outputs that are there (complete up to the last processed frame) and those that are not;
     never an output that was not written (:class:`rtfer.errors.RunInterrupted`)."""
+    from rtfer.errors import BatchInterrupted
+
+    if isinstance(exc, BatchInterrupted):
+        return redact_url(exc.describe())
     written, missing = getattr(exc, "written", None), getattr(exc, "not_written", None)
     if written is None:
         return "rtfer: interrupted"

@@ -61,6 +61,25 @@ def one_line(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
     return redact_url(text)[:limit]
 
 
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a batch run. ``finished`` videos of the ``total`` this run had to do were done
+    (``failed`` of them failed) and are in the ``manifest``; the others were stopped part-way or never started, and
+    nothing of them was kept, so the same command run again does them (finished videos are skipped)."""
+
+    def __init__(self, finished: int, failed: int, total: int, manifest: str) -> None:
+        super().__init__("interrupted")
+        self.finished, self.failed, self.total, self.manifest = finished, failed, total, manifest
+
+    def describe(self) -> str:
+        left = self.total - self.finished
+        done = f"{self.finished} of {self.total} videos finished" + (f" ({self.failed} failed)" if self.failed else "")
+        text = f"rtfer: interrupted; {done}, recorded in {self.manifest}"
+        if left:
+            text += (f"; {left} {'was' if left == 1 else 'were'} stopped part-way or not started, with nothing kept: "
+                     "run the same command again to do " + ("it" if left == 1 else "them"))
+        return text
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a run, after its outputs were finalised: ``written`` lists ``(path, what)`` of the
     outputs renamed into place (complete up to the last processed frame), ``not_written`` ``(path, what, reason)``

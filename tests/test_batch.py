@@ -509,3 +509,30 @@ def test_batch_numbers_are_checked_before_anything_starts(tmp_path, capsys, flag
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("rtfer: error: ") and message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupt_in_process_names_what_finished_not_a_temporary_file(tmp_path):
+    """Ctrl-C during the second of three videos (workers=1): the first is in the manifest; the message counts the
+    others for a rerun instead of naming the stopped video's temporary CSV, which its clean-up removed."""
+    from rtfer.errors import BatchInterrupted, RunInterrupted
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (videos / name).write_text("x")
+
+    def process(task, options):
+        if Path(task.input).stem == "b":
+            raise RunInterrupted(written=[(str(tmp_path / "out" / ".b.123.part.csv"), "CSV")])
+        Path(task.output).write_text("source,frame,time_s,face_id\n")
+        return VideoResult(task.input, task.output, "ok", finished_at=batch.now())
+
+    with pytest.raises(BatchInterrupted) as info:
+        batch.run_batch([str(videos)], tmp_path / "out", progress=False, process=process)
+    exc = info.value
+    assert (exc.finished, exc.failed, exc.total) == (1, 0, 3)
+    text = exc.describe()
+    assert "1 of 3 videos finished" in text and "2 were stopped part-way or not started" in text
+    assert ".part" not in text and str(tmp_path / "out" / "manifest.csv") in text
+    rows = Manifest(tmp_path / "out" / "manifest.csv").read()
+    assert [Path(k).name for k in rows] == ["a.mp4"]

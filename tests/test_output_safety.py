@@ -380,6 +380,86 @@ def test_batch_workers_die_when_the_driver_is_killed(tmp_path):
     assert not left, f"worker processes {left} outlived their killed driver"
 
 
+_INTERRUPTED_DRIVER = '''
+import os, signal, sys, time
+from pathlib import Path
+
+from rtfer.batch import VideoResult, run_batch
+from rtfer.errors import BatchInterrupted
+
+
+def slow(task, options):
+    marks = Path(sys.argv[2])
+    name = Path(task.input).stem
+    if name == "a":
+        return VideoResult(task.input, task.output, "ok")
+    temp = marks / f"{name}.temp"
+    temp.write_text("a temporary output")
+    (marks / f"{os.getpid()}.pid").write_text(name)
+    try:
+        time.sleep(120)
+    finally:
+        temp.unlink()  # the video's clean-up, as process_video removes its temporary outputs
+    return VideoResult(task.input, task.output, "ok")
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupt)  # as the CLI does
+    try:
+        run_batch([sys.argv[1]], sys.argv[3], workers=2, threads=1, progress=False, process=slow)
+    except BatchInterrupted as exc:
+        print(exc.describe())
+        sys.exit(130)
+'''
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_batch_stops_its_videos_at_once_and_says_what_finished(tmp_path, how):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) or SIGTERM to the driver: the videos in flight stop
+    now (their clean-up runs), not when they end; no worker prints a traceback; the finished video is in the
+    manifest and the message says how many are left for a rerun."""
+    videos, marks, out = tmp_path / "videos", tmp_path / "marks", tmp_path / "out"
+    videos.mkdir()
+    marks.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (videos / name).write_text("x")
+    script = tmp_path / "driver.py"
+    script.write_text(_INTERRUPTED_DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script), str(videos), str(marks), str(out)], cwd=str(REPO),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while len(list(marks.glob("*.pid"))) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    workers = [int(p.stem) for p in marks.glob("*.pid")]
+    assert len(workers) == 2, "the two slow videos did not start"
+    t = time.monotonic()
+    if how == "ctrl-c":
+        os.killpg(driver.pid, signal.SIGINT)
+    else:
+        os.kill(driver.pid, signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=60)
+    took = time.monotonic() - t
+    assert driver.returncode == 130, stderr
+    assert took < 15, f"the batch took {took:.0f} s to stop (its videos sleep 120 s)"
+    assert "Traceback" not in stderr, stderr
+    assert "1 of 3 videos finished" in stdout and "2 were stopped part-way or not started" in stdout, stdout
+    assert list(marks.glob("*.temp")) == [], "a stopped video's clean-up did not run"
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [Path(r["input"]).name for r in rows] == ["a.mp4"] and rows[0]["status"] == "ok"
+    for pid in workers:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+        assert state == "Z", f"worker {pid} outlived the interrupted batch"
+
+
 def test_a_worker_exits_when_its_parent_is_already_gone():
     code = ("import os; from rtfer.batch.common import die_with_parent; die_with_parent(os.getppid() + 1); "
             "print('still here')")
@@ -523,12 +603,12 @@ def test_a_pool_broken_between_wait_and_submit_is_replaced_not_fatal(monkeypatch
             self.submits = 0
             pools.append(self)
 
-        def submit(self, fn, task, options):
+        def submit(self, fn, *args):
             self.submits += 1
             if len(pools) == 1 and self.submits == 2:
                 raise BrokenProcessPool("a child process terminated abruptly")
             fut = Future()
-            fut.set_result(fn(task, options))
+            fut.set_result(fn(*args))
             return fut
 
         def shutdown(self, wait=True, cancel_futures=False):

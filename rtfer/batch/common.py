@@ -79,6 +79,42 @@ def init_worker(threads: int, parent_pid: int | None = None) -> None:
         pass
 
 
+#: True while a pool worker runs a video (:func:`run_task`): SIGTERM then stops the video (its temporary outputs are
+#: removed) instead of ending the idle process.
+_IN_TASK = False
+_STOPPING = False  # the driver asked this worker to stop: it ends once its video has unwound
+
+
+def init_pool_worker(threads: int, parent_pid: int | None = None) -> None:
+    """:func:`init_worker` for a process-pool worker, which also leaves Ctrl-C to its driver (a terminal sends SIGINT
+    to the whole process group; the driver decides) and turns SIGTERM, the driver's stop, into a clean end."""
+    import signal
+
+    init_worker(threads, parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
+
+
+def _stop_worker(signum, frame) -> None:
+    global _STOPPING
+    _STOPPING = True
+    if _IN_TASK:
+        raise KeyboardInterrupt  # unwinds the video: its temporary outputs are removed, the final paths untouched
+    os._exit(0)  # idle: nothing to clean up
+
+
+def run_task(fn: ProcessFn, task: VideoTask, options: AnalyzeOptions) -> VideoResult:
+    """``fn(task, options)`` in a pool worker, marked as running for the SIGTERM handler."""
+    global _IN_TASK
+    _IN_TASK = True
+    try:
+        return fn(task, options)
+    finally:
+        _IN_TASK = False
+        if _STOPPING:  # the video has unwound (a stopped run returns its partial result): the driver has gone on
+            os._exit(0)
+
+
 #: How often a worker's watchdog thread checks that its driver is still there (seconds).
 WATCHDOG_S = 0.5
 

@@ -18,6 +18,7 @@ from rtfer.batch.manifest import MANIFEST_NAME, Manifest, path_key
 from rtfer.batch.plan import BatchPlan, index_path, plan_batch
 from rtfer.batch.ray import import_ray, run_ray
 from rtfer.batch.summary import BatchSummary
+from rtfer.errors import BatchInterrupted
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from rtfer.pipeline import AnalyzeOptions
@@ -171,6 +172,12 @@ def _execute(plan: BatchPlan, options: AnalyzeOptions, fn: ProcessFn, summary: B
                 bar.update(1)
                 if summary.videos_failed:
                     bar.set_postfix(failed=summary.videos_failed, refresh=False)
+    except KeyboardInterrupt:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # a pool stops its workers now (their videos' temporary outputs removed)
+        done = summary.videos_ok + summary.videos_partial + summary.videos_failed
+        raise BatchInterrupted(done, summary.videos_failed, len(plan.todo), str(plan.manifest)) from None
     finally:
         if bar is not None:
             bar.close()

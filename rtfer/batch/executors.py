@@ -6,7 +6,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Iterator
 
-from rtfer.batch.common import FATAL_ERRORS, ProcessFn, VideoResult, VideoTask, failed_result, init_worker
+from rtfer.batch.common import (FATAL_ERRORS, ProcessFn, VideoResult, VideoTask, failed_result, init_pool_worker,
+                                run_task)
 from rtfer.errors import one_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -51,7 +52,7 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
     suspects: list[VideoTask] = []  # in flight when the pool broke: retried one at a time
 
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_pool_worker,
                                    initargs=(threads, os.getpid()))  # workers die with this process, kill -9 too
 
     def died(task: VideoTask) -> VideoResult:
@@ -68,7 +69,7 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
             if suspects and not in_flight:
                 task = suspects.pop(0)
                 try:
-                    in_flight[pool.submit(fn, task, options)] = task
+                    in_flight[pool.submit(run_task, fn, task, options)] = task
                     alone = True
                 except BrokenProcessPool:  # the pool broke before this retry started: retry it in the next one
                     suspects.insert(0, task)
@@ -76,7 +77,7 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
             while not broken and not alone and not suspects and queue and len(in_flight) < workers:
                 task = queue.pop()
                 try:
-                    in_flight[pool.submit(fn, task, options)] = task
+                    in_flight[pool.submit(run_task, fn, task, options)] = task
                 except BrokenProcessPool:  # a worker died since the last wait: this task never started
                     queue.append(task)
                     broken = True
@@ -106,5 +107,30 @@ def run_pool(todo: list[VideoTask], options: AnalyzeOptions, fn: ProcessFn, work
                 log.warning("a batch worker process died; starting a fresh pool (%d videos to retry one at a time, "
                             "%d more to go)", len(suspects), len(queue))
                 pool = new_pool()
+    except BaseException:  # Ctrl-C, SIGTERM, or the consumer closing this generator: stop now, not after the videos
+        stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: How long stopped workers get to remove their temporary outputs before they are killed (seconds).
+STOP_WAIT_S = 10.0
+
+
+def stop_workers(pool) -> None:
+    """End a pool's workers at once: SIGTERM, which a worker turns into the end of its video (temporary outputs
+    removed) or of its idle process; the ones still there after :data:`STOP_WAIT_S` are killed."""
+    import time
+
+    procs = [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p.is_alive()]
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            log.warning("batch worker %s did not stop; killing it", p.pid)
+            p.kill()
+            p.join(1.0)
