@@ -346,15 +346,21 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="kill -9")
-def test_batch_workers_die_when_the_driver_is_killed(tmp_path):
-    videos, pids, out = tmp_path / "videos", tmp_path / "pids", tmp_path / "out"
+def _batch_driver(tmp_path, source: str):
+    """Three stand-in videos, a folder for the workers' marks, the out dir, and the driver script ``source``."""
+    videos, marks, out = tmp_path / "videos", tmp_path / "marks", tmp_path / "out"
     videos.mkdir()
-    pids.mkdir()
+    marks.mkdir()
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         (videos / name).write_text("x")
     script = tmp_path / "driver.py"
-    script.write_text(_DRIVER)
+    script.write_text(source)
+    return videos, marks, out, script
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="kill -9")
+def test_batch_workers_die_when_the_driver_is_killed(tmp_path):
+    videos, pids, out, script = _batch_driver(tmp_path, _DRIVER)
     driver = subprocess.Popen([sys.executable, str(script), str(videos), str(pids), str(out)], cwd=str(REPO))
     deadline = time.monotonic() + 90
     while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and driver.poll() is None:
@@ -423,13 +429,7 @@ def test_an_interrupted_batch_stops_its_videos_at_once_and_says_what_finished(tm
     """Ctrl-C in a terminal (SIGINT to the whole process group) or SIGTERM to the driver: the videos in flight stop
     now (their clean-up runs), not when they end; no worker prints a traceback; the finished video is in the
     manifest and the message says how many are left for a rerun."""
-    videos, marks, out = tmp_path / "videos", tmp_path / "marks", tmp_path / "out"
-    videos.mkdir()
-    marks.mkdir()
-    for name in ("a.mp4", "b.mp4", "c.mp4"):
-        (videos / name).write_text("x")
-    script = tmp_path / "driver.py"
-    script.write_text(_INTERRUPTED_DRIVER)
+    videos, marks, out, script = _batch_driver(tmp_path, _INTERRUPTED_DRIVER)
     driver = subprocess.Popen([sys.executable, str(script), str(videos), str(marks), str(out)], cwd=str(REPO),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 90
