@@ -38,8 +38,6 @@ import argparse
 import itertools
 import json
 import logging
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -196,8 +194,8 @@ def pack(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     inside = out.resolve().is_relative_to(REPO)
-    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(out.resolve())], check=False)
-    if inside and ignored.returncode:
+    if inside and subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(out.resolve())],
+                                 check=False).returncode:
         raise SystemExit(f"error: {out} is not ignored by git: a carried folder must be (use _device)")
     if out.exists() and any(out.iterdir()) and not (out / PACK_MARK).is_file():
         raise SystemExit(f"error: {out} exists and is not a gpu_session pack; choose another --out")
@@ -241,7 +239,7 @@ def pack(args: argparse.Namespace) -> int:
         assert unpack_jpeg(arrays, i) == all_blobs[i]
     np.savez_compressed(out / "fer_jpeg.npz", **arrays, labels=np.concatenate(labels), soft=np.concatenate(soft),
                         split=np.concatenate(split), files=np.array(files, dtype="S"), classes=np.array(CLASSES))
-    total = travelling_bytes(REPO, exclude=out.resolve()) + folder_bytes(out)
+    total = tree + folder_bytes(out)
     n_train, n_all = len(keep_train), len(splits["train"])
     mark = {"train_images": n_train, "train_images_available": n_all, "val_images": len(splits["val"]),
             "clips": list(args.clips), "wheel": wheel.name, "travelling_bytes": total, "limit_bytes":
@@ -308,14 +306,14 @@ class Session:
 
 
 def environment(device: str) -> tuple[dict, str]:
-    import onnxruntime
+    """``gpu_bench.environment`` (versions, GPU name, TF32 flags), with the GPU's memory, SMs and driver."""
+    import gpu_bench
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-           "cpu_count": os.cpu_count(), "device": device, "cuda": torch.version.cuda}
+    env = {"device": device, **gpu_bench.environment(device)}
     if device.startswith("cuda") and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(torch.device(device))
-        env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count)
+        env.update(gpu_memory_gib=round(p.total_memory / 2**30, 1), sms=p.multi_processor_count)
         smi = shutil.which("nvidia-smi")
         if smi:
             q = subprocess.run([smi, "--query-gpu=name,driver_version,clocks.max.sm", "--format=csv,noheader"],

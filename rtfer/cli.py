@@ -297,10 +297,9 @@ def _raise_interrupt(signum, frame):
 def _interrupted_message(exc: BaseException) -> str:
     """After Ctrl-C: the outputs that are there (complete up to the last processed frame) and those that are not;
     never an output that was not written (:class:`rtfer.errors.RunInterrupted`)."""
-    from rtfer.errors import BatchInterrupted
-
-    if isinstance(exc, BatchInterrupted):
-        return redact_url(exc.describe())
+    describe = getattr(exc, "describe", None)  # a batch says what finished (rtfer.errors.BatchInterrupted)
+    if describe is not None:
+        return redact_url(describe())
     written, missing = getattr(exc, "written", None), getattr(exc, "not_written", None)
     if written is None:
         return "rtfer: interrupted"
@@ -314,21 +313,8 @@ def _interrupted_message(exc: BaseException) -> str:
     return redact_url("; ".join(parts))
 
 
-def _check_batch_numbers(args) -> None:
-    """--workers, --ray-cpus and --ray-gpus: a one-line error before anything starts."""
-    import math
-
-    if args.workers < 1:
-        raise RtferError(f"--workers must be >= 1, got {args.workers}")
-    if not (args.ray_cpus > 0 and math.isfinite(args.ray_cpus)):
-        raise RtferError(f"--ray-cpus must be a number > 0 (CPUs per video task), got {args.ray_cpus}")
-    if not (args.ray_gpus >= 0 and math.isfinite(args.ray_gpus)):
-        raise RtferError(f"--ray-gpus must be a number >= 0 (GPUs per video task), got {args.ray_gpus}")
-
-
 def _cmd_analyze(args) -> int:
     options = _options(args)
-    _check_batch_numbers(args)
     if args.out_dir or args.ray or args.workers > 1:
         if args.lsl is not None or args.serve is not None:
             raise RtferError("--lsl and --serve run in one process: not with --out-dir, --workers or --ray")
@@ -422,16 +408,10 @@ def _cmd_bench(args) -> int:
     if args.frames < 1:
         raise RtferError(f"--frames must be >= 1, got {args.frames}")
     if args.json:  # checked before the run, which takes a while
-        from rtfer.errors import OutputError
+        from rtfer.run import check_output_path
         from rtfer.sinks.atomic import check_replace
 
-        folder = Path(args.json).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise OutputError(f"cannot write bench JSON {args.json}: folder {folder} does not exist")
-        if Path(args.json).expanduser().is_dir():
-            raise OutputError(f"cannot write bench JSON {args.json}: it is a folder")
-        if Path(args.json).expanduser().resolve() == Path(args.input).expanduser().resolve():
-            raise OutputError(f"the bench JSON {args.json} is the input: writing it would destroy the input")
+        check_output_path(args.json, "bench JSON", {Path(args.input).expanduser().resolve(): args.input})
         check_replace(args.json, "bench JSON", overwrite=args.overwrite)
     result = run_bench(args.input, options, max_frames=args.frames)
     print(result.table())

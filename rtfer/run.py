@@ -334,14 +334,30 @@ def check_format(path: str | None, allowed: Sequence[str], what: str) -> None:
         raise OutputError(f"{what} {path}: the file name must end in {', '.join(allowed)}")
 
 
+def check_output_path(path: str, what: str, sources: dict[Path, str]) -> Path:
+    """Refuse an output ``path`` whose folder does not exist or cannot be written, that is a directory, or that is
+    one of the inputs (``sources``: resolved path -> the input as given); returns the resolved path."""
+    import os
+
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} does not exist")
+    if resolved.is_dir():
+        raise OutputError(f"cannot write {what} {path}: it is a directory")
+    if not os.access(resolved.parent, os.W_OK | os.X_OK):  # the temporary file and the rename need it
+        raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} is not writable")
+    if resolved in sources:
+        raise OutputError(f"the {what} output {path} is the input {sources[resolved]}: writing it would "
+                          "destroy the input; choose another output path")
+    return resolved
+
+
 def check_plans(plans: Sequence[OutputPlan], *, overwrite: bool = False) -> None:
     """Refuse, before anything is opened for writing: an output folder that does not exist or cannot be written, a
     summary, report or annotated video with a format we cannot write, an output that is one of the inputs, two
     outputs of the same run on one path (two inputs named clip.mp4 in different folders both default to clip.csv),
     and an existing file that rtfer did not write, unless ``overwrite`` (an earlier rtfer output is replaced:
     :func:`rtfer.sinks.atomic.written_by_rtfer`)."""
-    import os
-
     from rtfer.sinks.atomic import VIDEO_FORMATS, check_replace
 
     sources: dict[Path, str] = {}
@@ -351,16 +367,7 @@ def check_plans(plans: Sequence[OutputPlan], *, overwrite: bool = False) -> None
     seen: dict[Path, str] = {}
     for plan in plans:
         for path, what in plan.outputs():
-            resolved = Path(path).expanduser().resolve()
-            if not resolved.parent.is_dir():
-                raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} does not exist")
-            if resolved.is_dir():
-                raise OutputError(f"cannot write {what} {path}: it is a directory")
-            if not os.access(resolved.parent, os.W_OK | os.X_OK):  # the temporary file and the rename need it
-                raise OutputError(f"cannot write {what} {path}: folder {resolved.parent} is not writable")
-            if resolved in sources:
-                raise OutputError(f"the {what} output {path} is the input {sources[resolved]}: writing it would "
-                                  "destroy the input; choose another output path")
+            resolved = check_output_path(path, what, sources)
             if resolved in seen:
                 raise OutputError(f"the {what} output {path} would overwrite the {seen[resolved]} output of the same "
                                   "run; give each output its own path (several inputs: use --out-dir DIR)")
@@ -915,6 +922,7 @@ __all__ = [
     "add_live_arguments",
     "check_format",
     "check_input",
+    "check_output_path",
     "check_plans",
     "default_output",
     "detector_names",

@@ -578,7 +578,7 @@ def test_bench_writes_its_json_and_checks_outputs_before_the_run(tmp_path, capsy
                          (["--frames", "-5"], "--frames must be >= 1, got -5"),
                          (["--json", str(tmp_path / "no" / "x.json")], "does not exist"),
                          (["--json", str(mine)], "was not written by rtfer: pass --overwrite"),
-                         (["--json", str(tmp_path)], "it is a folder"),
+                         (["--json", str(tmp_path)], "it is a directory"),
                          (["--json", str(group_video), "--overwrite"], "is the input")]:
         t = time.perf_counter()
         code, _, err = run_cli(["bench", str(group_video), *args, *bench_args], capsys)

@@ -18,7 +18,7 @@ from rtfer.batch.manifest import MANIFEST_NAME, Manifest, path_key
 from rtfer.batch.plan import BatchPlan, index_path, plan_batch
 from rtfer.batch.ray import import_ray, run_ray
 from rtfer.batch.summary import BatchSummary
-from rtfer.errors import BatchInterrupted
+from rtfer.errors import BatchInterrupted, RtferError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from rtfer.pipeline import AnalyzeOptions
@@ -49,14 +49,25 @@ def run_batch(inputs: Iterable[str | Path], out_dir: str | Path, options: Analyz
         from rtfer.pipeline import AnalyzeOptions
 
         options = AnalyzeOptions()
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    check_batch_numbers(workers, ray_num_cpus, ray_num_gpus)
     t0 = time.perf_counter()
     with lock_batch(out_dir, manifest):  # a second batch on this out dir or manifest is refused, naming this one
         return _run_locked(inputs, out_dir, options, t0, workers=workers, ray_address=ray_address,
                            overwrite=overwrite, manifest=manifest, raw=raw, progress=progress,
                            ray_num_cpus=ray_num_cpus, ray_num_gpus=ray_num_gpus, threads=threads, report=report,
                            process=process)
+
+
+def check_batch_numbers(workers: int, ray_num_cpus: float, ray_num_gpus: float) -> None:
+    """Worker processes, and Ray's CPUs and GPUs per video task: an RtferError naming the CLI flag, before any work."""
+    import math
+
+    if workers < 1:
+        raise RtferError(f"--workers must be >= 1, got {workers}")
+    if not (ray_num_cpus > 0 and math.isfinite(ray_num_cpus)):
+        raise RtferError(f"--ray-cpus must be a number > 0 (CPUs per video task), got {ray_num_cpus}")
+    if not (ray_num_gpus >= 0 and math.isfinite(ray_num_gpus)):
+        raise RtferError(f"--ray-gpus must be a number >= 0 (GPUs per video task), got {ray_num_gpus}")
 
 
 def lock_batch(out_dir: str | Path, manifest: str | Path | None = None):
